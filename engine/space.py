@@ -1,0 +1,150 @@
+"""What is perturbed: one flat index space over every parameter array.
+
+A gradient's input `x` may be a single array, a dict of arrays, or a list/tuple of
+arrays. `ParamSpace` lays their entries end to end, each array in C order, so that
+entry `k` of the whole structure has one flat index. Chunks are contiguous ranges of
+that index, which is all a worker needs to know about its share of the work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["ParamSpace", "Segment", "split_range"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The part of one parameter array that a flat range covers."""
+
+    position: int      # which array of the space
+    start: int         # first entry, a C-order index into that array
+    stop: int          # one past the last entry
+    offset: int        # flat index of `start` in the whole space
+
+
+class ParamSpace:
+    """The parameter arrays of `x`, their labels, and their joint flat index.
+
+    Parameters
+    ----------
+    x : ndarray, dict of ndarray, or list/tuple of ndarray
+        The structure whose entries are perturbed. Every array must be a writable
+        NumPy array with a floating dtype.
+
+    Raises
+    ------
+    TypeError
+        If `x` (or a member of it) is not a floating-point ndarray.
+    ValueError
+        If an array is read-only.
+    """
+
+    def __init__(self, x: Any):
+        self.structure = x
+        self.keys, self.arrays = _members(x)
+        self.labels = [_label(x, key) for key in self.keys]
+        for label, array in zip(self.labels, self.arrays):
+            _check_array(label, array)
+        self.sizes = [int(a.size) for a in self.arrays]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)])
+
+    @property
+    def size(self) -> int:
+        """Total number of entries over all arrays."""
+        return int(self.offsets[-1])
+
+    def segments(self, start: int, stop: int) -> Iterator[Segment]:
+        """Yield the per-array pieces of the flat range ``[start, stop)``."""
+        for position, size in enumerate(self.sizes):
+            first, end = int(self.offsets[position]), int(self.offsets[position + 1])
+            lo, hi = max(start, first), min(stop, end)
+            if lo < hi:
+                yield Segment(position, lo - first, hi - first, lo)
+
+    def locate(self, flat_index: int) -> tuple[int, tuple[int, ...]]:
+        """Return ``(position, multi_index)`` of one flat index."""
+        position = int(np.searchsorted(self.offsets, flat_index, side="right")) - 1
+        local = flat_index - int(self.offsets[position])
+        return position, self.multi_indices(position, local, local + 1)[0]
+
+    def multi_indices(self, position: int, start: int, stop: int) -> list[tuple[int, ...]]:
+        """Multi-indices of the C-order entries ``start .. stop-1`` of one array."""
+        shape = self.arrays[position].shape
+        if not shape:
+            return [()] * (stop - start)
+        columns = np.unravel_index(np.arange(start, stop), shape)
+        return list(zip(*(c.tolist() for c in columns)))
+
+    def describe(self, flat_index: int) -> str:
+        """A readable name for one entry, e.g. ``x['w1'][3, 7]``."""
+        position, index = self.locate(flat_index)
+        return f"{self.labels[position]}[{', '.join(map(str, index))}]"
+
+    def zeros_like(self) -> list[np.ndarray]:
+        """One gradient array per parameter array, same shape and dtype, C order."""
+        return [np.zeros(a.shape, dtype=a.dtype) for a in self.arrays]
+
+    def assemble(self, values: np.ndarray) -> Any:
+        """Pour flat gradient values (float64, length `size`) into `x`'s structure.
+
+        Each value is cast to its array's dtype on assignment, exactly as the serial
+        reference stores ``grad[idx] = value``.
+        """
+        grads = self.zeros_like()
+        for grad, first, last in zip(grads, self.offsets[:-1], self.offsets[1:]):
+            grad.reshape(-1)[...] = values[first:last]
+        return self.rebuild(grads)
+
+    def rebuild(self, arrays: list[np.ndarray]) -> Any:
+        """Put one array per member back into `x`'s kind of structure."""
+        x = self.structure
+        if isinstance(x, np.ndarray):
+            return arrays[0]
+        if isinstance(x, dict):
+            return dict(zip(self.keys, arrays))
+        return type(x)(arrays) if isinstance(x, tuple) else list(arrays)
+
+
+def split_range(size: int, n_chunks: int) -> list[tuple[int, int]]:
+    """Cut ``range(size)`` into `n_chunks` contiguous pieces whose lengths differ by at most one.
+
+    Empty pieces are dropped, so fewer than `n_chunks` come back when ``size < n_chunks``.
+    """
+    n_chunks = max(1, min(n_chunks, size))
+    bounds = [size * i // n_chunks for i in range(n_chunks + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if lo < hi]
+
+
+def _members(x: Any) -> tuple[list, list]:
+    if isinstance(x, np.ndarray):
+        return [None], [x]
+    if isinstance(x, dict):
+        return list(x.keys()), list(x.values())
+    if isinstance(x, (list, tuple)):
+        return list(range(len(x))), list(x)
+    raise TypeError(
+        "`x` must be a floating-point ndarray, or a dict, list or tuple of them; "
+        f"got {type(x).__name__}"
+    )
+
+
+def _label(x: Any, key: Any) -> str:
+    return "x" if key is None else f"x[{key!r}]"
+
+
+def _check_array(label: str, array: Any) -> None:
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"`{label}` must be a NumPy array, got {type(array).__name__}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"`{label}` must have a floating dtype, got {array.dtype}: x + h would be "
+            "truncated in an integer array; convert with .astype(np.float64)"
+        )
+    if not array.flags.writeable:
+        raise ValueError(
+            f"`{label}` is read-only; the engine perturbs entries in place and restores "
+            "them, so it needs a writable array (pass a copy)"
+        )
