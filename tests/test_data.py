@@ -1,0 +1,314 @@
+"""Tests for engine.data: the embedded split, the book's CSV format, and IDX files."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from engine.data import (
+    DataError,
+    Dataset,
+    load_embedded_mnist,
+    load_mnist_idx,
+    materialise_book_csvs,
+    read_idx_images,
+    read_idx_labels,
+    read_mnist_csv,
+    write_mnist_csv,
+)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_embedded_mnist()
+
+
+def _csv_line(label, pixels):
+    return ",".join(str(v) for v in [label, *pixels])
+
+
+def _write_rows(path, rows):
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+GOOD_ROW = _csv_line(3, [0] * 783 + [255])
+
+
+class TestEmbeddedSplit:
+    def test_sizes_and_dtypes(self, split):
+        train, test = split
+        assert (len(train), len(test)) == (4000, 1000)
+        assert train.images.shape == (4000, 784) and test.images.shape == (1000, 784)
+        for part in split:
+            assert part.images.dtype == np.float64 and part.labels.dtype == np.int64
+
+    def test_value_ranges(self, split):
+        for part in split:
+            assert part.images.min() == 0.0 and part.images.max() == 1.0
+            assert set(np.unique(part.labels)) == set(range(10))
+            # Pixels are exactly k / 255 for whole k.
+            scaled = part.images * 255.0
+            np.testing.assert_array_equal(scaled, np.rint(scaled))
+
+    def test_stratified(self, split):
+        train, test = split
+        np.testing.assert_array_equal(np.bincount(train.labels), [400] * 10)
+        np.testing.assert_array_equal(np.bincount(test.labels), [100] * 10)
+
+    def test_train_and_test_disjoint(self, split):
+        train, test = split
+        rows = {row.tobytes() for row in train.images}
+        rows |= {row.tobytes() for row in test.images}
+        assert len(rows) == 5000  # the 5,000 images are distinct, so none was reused
+
+    def test_deterministic(self, split):
+        again = load_embedded_mnist()
+        for first, second in zip(split, again):
+            np.testing.assert_array_equal(first.images, second.images)
+            np.testing.assert_array_equal(first.labels, second.labels)
+
+    def test_split_is_pinned(self, split):
+        # Guards the fixed seed: a change here changes every downstream result.
+        train, test = split
+        np.testing.assert_array_equal(train.labels[:10], [8, 7, 1, 2, 9, 4, 0, 5, 3, 6])
+        np.testing.assert_array_equal(test.labels[:10], [4, 3, 9, 2, 8, 6, 1, 7, 5, 0])
+
+    @pytest.mark.parametrize("n", [10, 100])
+    def test_prefixes_hold_every_digit(self, split, n):
+        for part in split:
+            assert set(part.head(n).labels) == set(range(10))
+
+    def test_every_block_of_ten_holds_each_digit_once(self, split):
+        for part in split:
+            blocks = np.sort(part.labels.reshape(-1, 10), axis=1)
+            assert (blocks == np.arange(10)).all()
+
+    def test_blocks_are_not_all_in_one_order(self, split):
+        blocks = split[0].labels.reshape(-1, 10)
+        assert len({tuple(b) for b in blocks}) > 100
+
+
+class TestDataset:
+    def test_head_takes_first_rows_in_order(self, split):
+        train = split[0]
+        head = train.head(7)
+        assert len(head) == 7
+        np.testing.assert_array_equal(head.images, train.images[:7])
+        np.testing.assert_array_equal(head.labels, train.labels[:7])
+
+    @pytest.mark.parametrize("n", [-1, 4001])
+    def test_head_out_of_range(self, split, n):
+        with pytest.raises(ValueError, match=str(n)):
+            split[0].head(n)
+
+    def test_rejects_wrong_dtype_and_mismatched_lengths(self):
+        with pytest.raises(ValueError, match="float32"):
+            Dataset(np.zeros((2, 784), dtype=np.float32), np.zeros(2, dtype=np.int64))
+        with pytest.raises(ValueError, match="int32"):
+            Dataset(np.zeros((2, 784)), np.zeros(2, dtype=np.int32))
+        with pytest.raises(ValueError, match=r"\(2, 784\) float64 and \(3,\) int64"):
+            Dataset(np.zeros((2, 784)), np.zeros(3, dtype=np.int64))
+        with pytest.raises(ValueError, match=r"\(784,\) float64"):
+            Dataset(np.zeros(784), np.zeros(1, dtype=np.int64))
+
+    def test_frozen(self, split):
+        with pytest.raises(AttributeError):
+            split[0].labels = np.zeros(1, dtype=np.int64)
+
+
+class TestCsv:
+    def test_round_trip_is_exact(self, split, tmp_path):
+        sample = split[0].head(25)
+        path = write_mnist_csv(tmp_path / "sub" / "mnist_train_25.csv", sample)
+        back = read_mnist_csv(path)
+        np.testing.assert_array_equal(back.images, sample.images)
+        np.testing.assert_array_equal(back.labels, sample.labels)
+
+    def test_round_trip_gzip(self, split, tmp_path):
+        sample = split[1].head(5)
+        back = read_mnist_csv(write_mnist_csv(tmp_path / "t.csv.gz", sample))
+        np.testing.assert_array_equal(back.images, sample.images)
+
+    def test_written_format_is_label_first_integers(self, split, tmp_path):
+        sample = split[0].head(3)
+        lines = write_mnist_csv(tmp_path / "m.csv", sample).read_text().splitlines()
+        assert len(lines) == 3
+        fields = lines[0].split(",")
+        assert len(fields) == 785 and fields[0] == str(sample.labels[0])
+        assert fields[1:] == [str(v) for v in np.rint(sample.images[0] * 255).astype(int)]
+
+    def test_reads_book_style_file(self, tmp_path):
+        pixels = list(range(256)) + [0] * 528
+        path = _write_rows(tmp_path / "b.csv", [_csv_line(7, pixels), GOOD_ROW])
+        data = read_mnist_csv(path)
+        np.testing.assert_array_equal(data.labels, [7, 3])
+        np.testing.assert_array_equal(data.images[0], np.array(pixels) / 255.0)
+
+    @pytest.mark.parametrize("bad_row, message", [
+        (_csv_line(3, [0] * 783), "expected 785 comma-separated values.*got 784"),
+        (_csv_line(3, [0] * 785), "got 786"),
+        (_csv_line(10, [0] * 784), "label 10 is outside 0-9"),
+        (_csv_line(-1, [0] * 784), "label -1 is outside 0-9"),
+        (_csv_line(3, [0] * 9 + [256] + [0] * 774), "pixel 10 is 256, outside 0-255"),
+        (_csv_line(3, [0] * 5 + [-4] + [0] * 778), "pixel 6 is -4, outside 0-255"),
+        (_csv_line(3, [0] * 5 + ["abc"] + [0] * 778), "field 7 is 'abc', not a whole number"),
+        (_csv_line(3, [0] * 5 + ["0.5"] + [0] * 778), "field 7 is '0.5'"),
+        (_csv_line(3, [0] * 5 + ["1_0"] + [0] * 778), "field 7 is '1_0'"),
+        (_csv_line(3, [0] * 5 + [""] + [0] * 778), "field 7 is ''"),
+        ("", "got 0"),
+    ])
+    def test_bad_line_names_file_and_line(self, tmp_path, bad_row, message):
+        path = _write_rows(tmp_path / "bad.csv", [GOOD_ROW, GOOD_ROW, bad_row, GOOD_ROW])
+        with pytest.raises(DataError, match=message) as info:
+            read_mnist_csv(path)
+        assert f"{path}, line 3:" in str(info.value)
+
+    def test_error_is_a_value_error(self, tmp_path):
+        path = _write_rows(tmp_path / "bad.csv", ["1,2,3"])
+        with pytest.raises(ValueError, match="line 1"):
+            read_mnist_csv(path)
+
+    @pytest.mark.parametrize("content", ["", "\n\n", "   \n"])
+    def test_empty_file(self, tmp_path, content):
+        path = tmp_path / "empty.csv"
+        path.write_text(content)
+        with pytest.raises(DataError, match="empty") as info:
+            read_mnist_csv(path)
+        assert str(path) in str(info.value)
+
+    def test_binary_file(self, tmp_path):
+        path = tmp_path / "binary.csv"
+        path.write_bytes(b"3,\xff\x00")
+        with pytest.raises(DataError, match="not a text CSV"):
+            read_mnist_csv(path)
+
+    def test_missing_file_names_path(self, tmp_path):
+        path = tmp_path / "nowhere" / "mnist_train_100.csv"
+        with pytest.raises(FileNotFoundError, match="mnist_train_100.csv"):
+            read_mnist_csv(path)
+
+    def test_write_rejects_out_of_range_images(self, tmp_path):
+        bad = Dataset(np.full((1, 784), 1.5), np.zeros(1, dtype=np.int64))
+        with pytest.raises(ValueError, match="1.5"):
+            write_mnist_csv(tmp_path / "x.csv", bad)
+
+    def test_write_rejects_wrong_width(self, tmp_path):
+        bad = Dataset(np.zeros((1, 10)), np.zeros(1, dtype=np.int64))
+        with pytest.raises(ValueError, match=r"\(1, 10\)"):
+            write_mnist_csv(tmp_path / "x.csv", bad)
+
+
+class TestMaterialise:
+    def test_book_files(self, split, tmp_path):
+        train_path, test_path = materialise_book_csvs(tmp_path / "data")
+        assert (train_path.name, test_path.name) == ("mnist_train_100.csv", "mnist_test_10.csv")
+        train, test = read_mnist_csv(train_path), read_mnist_csv(test_path)
+        np.testing.assert_array_equal(train.images, split[0].head(100).images)
+        np.testing.assert_array_equal(test.labels, split[1].head(10).labels)
+
+    def test_other_sizes(self, tmp_path):
+        paths = materialise_book_csvs(tmp_path, train_size=20, test_size=30)
+        assert [p.name for p in paths] == ["mnist_train_20.csv", "mnist_test_30.csv"]
+        assert [len(read_mnist_csv(p)) for p in paths] == [20, 30]
+
+    @pytest.mark.parametrize("sizes", [(0, 10), (100, 1001), (10.0, 10), (True, 10)])
+    def test_bad_sizes(self, tmp_path, sizes):
+        with pytest.raises(ValueError, match="size"):
+            materialise_book_csvs(tmp_path, *sizes)
+
+
+def _idx_images(pixels, magic=2051):
+    n, rows, cols = pixels.shape
+    return struct.pack(">IIII", magic, n, rows, cols) + pixels.astype(np.uint8).tobytes()
+
+
+def _idx_labels(labels, magic=2049):
+    return struct.pack(">II", magic, len(labels)) + bytes(labels)
+
+
+@pytest.fixture
+def idx_pair():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(6, 3, 4))
+    pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255
+    return pixels, [5, 0, 9, 1, 2, 3]
+
+
+class TestIdx:
+    @pytest.mark.parametrize("suffix", ["", ".gz"])
+    def test_reads_plain_and_gzip(self, tmp_path, idx_pair, suffix):
+        pixels, labels = idx_pair
+        pack = gzip.compress if suffix else bytes
+        images_path = tmp_path / f"images-idx3-ubyte{suffix}"
+        labels_path = tmp_path / f"labels-idx1-ubyte{suffix}"
+        images_path.write_bytes(pack(_idx_images(pixels)))
+        labels_path.write_bytes(pack(_idx_labels(labels)))
+        data = load_mnist_idx(images_path, labels_path)
+        assert data.images.shape == (6, 12) and data.images.dtype == np.float64
+        np.testing.assert_array_equal(data.images, pixels.reshape(6, 12) / 255.0)
+        np.testing.assert_array_equal(data.labels, labels)
+        assert data.labels.dtype == np.int64
+
+    def test_gzip_detected_by_magic_without_suffix(self, tmp_path, idx_pair):
+        path = tmp_path / "images.bin"
+        path.write_bytes(gzip.compress(_idx_images(idx_pair[0])))
+        assert read_idx_images(path).shape == (6, 12)
+
+    def test_bad_magic(self, tmp_path, idx_pair):
+        images_path, labels_path = tmp_path / "i", tmp_path / "l"
+        images_path.write_bytes(_idx_labels(idx_pair[1]))  # a label file where images belong
+        labels_path.write_bytes(_idx_images(idx_pair[0]))
+        with pytest.raises(DataError, match="magic number 2049, expected 2051") as info:
+            read_idx_images(images_path)
+        assert str(images_path) in str(info.value)
+        with pytest.raises(DataError, match="magic number 2051, expected 2049"):
+            read_idx_labels(labels_path)
+
+    def test_truncated_data(self, tmp_path, idx_pair):
+        path = tmp_path / "images"
+        path.write_bytes(_idx_images(idx_pair[0])[:-5])
+        with pytest.raises(DataError, match="truncated.*need 72 data bytes, file has 67"):
+            read_idx_images(path)
+
+    def test_truncated_header(self, tmp_path):
+        path = tmp_path / "labels"
+        path.write_bytes(struct.pack(">I", 2049))
+        with pytest.raises(DataError, match="truncated IDX header"):
+            read_idx_labels(path)
+
+    def test_empty_idx_file(self, tmp_path):
+        path = tmp_path / "images"
+        path.write_bytes(b"")
+        with pytest.raises(DataError, match="truncated IDX header"):
+            read_idx_images(path)
+
+    def test_trailing_bytes(self, tmp_path, idx_pair):
+        path = tmp_path / "labels"
+        path.write_bytes(_idx_labels(idx_pair[1]) + b"\x00")
+        with pytest.raises(DataError, match="trailing bytes"):
+            read_idx_labels(path)
+
+    def test_label_out_of_range(self, tmp_path):
+        path = tmp_path / "labels"
+        path.write_bytes(_idx_labels([1, 2, 12]))
+        with pytest.raises(DataError, match="label 12 at index 2"):
+            read_idx_labels(path)
+
+    def test_count_mismatch(self, tmp_path, idx_pair):
+        images_path, labels_path = tmp_path / "i", tmp_path / "l"
+        images_path.write_bytes(_idx_images(idx_pair[0]))
+        labels_path.write_bytes(_idx_labels(idx_pair[1][:5]))
+        with pytest.raises(DataError, match="6 images but .* 5 labels"):
+            load_mnist_idx(images_path, labels_path)
+
+    def test_corrupt_gzip(self, tmp_path, idx_pair):
+        path = tmp_path / "images.gz"
+        path.write_bytes(gzip.compress(_idx_images(idx_pair[0]))[:-10])
+        with pytest.raises(DataError, match="corrupt gzip"):
+            read_idx_images(path)
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="absent-idx1-ubyte"):
+            read_idx_labels(tmp_path / "absent-idx1-ubyte")
