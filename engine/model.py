@@ -1,0 +1,413 @@
+"""A feed-forward net as a list of layers, its loss as a picklable callable, and MLP helpers.
+
+Parameters live outside the net, in a dict ``params`` (name -> ndarray) that is passed to
+every call. This is what lets a numerical gradient perturb ``params[name][i]`` in place
+and re-evaluate, exactly like the book's ``f = lambda w: net.loss(x, t)``.
+"""
+
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from engine.functions import to_labels
+from engine.layers import ACTIVATIONS, Affine, SoftmaxCrossEntropy
+
+
+def _as_batch(x):
+    """Return `x` as a float 2-D batch (B, n_in); a 1-D `x` is a batch of one."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    x = np.atleast_2d(x)
+    if x.ndim != 2:
+        raise ValueError(f"`x` must be 1-D (n_in,) or 2-D (B, n_in), got shape {x.shape}.")
+    return x
+
+
+def _lookup(params, name):
+    """Return ``params[name]``, or ValueError naming the missing parameter."""
+    try:
+        return params[name]
+    except KeyError:
+        raise ValueError(f"`params` has no entry {name!r}.") from None
+
+
+def _check_affine(layer, params, n_in):
+    """Check the shapes of an Affine layer's parameters for input width `n_in`; return n_out."""
+    w_shape = np.shape(_lookup(params, layer.weight))
+    if len(w_shape) != 2 or w_shape[0] != n_in:
+        raise ValueError(
+            f"`params[{layer.weight!r}]` must have shape ({n_in}, n_out), got {w_shape}."
+        )
+    if layer.bias is not None:
+        b_shape = np.shape(_lookup(params, layer.bias))
+        if b_shape != (w_shape[1],):
+            raise ValueError(
+                f"`params[{layer.bias!r}]` must have shape ({w_shape[1]},), got {b_shape}."
+            )
+    return w_shape[1]
+
+
+def _backward_step(layer, params, a, z, dout, grads):
+    """Backpropagate `dout` through `layer` (input `a`, output `z`); add to `grads`."""
+    if not isinstance(layer, Affine):
+        return layer.backward(a, z, dout)
+    da, layer_grads = layer.backward(params, a, dout)
+    for name, g in layer_grads.items():
+        # A name used by several layers (shared weights) collects all contributions.
+        grads[name] = grads[name] + g if name in grads else g
+    return da
+
+
+class Sequential:
+    """Feed-forward net: layers applied in order, then a loss layer on the logits."""
+
+    def __init__(self, layers, loss_layer):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("`layers` is empty; a net needs at least one layer.")
+        for layer in layers:
+            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
+                raise TypeError(f"`layers` holds {layer!r}, which has no forward/backward.")
+        for method in ("per_sample", "loss", "backward"):
+            if not hasattr(loss_layer, method):
+                raise TypeError(f"`loss_layer` {loss_layer!r} has no method {method!r}.")
+        self.layers = layers
+        self.loss_layer = loss_layer
+
+    def __repr__(self):
+        return f"Sequential({self.layers!r}, {self.loss_layer!r})"
+
+    def param_names(self):
+        """Names of the parameters the layers use, in layer order, each once; list of str."""
+        names = []
+        for layer in self.layers:
+            if isinstance(layer, Affine):
+                names.extend(n for n in layer.param_names() if n not in names)
+        return names
+
+    def _check_params(self, params, n_in):
+        """Check `params` against the layers for input width `n_in`; return C."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"`params` must be a dict of arrays, got {type(params).__name__}.")
+        width = n_in
+        for layer in self.layers:
+            if isinstance(layer, Affine):
+                width = _check_affine(layer, params, width)
+        return width
+
+    def _inputs(self, params, x, t):
+        """Validate and normalise: return x (B, n_in) float and labels int64 (B,)."""
+        x = _as_batch(x)
+        n_classes = self._check_params(params, x.shape[1])
+        return x, to_labels(t, n_classes, batch_size=x.shape[0])
+
+    def _forward(self, params, z):
+        """Logits for an already checked batch `z`."""
+        for layer in self.layers:
+            z = layer.forward(params, z) if isinstance(layer, Affine) else layer.forward(z)
+        return z
+
+    def _trace(self, params, z):
+        """Inputs of every layer, then the logits, for an already checked batch `z`."""
+        trace = [z]
+        for layer in self.layers:
+            z = layer.forward(params, z) if isinstance(layer, Affine) else layer.forward(z)
+            trace.append(z)
+        return trace
+
+    def _loss(self, params, x, labels):
+        """Mean loss for a checked float batch `x` and int64 `labels`: the hot path."""
+        logits = self._forward(params, x)
+        return float(self.loss_layer.loss(logits, labels, check_labels=False))
+
+    def logits(self, params, x):
+        """Scores before the loss layer's softmax.
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            Arrays named by the layers (see :meth:`param_names`).
+        x : array_like, shape (B, n_in) or (n_in,)
+            Inputs; 1-D means a batch of one. Non-float input is converted to float64.
+
+        Returns
+        -------
+        ndarray, shape (B, C)
+            Float logits.
+
+        Raises
+        ------
+        ValueError
+            If `x` has more than 2 dimensions, or `params` lacks an array or has one of
+            the wrong shape for `x`.
+        TypeError
+            If `params` is not a mapping.
+
+        Examples
+        --------
+        >>> net = mlp([4, 3, 2])
+        >>> net.logits(init_params([4, 3, 2], seed=0), np.ones(4)).shape
+        (1, 2)
+        """
+        x = _as_batch(x)
+        self._check_params(params, x.shape[1])
+        return self._forward(params, x)
+
+    def trace(self, params, x):
+        """Every intermediate array of the forward pass.
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            As in :meth:`logits`.
+        x : array_like, shape (B, n_in) or (n_in,)
+            As in :meth:`logits`.
+
+        Returns
+        -------
+        list of ndarray, length ``len(self.layers) + 1``
+            ``trace[0]`` is the float 2-D batch ``np.atleast_2d(x)``; ``trace[i]`` is the
+            input of ``self.layers[i]`` (the output of ``self.layers[i - 1]``); the last
+            entry ``trace[len(self.layers)]`` is the logits (B, C), as from :meth:`logits`.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`logits`.
+
+        Examples
+        --------
+        >>> net = mlp([4, 3, 2])
+        >>> [a.shape for a in net.trace(init_params([4, 3, 2], seed=0), np.ones((5, 4)))]
+        [(5, 4), (5, 3), (5, 3), (5, 2)]
+        """
+        x = _as_batch(x)
+        self._check_params(params, x.shape[1])
+        return self._trace(params, x)
+
+    def loss(self, params, x, t):
+        """Mean over the batch of the per-sample loss (softmax cross entropy).
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            As in :meth:`logits`.
+        x : array_like, shape (B, n_in) or (n_in,)
+            As in :meth:`logits`.
+        t : array_like
+            Int labels (B,) or a scalar, or one-hot (B, C) or (C,); see
+            :func:`engine.functions.to_labels`.
+
+        Returns
+        -------
+        float
+            The loss; :meth:`gradient` is its exact gradient.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`logits`, or if `t` does not describe B labels in ``[0, C)``.
+
+        Examples
+        --------
+        >>> net = mlp([4, 3, 2])
+        >>> round(net.loss(init_params([4, 3, 2], weight_init_std=0.0), np.ones(4), 1), 4)
+        0.6931
+        """
+        x, labels = self._inputs(params, x, t)
+        return self._loss(params, x, labels)
+
+    def gradient(self, params, x, t):
+        """Exact gradient of :meth:`loss` with respect to every parameter, by backprop.
+
+        Parameters
+        ----------
+        params, x, t
+            As in :meth:`loss`.
+
+        Returns
+        -------
+        dict of str to ndarray
+            One entry per name in :meth:`param_names`, in that order, each a new array
+            with the shape and dtype of ``params[name]``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`loss`.
+
+        Examples
+        --------
+        >>> net = mlp([4, 3, 2])
+        >>> grads = net.gradient(init_params([4, 3, 2], seed=0), np.ones(4), 1)
+        >>> {name: g.shape for name, g in grads.items()}
+        {'w1': (4, 3), 'b1': (3,), 'w2': (3, 2), 'b2': (2,)}
+        """
+        x, labels = self._inputs(params, x, t)
+        trace = self._trace(params, x)
+        dout = self.loss_layer.backward(trace[-1], labels)
+        grads = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = _backward_step(self.layers[i], params, trace[i], trace[i + 1], dout, grads)
+        return {
+            name: np.asarray(grads[name]).astype(np.asarray(params[name]).dtype)
+            for name in self.param_names()
+        }
+
+
+class ModelLoss:
+    """The loss of a net at fixed data, as a picklable callable ``f(w)`` that ignores `w`.
+
+    The book writes ``f = lambda w: net.loss(x, t)`` and lets ``numerical_gradient(f, w)``
+    perturb ``w`` in place. This is the same function with its parts visible, so a
+    parallel engine can ship it to workers or evaluate perturbed parameters in batches.
+
+    Parameters
+    ----------
+    model : Sequential
+        The net.
+    params : dict of str to ndarray
+        Its parameters. Kept as the very same object (no copy): in-place changes to its
+        arrays change the value of ``f``.
+    x : array_like, shape (B, n_in) or (n_in,)
+        Inputs; stored as a float64 C-contiguous copy of shape (B, n_in).
+    t : array_like
+        Targets, as in :meth:`Sequential.loss`; stored as int64 labels (B,).
+
+    Attributes
+    ----------
+    model : Sequential
+    params : dict of str to ndarray
+        The object passed in.
+    x : ndarray of float64, shape (B, n_in)
+    labels : ndarray of int64, shape (B,)
+
+    Raises
+    ------
+    TypeError
+        If `model` is not a :class:`Sequential` or `params` is not a mapping.
+    ValueError
+        If `x`, `t` or the shapes in `params` do not fit together.
+
+    Examples
+    --------
+    >>> net, params = mlp([4, 3, 2]), init_params([4, 3, 2], seed=0)
+    >>> f = ModelLoss(net, params, np.ones(4), 1)
+    >>> f(params["w1"]) == net.loss(params, np.ones(4), 1)
+    True
+    """
+
+    def __init__(self, model, params, x, t):
+        if not isinstance(model, Sequential):
+            raise TypeError(f"`model` must be a Sequential, got {type(model).__name__}.")
+        x, labels = model._inputs(params, x, t)
+        self.model = model
+        self.params = params
+        self.x = np.array(x, dtype=np.float64, order="C")
+        self.labels = labels
+
+    def __repr__(self):
+        return f"ModelLoss(model={self.model!r}, batch={self.x.shape[0]})"
+
+    def __call__(self, w):
+        """Return the mean loss at the current ``self.params`` as a float; `w` is ignored."""
+        return self.model._loss(self.params, self.x, self.labels)
+
+
+def _check_sizes(sizes):
+    """Return `sizes` as a list of at least two positive ints, or raise."""
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"`sizes` needs an input and an output width, got {sizes!r}.")
+    for size in sizes:
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"`sizes` must hold positive ints, got {size!r} in {sizes!r}.")
+    return [int(size) for size in sizes]
+
+
+def mlp(sizes, activation="sigmoid"):
+    """Multi-layer perceptron ``Affine, act, Affine, act, ..., Affine`` with softmax loss.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths ``[n_in, hidden..., C]``, at least two, all positive.
+    activation : {"sigmoid", "relu", "tanh"}, default "sigmoid"
+        Activation between consecutive affine layers.
+
+    Returns
+    -------
+    Sequential
+        Layers ``Affine("w1", "b1"), act, ..., Affine(f"w{L}", f"b{L}")`` with
+        ``L = len(sizes) - 1``, and a :class:`SoftmaxCrossEntropy` loss layer.
+
+    Raises
+    ------
+    ValueError
+        If `sizes` is too short or holds a non-positive width, or `activation` is unknown.
+
+    Examples
+    --------
+    >>> mlp([784, 100, 10]).layers
+    [Affine('w1', 'b1'), Sigmoid(), Affine('w2', 'b2')]
+    """
+    sizes = _check_sizes(sizes)
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"`activation` {activation!r} is unknown; choose from {sorted(ACTIVATIONS)}."
+        )
+    n_affine = len(sizes) - 1
+    layers = []
+    for i in range(1, n_affine + 1):
+        layers.append(Affine(f"w{i}", f"b{i}"))
+        if i < n_affine:
+            layers.append(ACTIVATIONS[activation]())
+    return Sequential(layers, SoftmaxCrossEntropy())
+
+
+def init_params(sizes, weight_init_std=0.01, seed=None, dtype=np.float64):
+    """Parameters for :func:`mlp`: Gaussian weights, zero biases.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths, as in :func:`mlp`.
+    weight_init_std : float, default 0.01
+        Standard deviation of the weights; finite and ``>= 0``.
+    seed : int, numpy.random.Generator or None, default None
+        Passed to ``np.random.default_rng``; None draws fresh entropy.
+    dtype : floating dtype, default float64
+        Dtype of every array. Weights are drawn in float64 and then rounded, so a given
+        seed gives the same weights (to rounding) in every dtype.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Keys ``w1, b1, w2, b2, ...`` in that order; ``w{i}`` has shape
+        ``(sizes[i-1], sizes[i])``, ``b{i}`` shape ``(sizes[i],)``.
+
+    Raises
+    ------
+    ValueError
+        If `sizes` is invalid, `weight_init_std` is negative or not finite, or `dtype` is
+        not a floating dtype.
+
+    Examples
+    --------
+    >>> {k: v.shape for k, v in init_params([784, 100, 10], seed=0).items()}
+    {'w1': (784, 100), 'b1': (100,), 'w2': (100, 10), 'b2': (10,)}
+    """
+    sizes = _check_sizes(sizes)
+    if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
+        raise ValueError(f"`weight_init_std` must be finite and >= 0, got {weight_init_std!r}.")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}.")
+    rng = np.random.default_rng(seed)
+    params = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f"w{i}"] = (weight_init_std * rng.standard_normal((n_in, n_out))).astype(dtype)
+        params[f"b{i}"] = np.zeros(n_out, dtype=dtype)
+    return params
