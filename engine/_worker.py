@@ -32,6 +32,7 @@ class Job:
     evaluator: str
     scheme: str
     steps: tuple[float, ...]
+    options: tuple[tuple[str, Any], ...] = ()   # keyword arguments of the evaluator
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def evaluate_chunk(job: Job, payload: Any, start: int, stop: int) -> np.ndarray:
     """
     f, space, cache = _resident_copy(job.call_id, payload)
     evaluate = get_evaluator(job.evaluator)
-    return evaluate(f, space, list(job.steps), get_scheme(job.scheme), start, stop, cache)
+    return evaluate(f, space, list(job.steps), get_scheme(job.scheme), start, stop, cache,
+                    **dict(job.options))
 
 
 def _resident_copy(call_id: str, payload: Any):

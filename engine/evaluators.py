@@ -40,6 +40,7 @@ def loop_evaluate(
     start: int,
     stop: int,
     cache: dict | None = None,
+    **_ignored: Any,
 ) -> np.ndarray:
     """Derivatives of `f` for the flat entries ``start .. stop-1`` of `space`.
 

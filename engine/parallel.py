@@ -20,8 +20,10 @@ import numpy as np
 
 from ._worker import Job
 from .backends import WorkerLost, make_runner, resolve_workers
+from .batched import DEFAULT_BLOCK_MEMORY
 from .errors import StateNotShippedError, WorkerLostError
 from .evaluators import EVALUATOR_NAMES, get_evaluator
+from .model import ModelLoss
 from .payload import dumps_bundle
 from .schemes import get_scheme, resolve_steps
 from .space import ParamSpace, split_range
@@ -41,6 +43,7 @@ def parallel_numerical_gradient(
     chunks_per_worker: int = 4,
     chunk_size: int | None = None,
     retries: int = 2,
+    block_memory: int = DEFAULT_BLOCK_MEMORY,
     check_state: bool = True,
     scheduler: str | None = None,
     progress: bool = False,
@@ -84,6 +87,9 @@ def parallel_numerical_gradient(
     retries : int, default 2
         How many times chunks lost with a dead worker process are re-run on a fresh
         pool before `WorkerLostError` is raised.
+    block_memory : int, default 256 MiB
+        Batched evaluator only: the most bytes of temporaries one worker uses for a
+        block of perturbations. Smaller blocks give the same numbers, more slowly.
     check_state : bool, default True
         Compute one entry in this process too and check the workers' value equals it
         exactly; a mismatch means `f` does not read the `x` that was shipped with it
@@ -127,17 +133,19 @@ def parallel_numerical_gradient(
     the_scheme = get_scheme(scheme)
     n_workers = resolve_workers(workers)
     evaluator_name = choose_evaluator(evaluator, f, x)
-    _check_counts(retries=retries, chunks_per_worker=chunks_per_worker)
+    _check_counts(retries=retries, chunks_per_worker=chunks_per_worker, block_memory=block_memory)
     chunks = plan_chunks(space.size, n_workers, chunks_per_worker, chunk_size)
+    options = {"block_memory": int(block_memory)} if evaluator_name == "batched" else {}
 
     evaluate = get_evaluator(evaluator_name)
     if n_workers == 1 or len(chunks) <= 1:
-        values = evaluate(f, space, steps, the_scheme, 0, space.size, {})
+        values = evaluate(f, space, steps, the_scheme, 0, space.size, {}, **options)
         return space.assemble(values)
 
     probe = space.size - 1
-    expected = evaluate(f, space, steps, the_scheme, probe, probe + 1, {})[0]
-    job = Job(uuid.uuid4().hex, evaluator_name, the_scheme.name, tuple(steps))
+    expected = evaluate(f, space, steps, the_scheme, probe, probe + 1, {}, **options)[0]
+    job = Job(uuid.uuid4().hex, evaluator_name, the_scheme.name, tuple(steps),
+              tuple(options.items()))
     bundle = dumps_bundle(f, x, space.arrays)
     values = _run(job, bundle, chunks, backend, n_workers, scheduler, retries, progress)
     if check_state:
@@ -175,7 +183,6 @@ def plan_chunks(size: int, workers: int, chunks_per_worker: int = 4,
 
 
 def _is_model_loss_over(f: Any, x: Any) -> bool:
-    from .model import ModelLoss  # the layered model sits below the engine
     return isinstance(f, ModelLoss) and f.params is x
 
 

@@ -43,9 +43,11 @@ def dumps_bundle(f: Callable, x: Any, views: list[np.ndarray]) -> bytes:
         _BundlePickler(buffer, {id(_owner(v)) for v in views}).dump((f, x))
     except Exception as exc:  # pickling raises many types: PicklingError, TypeError...
         raise PayloadError(
-            f"`f` cannot be pickled to send it to worker processes ({type(exc).__name__}: "
-            f"{exc}). Define `f` at module level or as a closure over picklable objects "
-            "(arrays, nets), or use backend='threading', which copies (f, x) in-process."
+            f"`f` cannot be pickled to give each worker its own copy of (f, x) "
+            f"({type(exc).__name__}: {exc}). Define `f` at module level, or as a closure over "
+            "picklable objects only (arrays, nets, plain data: no locks, open files or "
+            "generators). Threads need the same, since each one perturbs a private copy; "
+            "workers=1 needs no copy at all."
         ) from exc
     return buffer.getvalue()
 

@@ -1,0 +1,86 @@
+"""The teaching text's nets, in its own vocabulary, on top of the layered model and the engine.
+
+`SimpleNet` and `ThreeLayerNet` keep the book's names (`params['w1']`, `predict`,
+`loss`, `accuracy`, `numerical_gradient`, `gradient`); `MLP` is the same thing with
+any number of layers. Each holds a `engine.model.Sequential` and a params dict; the
+numerical gradient goes through `parallel_numerical_gradient`, backprop through the
+model.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .functions import softmax
+from .layers import Affine, SoftmaxCrossEntropy
+from .model import ModelLoss, Sequential, init_params, mlp
+from .parallel import parallel_numerical_gradient
+
+__all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP"]
+
+
+class Net:
+    """A model and its parameters, with the book's methods."""
+
+    def __init__(self, model: Sequential, params: dict[str, np.ndarray]):
+        self.model = model
+        self.params = params
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (B, C) (B = 1 for a 1-D `x`)."""
+        return softmax(self.model.logits(self.params, x))
+
+    def loss(self, x: np.ndarray, t: Any) -> float:
+        """Mean softmax cross-entropy over the batch; `t` int labels or one-hot."""
+        return self.model.loss(self.params, x, t)
+
+    def accuracy(self, x: np.ndarray, t: Any) -> float:
+        """Fraction of samples whose largest logit is the true class."""
+        f = self.loss_function(x, t)
+        return float(np.mean(np.argmax(self.model.logits(self.params, f.x), axis=1) == f.labels))
+
+    def loss_function(self, x: np.ndarray, t: Any) -> ModelLoss:
+        """The book's ``f = lambda w: net.loss(x, t)``, as a picklable `ModelLoss`."""
+        return ModelLoss(self.model, self.params, x, t)
+
+    def numerical_gradient(self, x: np.ndarray, t: Any, workers: int | None = None,
+                           **engine_options: Any) -> dict[str, np.ndarray]:
+        """Gradient of `loss` by finite differences, through `parallel_numerical_gradient`.
+
+        `engine_options` are passed on (``h``, ``backend``, ``scheme``,
+        ``evaluator``...). The default evaluator, ``"auto"``, evaluates perturbations in
+        blocks (see `engine.batched`); ``evaluator="loop"`` does it the book's way.
+        """
+        return parallel_numerical_gradient(self.loss_function(x, t), self.params,
+                                           workers=workers, **engine_options)
+
+    def gradient(self, x: np.ndarray, t: Any) -> dict[str, np.ndarray]:
+        """Gradient of `loss` by backpropagation: exact up to rounding."""
+        return self.model.gradient(self.params, x, t)
+
+
+class SimpleNet(Net):
+    """The book's first example: ``predict(x) = x @ w``, softmax cross-entropy, w of shape (2, 3)."""
+
+    def __init__(self, shape: tuple[int, int] = (2, 3), seed: int | None = None):
+        model = Sequential([Affine("w", None)], SoftmaxCrossEntropy())
+        super().__init__(model, {"w": np.random.default_rng(seed).standard_normal(shape)})
+
+
+class MLP(Net):
+    """A multi-layer perceptron of widths `sizes`, e.g. ``[784, 100, 50, 10]``."""
+
+    def __init__(self, sizes, activation: str = "sigmoid", weight_init_std: float = 0.01,
+                 seed: int | None = None, dtype=np.float64):
+        super().__init__(mlp(sizes, activation),
+                         init_params(sizes, weight_init_std, seed=seed, dtype=dtype))
+        self.sizes = list(sizes)
+
+
+class ThreeLayerNet(MLP):
+    """The book's net: ``x @ w1 + b1 -> sigmoid -> @ w2 + b2 -> softmax``, params w1, b1, w2, b2."""
+
+    def __init__(self, input_size: int = 784, hidden_size: int = 100, output_size: int = 10,
+                 weight_init_std: float = 0.01, seed: int | None = None):
+        super().__init__([input_size, hidden_size, output_size], "sigmoid", weight_init_std, seed)

@@ -1,0 +1,137 @@
+"""The batched evaluator: the same finite differences as the loop evaluator, in blocks."""
+import numpy as np
+import pytest
+
+from engine import parallel_numerical_gradient
+from engine.data import load_embedded_mnist
+from engine.evaluators import loop_evaluate
+from engine.nets import MLP, ThreeLayerNet
+from engine.schemes import get_scheme
+from engine.space import ParamSpace
+
+H = 1e-4
+SAMPLE_PER_ARRAY = 150
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    train, _ = load_embedded_mnist()
+    return train
+
+
+def loop_values_at(f, params, name, entries, scheme="central"):
+    """The loop evaluator's derivatives at some flat entries of ``params[name]``."""
+    space = ParamSpace(params)
+    offset = int(space.offsets[list(params).index(name)])
+    steps = [H] * len(params)
+    return np.array([loop_evaluate(f, space, steps, get_scheme(scheme), offset + e, offset + e + 1)[0]
+                     for e in entries])
+
+
+def compare_with_loop(net, x, t, rng):
+    """Per array: (max |batched - loop| on a sample, max |batched|, loop zeros kept)."""
+    f = net.loss_function(x, t)
+    batched = parallel_numerical_gradient(f, net.params, workers=1, evaluator="batched")
+    report = {}
+    for name, grad in batched.items():
+        flat = grad.reshape(-1)
+        entries = rng.choice(flat.size, size=min(SAMPLE_PER_ARRAY, flat.size), replace=False)
+        if name == "w1":  # make sure entries with an all-zero input (border pixels) are in
+            dead = np.flatnonzero(np.all(f.x == 0, axis=0))
+            entries = np.concatenate([entries, dead[:20] * grad.shape[1]])
+        loop = loop_values_at(f, net.params, name, entries)
+        zeros_kept = bool(np.all(flat[entries][loop == 0] == 0)) and bool(np.any(loop == 0) or name != "w1")
+        report[name] = (np.abs(flat[entries] - loop).max(), np.abs(flat).max(), zeros_kept)
+    return report, f(None)
+
+
+@pytest.mark.parametrize("net_factory", [
+    lambda: ThreeLayerNet(seed=0),
+    lambda: MLP([784, 100, 50, 10], weight_init_std=0.1, seed=0),
+], ids=["784-100-10", "784-100-50-10"])
+def test_one_real_image_matches_the_loop_to_1e9(mnist, net_factory):
+    net, rng = net_factory(), np.random.default_rng(1)
+    report, _ = compare_with_loop(net, mnist.images[0], mnist.labels[0], rng)
+    for name, (max_diff, max_grad, zeros_kept) in report.items():
+        assert max_diff / max_grad <= 1e-9, name
+        assert zeros_kept, name
+
+
+@pytest.mark.parametrize("net_factory", [
+    lambda: ThreeLayerNet(seed=0),
+    lambda: MLP([784, 100, 50, 10], weight_init_std=0.1, seed=0),
+], ids=["784-100-10", "784-100-50-10"])
+def test_minibatch_of_100_matches_the_loop_to_its_rounding_noise(mnist, net_factory):
+    """Over a batch of 100 some gradients are ~1e-4, so one rounding step of the loss
+    (its ulp, ~4e-16, divided by 2h) is already ~1e-8 of them: the loop evaluator's own
+    noise. The bound is a few ulps of the loss per difference, and 1e-9 relative where
+    the gradient is large enough for that to be meaningful."""
+    net, rng = net_factory(), np.random.default_rng(2)
+    report, loss = compare_with_loop(net, mnist.images[:100], mnist.labels[:100], rng)
+    noise = 4 * np.spacing(loss) / (2 * H)
+    for name, (max_diff, max_grad, zeros_kept) in report.items():
+        assert max_diff <= max(noise, 1e-9 * max_grad), name
+        assert zeros_kept, name
+
+
+@pytest.mark.parametrize("workers, chunk_size", [(2, None), (3, None), (2, 999), (4, 1)])
+@pytest.mark.parametrize("scheme", ["central", "forward", "central4"])
+def test_parallel_batched_equals_serial_batched_exactly(mnist, workers, chunk_size, scheme):
+    net = MLP([784, 30, 20, 10], weight_init_std=0.1, seed=3)
+    f = net.loss_function(mnist.images[:5], mnist.labels[:5])
+    if chunk_size == 1:   # one entry per chunk: keep the test quick on a few arrays
+        f = MLP([12, 5, 3], seed=3).loss_function(np.linspace(0, 1, 24).reshape(2, 12), [0, 2])
+    serial = parallel_numerical_gradient(f, f.params, workers=1, scheme=scheme)
+    parallel = parallel_numerical_gradient(f, f.params, workers=workers, scheme=scheme,
+                                           chunk_size=chunk_size)
+    for name in serial:
+        assert np.array_equal(serial[name], parallel[name]), name
+
+
+def test_block_size_does_not_change_a_bit(mnist):
+    net = MLP([784, 40, 30, 10], activation="tanh", weight_init_std=0.1, seed=4)
+    f = net.loss_function(mnist.images[:7], mnist.labels[:7])
+    default = parallel_numerical_gradient(f, f.params, workers=1)
+    tiny = parallel_numerical_gradient(f, f.params, workers=1, block_memory=50_000)
+    for name in default:
+        assert np.array_equal(default[name], tiny[name]), name
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+def test_every_activation_agrees_with_backprop(mnist, activation):
+    net = MLP([784, 16, 12, 10], activation=activation, weight_init_std=0.1, seed=5)
+    x, t = mnist.images[:3], mnist.labels[:3]
+    numeric = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    exact = net.gradient(x, t)
+    for name in exact:
+        scale = np.abs(exact[name]).max()
+        assert np.abs(numeric[name] - exact[name]).max() <= 1e-6 * scale, name
+
+
+def test_auto_picks_batched_for_a_model_loss_and_loop_otherwise(mnist, monkeypatch):
+    import engine.batched as batched
+
+    calls = []
+    original = batched.batched_evaluate
+    monkeypatch.setattr(batched, "batched_evaluate",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    net = ThreeLayerNet(input_size=784, hidden_size=5, seed=0)
+    x, t = mnist.images[0], mnist.labels[0]
+    net.numerical_gradient(x, t, workers=1)
+    assert calls
+    calls.clear()
+    f = lambda w: net.loss(x, t)  # noqa: E731  a black box: the loop evaluator
+    parallel_numerical_gradient(f, net.params["b2"], workers=1)
+    assert not calls
+
+
+def test_float32_parameters(mnist):
+    net = MLP([784, 20, 10], seed=6, dtype=np.float32)
+    x, t = mnist.images[:2], mnist.labels[:2]
+    f = net.loss_function(x, t)
+    batched = net.numerical_gradient(x, t, workers=1)
+    loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+    for name in batched:
+        assert batched[name].dtype == np.float32
+        np.testing.assert_allclose(batched[name], loop[name], rtol=0, atol=1e-6 * np.abs(loop[name]).max() + 1e-9)
+    assert f(None) == net.loss(x, t)

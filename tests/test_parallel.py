@@ -1,0 +1,204 @@
+"""parallel_numerical_gradient equals the serial reference exactly, for every worker count."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import numerical_gradient, parallel_numerical_gradient, plan_chunks
+
+WORKER_COUNTS = [1, 2, 3, 4, 8]
+
+
+def small_net(rng, dtype=np.float64):
+    """A 6-5-3 tanh net; `loss` reads the params dict, the book's closure pattern."""
+    params = {
+        "w1": rng.standard_normal((6, 5)).astype(dtype),
+        "b1": rng.standard_normal(5).astype(dtype),
+        "w2": rng.standard_normal((5, 3)).astype(dtype),
+        "b2": np.zeros(3, dtype=dtype),
+    }
+    data = rng.random((4, 6))
+
+    def loss(_):
+        z = np.tanh(data @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[:, 0]))
+
+    return params, loss
+
+
+def snapshot(x):
+    arrays = x.values() if isinstance(x, dict) else (x if isinstance(x, (list, tuple)) else [x])
+    return [np.array(a, copy=True) for a in arrays]
+
+
+def unchanged(x, before):
+    arrays = x.values() if isinstance(x, dict) else (x if isinstance(x, (list, tuple)) else [x])
+    return all(a.tobytes() == b.tobytes() for a, b in zip(arrays, before))
+
+
+def assert_exactly_equal(got, expected):
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype
+            assert np.array_equal(got[key], expected[key]), key
+    else:
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dict_of_arrays_exact(rng, workers, dtype):
+    params, loss = small_net(rng, dtype)
+    before = snapshot(params)
+    expected = numerical_gradient(loss, params)
+    got = parallel_numerical_gradient(loss, params, workers=workers)
+    assert_exactly_equal(got, expected)
+    assert unchanged(params, before)
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_single_array_through_a_closure_exact(rng, workers):
+    params, loss = small_net(rng)
+    expected = numerical_gradient(loss, params["w1"])
+    got = parallel_numerical_gradient(loss, params["w1"], workers=workers)
+    assert_exactly_equal(got, expected)
+
+
+def sum_of_sines(w):
+    return float(np.sum(np.sin(w) * np.arange(w.size).reshape(w.shape)))
+
+
+LAYOUTS = {
+    "fortran": lambda r: np.asfortranarray(r.standard_normal((4, 5))),
+    "strided view": lambda r: r.standard_normal((6, 8))[::2, 1::3],
+    "transposed view": lambda r: r.standard_normal((3, 7)).T,
+    "zero-d": lambda r: np.array(r.standard_normal()),
+    "smaller than workers": lambda r: r.standard_normal(2),
+    "3-d": lambda r: r.standard_normal((2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_memory_layouts_exact(rng, workers, layout):
+    x = LAYOUTS[layout](rng)
+    before = snapshot(x)
+    expected = numerical_gradient(sum_of_sines, x)
+    got = parallel_numerical_gradient(sum_of_sines, x, workers=workers)
+    assert_exactly_equal(got, expected)
+    assert unchanged(x, before)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_view_whose_base_f_reads(rng, workers):
+    """x is a view; f reads the base array it was cut from: the link must survive pickling."""
+    base = rng.standard_normal((4, 6))
+    view = base[1:3, ::2]
+    f = lambda _: float(np.sum(np.cos(base)))  # noqa: E731
+    expected = numerical_gradient(f, view)
+    assert np.any(expected != 0)
+    assert_exactly_equal(parallel_numerical_gradient(f, view, workers=workers), expected)
+
+
+@pytest.mark.parametrize("kind", [list, tuple])
+def test_list_and_tuple_exact(rng, kind):
+    x = kind([rng.standard_normal((2, 3)), rng.standard_normal(4).astype(np.float32)])
+    f = lambda v: float(np.sum(v[0] ** 3) + np.sum(np.exp(v[1])))  # noqa: E731
+    expected = numerical_gradient(f, x)
+    got = parallel_numerical_gradient(f, x, workers=3)
+    assert type(got) is kind
+    for g, e in zip(got, expected):
+        assert_exactly_equal(g, e)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 7, 1000])
+def test_any_chunking_exact(rng, chunk_size):
+    params, loss = small_net(rng)
+    expected = numerical_gradient(loss, params)
+    got = parallel_numerical_gradient(loss, params, workers=2, chunk_size=chunk_size)
+    assert_exactly_equal(got, expected)
+
+
+def test_restore_is_by_assignment_when_one_worker_takes_many_chunks():
+    """Values where (x + h) - h != x: a restore by arithmetic would drift across chunks."""
+    x = np.array([0.1, 1 / 3, 2 / 3, 1e-300, 5e-324, 123456.789, -0.7])
+    assert any((v + 1e-4) - 1e-4 != v for v in x)
+    f = lambda w: float(np.sum(w ** 2 + w))  # noqa: E731
+    expected = numerical_gradient(f, x.copy())
+    assert_exactly_equal(parallel_numerical_gradient(f, x, workers=2, chunk_size=1), expected)
+
+
+@pytest.mark.parametrize("workers", [2, 4, 8])
+def test_threads_perturb_their_own_copies(rng, workers):
+    """With shared arrays, threads would see each other's perturbations."""
+    big = {"w": rng.standard_normal((40, 40))}
+    f = lambda _: float(np.sum(np.tanh(big["w"] @ big["w"])))  # noqa: E731  releases the GIL
+    expected = numerical_gradient(f, big)
+    got = parallel_numerical_gradient(f, big, workers=workers, backend="threading")
+    assert_exactly_equal(got, expected)
+
+
+def test_arrays_above_joblibs_memmapping_threshold_stay_writable_and_private():
+    """2 MB of parameters: joblib would hand these to workers as read-only memmaps."""
+    params = {"w": np.linspace(-1, 1, 260_000).reshape(520, 500)}
+    f = lambda _: float(params["w"][::50, ::50].sum() + params["w"][0, 0] ** 2)  # noqa: E731
+    grad = parallel_numerical_gradient(f, params, workers=2, chunk_size=65_000)
+    expected = numerical_gradient(f, params)
+    assert_exactly_equal(grad, expected)
+
+
+def test_other_joblib_backends(rng):
+    params, loss = small_net(rng)
+    expected = numerical_gradient(loss, params)
+    assert_exactly_equal(parallel_numerical_gradient(loss, params, workers=2,
+                                                     backend="multiprocessing"), expected)
+
+
+@pytest.mark.parametrize("scheme", ["central", "forward", "central4"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_every_scheme_exact(rng, scheme, workers):
+    params, loss = small_net(rng)
+    expected = numerical_gradient(loss, params, scheme=scheme)
+    assert_exactly_equal(parallel_numerical_gradient(loss, params, workers=workers,
+                                                     scheme=scheme), expected)
+
+
+def test_worker_processes_are_reused_and_blas_threads_limited(tmp_path):
+    def record_pid(w):
+        mark = Path(tmp_path, str(os.getpid()))
+        if not mark.exists():
+            from threadpoolctl import threadpool_info
+            threads = max((lib["num_threads"] for lib in threadpool_info()), default=1)
+            mark.write_text(str(threads))
+        return float(np.sum(w ** 2))
+
+    x = np.arange(16.0)
+    parallel_numerical_gradient(record_pid, x, workers=2)
+    first = {p.name for p in tmp_path.iterdir()} - {str(os.getpid())}
+    parallel_numerical_gradient(record_pid, x, workers=2)
+    second = {p.name for p in tmp_path.iterdir()} - {str(os.getpid())}
+    assert first and second == first
+    cores = os.cpu_count()
+    for pid in second:
+        assert int(Path(tmp_path, pid).read_text()) * 2 <= max(cores, 2)
+
+
+class TestPlanChunks:
+    def test_chunks_cover_the_range_contiguously(self):
+        chunks = plan_chunks(103, workers=4)
+        assert len(chunks) == 16 and chunks[0][0] == 0 and chunks[-1][1] == 103
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        assert max(hi - lo for lo, hi in chunks) - min(hi - lo for lo, hi in chunks) <= 1
+
+    def test_fewer_entries_than_chunks(self):
+        assert plan_chunks(3, workers=8) == [(0, 1), (1, 2), (2, 3)]
+
+    def test_chunk_size(self):
+        assert plan_chunks(10, workers=2, chunk_size=4) == [(0, 4), (4, 8), (8, 10)]
+
+    def test_bad_chunk_size(self):
+        with pytest.raises(ValueError, match="`chunk_size`"):
+            plan_chunks(10, workers=2, chunk_size=0)
