@@ -1,0 +1,54 @@
+"""Pictures of a run: loss per step and test accuracy where measured."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["plot_training"]
+
+
+def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: str | os.PathLike,
+                  title: str = "") -> Path:
+    """Save a PNG: the loss of every step (and its running mean) and the test accuracy.
+
+    Parameters
+    ----------
+    losses : sequence of float
+        Training loss of each step, before that step's update.
+    evaluations : sequence of dict
+        ``{"step": int, "test_accuracy": float}`` for each test evaluation.
+    path : path-like
+        Where to write the PNG.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(losses) + 1)
+    fig, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=110)
+    loss_axis.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
+    window = max(1, len(losses) // 50)
+    if window > 1:
+        running = np.convolve(losses, np.ones(window) / window, mode="valid")
+        loss_axis.plot(steps[window - 1:], running, color="tab:blue", linewidth=1.8,
+                       label=f"running mean ({window} steps)")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("training loss (cross-entropy)", color="tab:blue")
+    loss_axis.set_yscale("log")
+    if evaluations:
+        accuracy_axis = loss_axis.twinx()
+        accuracy_axis.plot([e["step"] for e in evaluations], [e["test_accuracy"] for e in evaluations],
+                           "o-", color="tab:red", label="test accuracy")
+        accuracy_axis.set_ylabel("test accuracy", color="tab:red")
+        accuracy_axis.set_ylim(0, 1)
+        accuracy_axis.legend(loc="upper right")
+    loss_axis.legend(loc="upper left")
+    loss_axis.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,152 @@
+"""The SGD loop of the teaching text, on numerical (or backprop) gradients.
+
+`Trainer` advances a `TrainingState` one step at a time. Each step builds a new
+state and replaces the old one in a single assignment, so whatever interrupts the
+loop (Ctrl-C, SIGTERM, an error in a worker) finds `trainer.state` at the end of the
+last completed step: consistent, and safe to checkpoint. Results do not depend on the
+number of workers: the engine's gradients are bit-identical to the serial ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import Dataset
+from .model import init_params, mlp
+from .nets import Net
+
+__all__ = ["TrainConfig", "TrainingState", "Trainer", "RESULT_FIELDS"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the numbers a run produces."""
+
+    sizes: tuple[int, ...] = (784, 100, 10)
+    weight_init_std: float = 0.01
+    lr: float = 0.1
+    batch_size: int = 1
+    steps: int = 100
+    h: float = 1e-4
+    scheme: str = "central"
+    seed: int = 0
+    shuffle: bool = False
+    gradient: str = "numerical"
+    evaluator: str = "auto"
+    eval_every: int = 0          # steps between test evaluations; 0: each epoch's end only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sizes": list(self.sizes)}
+
+
+RESULT_FIELDS = tuple(TrainConfig.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Where a run stands after a completed step."""
+
+    params: dict[str, np.ndarray]
+    step: int
+    epoch: int
+    position: int                 # next sample's index into `order`
+    order: np.ndarray             # this epoch's sample order, int64 (n_train,)
+    rng_state: dict[str, Any]     # the generator's state after drawing `order`
+    losses: tuple[float, ...] = ()
+    seconds: tuple[float, ...] = ()
+    evaluations: tuple[dict, ...] = field(default=())   # {"step", "epoch", "test_accuracy"}
+
+
+class Trainer:
+    """SGD on the net of `config`, over `train`, tested on `test`.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    train, test : Dataset
+    workers, backend, scheduler
+        Where the numerical gradient runs (see `parallel_numerical_gradient`); they
+        change the speed, never the numbers.
+    state : TrainingState, optional
+        Resume from here instead of a fresh initialisation.
+    """
+
+    def __init__(self, config: TrainConfig, train: Dataset, test: Dataset, *,
+                 workers: int | None = None, backend: str = "loky",
+                 scheduler: str | None = None, state: TrainingState | None = None):
+        self.config, self.train, self.test = config, train, test
+        self.engine_options = {"workers": workers, "backend": backend, "scheduler": scheduler,
+                               "h": config.h, "scheme": config.scheme,
+                               "evaluator": config.evaluator}
+        self.net = Net(mlp(config.sizes), {})   # the structure; its params are the state's
+        self.state = state if state is not None else self._initial_state()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train) // self.config.batch_size)
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.config.steps
+
+    def run(self, on_step: Callable[["Trainer"], None] | None = None) -> TrainingState:
+        """Step until `config.steps`; call ``on_step(self)`` after each step."""
+        while not self.done:
+            self.state = self._next_state(self.state)
+            if on_step is not None:
+                on_step(self)
+        return self.state
+
+    def accuracy(self, data: Dataset, params: dict[str, np.ndarray] | None = None) -> float:
+        """Fraction of `data` classified correctly with `params` (default: current)."""
+        self.net.params = self.state.params if params is None else params
+        return self.net.accuracy(data.images, data.labels)
+
+    def _initial_state(self) -> TrainingState:
+        c = self.config
+        rng = np.random.default_rng(c.seed)
+        params = init_params(c.sizes, c.weight_init_std, seed=rng)
+        order = rng.permutation(len(self.train)) if c.shuffle else np.arange(len(self.train))
+        return TrainingState(params, 0, 0, 0, order.astype(np.int64), rng.bit_generator.state)
+
+    def _next_state(self, state: TrainingState) -> TrainingState:
+        c = self.config
+        started = time.perf_counter()
+        batch = state.order[state.position: state.position + c.batch_size]
+        x, t = self.train.images[batch], self.train.labels[batch]
+        loss, grads = self._loss_and_gradient(state.params, x, t)
+        params = {name: p - c.lr * grads[name] for name, p in state.params.items()}
+        position, epoch, order, rng_state = state.position + batch.size, state.epoch, state.order, state.rng_state
+        if position >= len(self.train):
+            position, epoch = 0, epoch + 1
+            order, rng_state = self._next_order(order, rng_state)
+        step = state.step + 1
+        evaluations = state.evaluations
+        if self._evaluates_after(step, epoch != state.epoch):
+            evaluations += ({"step": step, "epoch": epoch,
+                             "test_accuracy": self.accuracy(self.test, params)},)
+        return replace(state, params=params, step=step, epoch=epoch, position=position,
+                       order=order, rng_state=rng_state, losses=state.losses + (loss,),
+                       seconds=state.seconds + (time.perf_counter() - started,),
+                       evaluations=evaluations)
+
+    def _loss_and_gradient(self, params, x, t):
+        self.net.params = params
+        loss = self.net.loss(x, t)
+        if self.config.gradient == "backprop":
+            return loss, self.net.gradient(x, t)
+        return loss, self.net.numerical_gradient(x, t, **self.engine_options)
+
+    def _next_order(self, order, rng_state):
+        if not self.config.shuffle:
+            return order, rng_state
+        rng = np.random.default_rng()
+        rng.bit_generator.state = rng_state
+        return rng.permutation(len(self.train)).astype(np.int64), rng.bit_generator.state
+
+    def _evaluates_after(self, step: int, epoch_ended: bool) -> bool:
+        every = self.config.eval_every
+        return epoch_ended or step == self.config.steps or (every > 0 and step % every == 0)
