@@ -236,6 +236,8 @@ def _train(run: dict[str, Any], args) -> int:
     trainer = Trainer(config, run["train"], run["test"], workers=run["workers"],
                       backend=run["backend"], scheduler=run["scheduler"], state=run["state"])
     out.mkdir(parents=True, exist_ok=True)
+    if trainer.state.step == 0:
+        _checkpoint(trainer, run)   # from here on, a killed run can always be resumed
     print(_headline(run, trainer), flush=True)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     bar = _progress_bar(trainer, run["progress"])

@@ -1,0 +1,143 @@
+"""Checkpoints: killed, interrupted and resumed runs end bit-identical; bad checkpoints are refused."""
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.checkpoint import CHECKPOINT_NAME
+
+RUN = ["--hidden", "16", "--iters", "240", "--train-size", "50", "--batch-size", "2", "--shuffle",
+       "--checkpoint-every", "7", "--evaluator", "batched", "--workers", "1", "--no-progress"]
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "engine.train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*args):
+    process = start(*args)
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    status, _, err = finish(*RUN, "--out", out)
+    assert status == 0, err
+    return dict(np.load(out / "params.npz"))
+
+
+def assert_same_params(out: Path, expected: dict):
+    with np.load(out / "params.npz", allow_pickle=False) as got:
+        for name in expected:
+            assert np.array_equal(got[name], expected[name]), name
+
+
+def wait_for_checkpoint(process, out: Path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not (out / CHECKPOINT_NAME).exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 1.0])
+def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, uninterrupted, delay):
+    out = tmp_path / "run"
+    process = start(*RUN, "--out", out)
+    wait_for_checkpoint(process, out)
+    time.sleep(delay + random.uniform(0, 0.2))
+    process.kill()
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    status, stdout, err = finish("--resume", out, "--no-progress")
+    assert status == 0, err
+    assert "resuming at step" in stdout or "steps of" in stdout
+    assert_same_params(out, uninterrupted)
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_write_a_checkpoint_and_say_how_to_resume(tmp_path, uninterrupted, sig, status):
+    out = tmp_path / "run"
+    process = start(*RUN, "--out", out)
+    wait_for_checkpoint(process, out)
+    time.sleep(0.5)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert f"resume with: engine-train --resume {out}" in err
+    assert "interrupted at step" in err
+    resumed, _, err = finish("--resume", out, "--no-progress")
+    assert resumed == 0, err
+    assert_same_params(out, uninterrupted)
+
+
+def interrupted_run(tmp_path) -> Path:
+    out = tmp_path / "run"
+    process = start(*RUN, "--out", out)
+    wait_for_checkpoint(process, out)
+    process.kill()
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    return out
+
+
+def test_truncated_checkpoint_is_refused_and_kept(tmp_path):
+    out = interrupted_run(tmp_path)
+    path = out / CHECKPOINT_NAME
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = path.read_bytes()
+    status, _, err = finish("--resume", out, "--no-progress")
+    assert status == 2 and "unreadable" in err and str(path) in err
+    assert path.read_bytes() == before
+    status, _, err = finish(*RUN, "--out", out)   # a fresh run must not overwrite it either
+    assert status == 2 and "cannot be read" in err
+    assert path.read_bytes() == before
+
+
+def test_checkpoint_of_another_net_is_refused(tmp_path):
+    out = interrupted_run(tmp_path)
+    path = out / CHECKPOINT_NAME
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["param/w1"] = np.zeros((784, 3))
+    np.savez(path, **arrays)
+    status, _, err = finish("--resume", out, "--no-progress")
+    assert status == 2 and "other shapes" in err
+
+
+def test_a_checkpoint_holding_pickles_is_never_unpickled(tmp_path):
+    out = interrupted_run(tmp_path)
+    path = out / CHECKPOINT_NAME
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["state/order"] = np.array([object()], dtype=object)
+    np.savez(path, **arrays)
+    status, _, err = finish("--resume", out, "--no-progress")
+    assert status == 2 and "allow_pickle=False" in err
+
+
+def test_unfinished_run_is_not_overwritten_by_a_fresh_one(tmp_path):
+    out = interrupted_run(tmp_path)
+    before = (out / CHECKPOINT_NAME).read_bytes()
+    status, _, err = finish(*RUN, "--out", out)
+    assert status == 2 and f"--resume {out}" in err
+    assert (out / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_resume_refuses_flags_that_change_the_numbers(tmp_path):
+    out = interrupted_run(tmp_path)
+    status, _, err = finish("--resume", out, "--lr", "0.5", "--no-progress")
+    assert status == 2 and "--lr 0.5 (checkpoint: 0.1)" in err
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    status, _, err = finish("--resume", tmp_path / "nothing-here")
+    assert status == 2 and "no checkpoint" in err
