@@ -13,6 +13,7 @@ which chunk, changes nothing.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Callable
 
@@ -30,6 +31,8 @@ from .space import ParamSpace, split_range
 
 __all__ = ["parallel_numerical_gradient", "plan_chunks"]
 
+_MIN_CHUNK_SECONDS = 0.01   # below this a chunk's task round trip (~1 ms) is a large share
+
 
 def parallel_numerical_gradient(
     f: Callable[[Any], Any],
@@ -40,7 +43,7 @@ def parallel_numerical_gradient(
     backend: str = "loky",
     scheme: str = "central",
     evaluator: str = "auto",
-    chunks_per_worker: int = 4,
+    chunks_per_worker: int | None = None,
     chunk_size: int | None = None,
     retries: int = 2,
     block_memory: int = DEFAULT_BLOCK_MEMORY,
@@ -78,10 +81,14 @@ def parallel_numerical_gradient(
         ``"loop"`` calls `f` once per perturbation and works for any `f`;
         ``"batched"`` evaluates blocks of perturbations at once and needs `f` to be a
         `engine.model.ModelLoss` over `x`; ``"auto"`` picks batched when it can.
-    chunks_per_worker : int, default 4
+    chunks_per_worker : int, optional
         The flat index space is cut into ``workers * chunks_per_worker`` chunks of
         equal size (lengths differ by at most one), so a worker that finishes early
-        takes another chunk instead of idling.
+        takes another chunk instead of idling. By default 4 for the loop evaluator,
+        fewer when the whole call is short (each chunk then gets at least ~10 ms of
+        work, as estimated from the probe entry, since every chunk costs a task
+        round trip of about a millisecond); 1 for the batched evaluator, whose
+        chunks are vectorised and cheap to balance.
     chunk_size : int, optional
         Entries per chunk; overrides `chunks_per_worker`.
     retries : int, default 2
@@ -133,17 +140,23 @@ def parallel_numerical_gradient(
     the_scheme = get_scheme(scheme)
     n_workers = resolve_workers(workers)
     evaluator_name = choose_evaluator(evaluator, f, x)
-    _check_counts(retries=retries, chunks_per_worker=chunks_per_worker, block_memory=block_memory)
-    chunks = plan_chunks(space.size, n_workers, chunks_per_worker, chunk_size)
+    _check_counts(retries=retries, block_memory=block_memory,
+                  chunks_per_worker=1 if chunks_per_worker is None else chunks_per_worker)
+    _check_chunk_size(chunk_size)
     options = {"block_memory": int(block_memory)} if evaluator_name == "batched" else {}
 
     evaluate = get_evaluator(evaluator_name)
-    if n_workers == 1 or len(chunks) <= 1:
+    if n_workers == 1 or space.size <= 1:
         values = evaluate(f, space, steps, the_scheme, 0, space.size, {}, **options)
         return space.assemble(values)
 
-    probe = space.size - 1
+    probe = space.size - 1   # computed here too, to check the workers' copy (check_state)
+    started = time.perf_counter()
     expected = evaluate(f, space, steps, the_scheme, probe, probe + 1, {}, **options)[0]
+    if chunks_per_worker is None:
+        chunks_per_worker = _default_chunks_per_worker(
+            evaluator_name, (time.perf_counter() - started) * space.size, n_workers)
+    chunks = plan_chunks(space.size, n_workers, chunks_per_worker, chunk_size)
     job = Job(uuid.uuid4().hex, evaluator_name, the_scheme.name, tuple(steps),
               tuple(options.items()))
     bundle = dumps_bundle(f, x, space.arrays)
@@ -176,10 +189,21 @@ def plan_chunks(size: int, workers: int, chunks_per_worker: int = 4,
     `chunk_size` entries (the last one shorter) when that is given.
     """
     if chunk_size is not None:
-        if not (isinstance(chunk_size, (int, np.integer)) and chunk_size > 0):
-            raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}")
+        _check_chunk_size(chunk_size)
         return [(lo, min(lo + chunk_size, size)) for lo in range(0, size, chunk_size)]
     return split_range(size, workers * chunks_per_worker)
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and not (isinstance(chunk_size, (int, np.integer))
+                                       and not isinstance(chunk_size, bool) and chunk_size > 0):
+        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}")
+
+
+def _default_chunks_per_worker(evaluator: str, estimated_seconds: float, workers: int) -> int:
+    if evaluator == "batched":
+        return 1
+    return int(np.clip(estimated_seconds / (workers * _MIN_CHUNK_SECONDS), 1, 4))
 
 
 def _is_model_loss_over(f: Any, x: Any) -> bool:
