@@ -312,3 +312,12 @@ class TestIdx:
     def test_missing_file(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="absent-idx1-ubyte"):
             read_idx_labels(tmp_path / "absent-idx1-ubyte")
+
+
+def test_command_line_writes_the_texts_files(tmp_path):
+    from engine.data import main
+
+    assert main(["--out", str(tmp_path), "--train-size", "12", "--test-size", "3"]) == 0
+    assert len(read_mnist_csv(tmp_path / "mnist_train_12.csv")) == 12
+    assert len(read_mnist_csv(tmp_path / "mnist_test_3.csv")) == 3
+    assert main(["--out", str(tmp_path), "--train-size", "0"]) == 2
