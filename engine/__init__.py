@@ -2,8 +2,17 @@
 
 The teaching text's finite differences (every weight nudged by +h and -h, the loss
 evaluated twice) computed by many workers, with bit-for-bit the serial numbers.
+
+Layers, lowest first: data (`engine.data`) and the layered model (`engine.model`,
+`engine.layers`, `engine.functions`); the gradient engine (`engine.space`: what is
+perturbed; `engine.evaluators` / `engine.batched`: how a chunk is evaluated;
+`engine.backends`: where chunks run; `engine.parallel`: the public core); the book's
+nets (`engine.nets`); the trainer and the command lines (`engine.training`,
+`engine.train`).
 """
+from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
 from .errors import PayloadError, StateNotShippedError, WorkerLostError
+from .nets import MLP, SimpleNet, ThreeLayerNet
 from .parallel import parallel_numerical_gradient, plan_chunks
 from .serial import numerical_gradient
 
@@ -12,6 +21,16 @@ __all__ = [
     "numerical_gradient",
     "parallel_numerical_gradient",
     "plan_chunks",
+    # nets
+    "SimpleNet",
+    "ThreeLayerNet",
+    "MLP",
+    # data
+    "Dataset",
+    "DataError",
+    "load_embedded_mnist",
+    "read_mnist_csv",
+    "write_mnist_csv",
     # errors
     "PayloadError",
     "StateNotShippedError",
