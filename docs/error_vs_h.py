@@ -1,0 +1,176 @@
+"""Measure the error of each difference scheme against backprop for a range of steps h.
+
+The teaching text's 784-100-10 net (seed 0), one real MNIST image (the embedded train
+split's first), parameters in float64 and in float32. For every scheme, dtype and h,
+the relative error ``max|g_num - g_bp| / max(max|g_num|, max|g_bp|)`` of each parameter
+array is measured and the worst array is kept. Plots error against h (log-log) and
+prints the minimum of each curve and the issue's goal points.
+
+    python docs/error_vs_h.py                  # writes docs/error_vs_h.png, ~6 s
+    python docs/error_vs_h.py --loop-check     # also the goal points with the loop evaluator
+    python docs/error_vs_h.py --survey         # also a grid of nets: the CLI's tolerances
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.data import load_embedded_mnist
+from engine.gradcheck import gradient_check
+from engine.nets import MLP, ThreeLayerNet
+
+SCHEMES = ("forward", "central", "central4")
+DTYPES = ("float64", "float32")
+GOALS = (("central", 1e-4, 1e-8), ("central4", 3e-3, 1e-10))   # scheme, h, relative error
+FLOAT32_ADVICE = (("central", 1e-4), ("central", 2e-3), ("central4", 1e-2))   # scheme, h
+SURVEY_NETS = ([784, 100, 10], [784, 100, 50, 10], [784, 50, 50, 50, 10])
+SURVEY_CHECKS = (("float64", "central", 1e-4), ("float64", "central4", 1e-4),
+                 ("float64", "central4", 3e-3), ("float64", "forward", 1e-4),
+                 ("float32", "central", 1e-4), ("float32", "central", 2e-3),
+                 ("float32", "central4", 1e-2))
+STYLE = {"forward": "tab:red", "central": "tab:blue", "central4": "tab:green"}
+
+
+def make_net(dtype: str):
+    """The 784-100-10 net, seed 0, parameters in `dtype`."""
+    if dtype == "float64":
+        return ThreeLayerNet(seed=0)
+    return MLP([784, 100, 10], dtype=np.float32, seed=0)
+
+
+def worst_relative(net, x, t, scheme: str, h: float, evaluator: str = "batched",
+                   workers: int = 1) -> tuple[float, str]:
+    """The largest relative error over the parameter arrays, and that array's name."""
+    report = gradient_check(net, x, t, scheme=scheme, h=h, workers=workers, evaluator=evaluator)
+    name = max(report, key=lambda k: report[k].relative)
+    return report[name].relative, name
+
+
+def sweep(steps: np.ndarray, x, t) -> dict[tuple[str, str], np.ndarray]:
+    """Worst relative error for every (scheme, dtype), one value per step."""
+    curves = {}
+    for dtype in DTYPES:
+        net = make_net(dtype)
+        for scheme in SCHEMES:
+            curves[scheme, dtype] = np.array([worst_relative(net, x, t, scheme, h)[0]
+                                              for h in steps])
+    return curves
+
+
+def plot(steps: np.ndarray, curves: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for (scheme, dtype), errors in curves.items():
+        ax.loglog(steps, np.maximum(errors, 1e-17), marker="o" if dtype == "float64" else "s",
+                  markersize=3.5, color=STYLE[scheme], alpha=0.85,
+                  linestyle="-" if dtype == "float64" else "--",
+                  label=f"{scheme}, {dtype} parameters")
+    for scheme, h, goal in GOALS:
+        ax.axhline(goal, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"goal: {scheme}, h={h:g}", (h, goal), xytext=(4, 3),
+                    textcoords="offset points", fontsize=7, color="grey")
+    ax.set_xlabel("step h")
+    ax.set_ylabel("relative error vs backprop, worst array\nmax|num - bp| / max(max|num|, max|bp|)")
+    ax.set_title("Numerical gradient error vs step size\n"
+                 "784-100-10 net (seed 0), one MNIST image, batched evaluator")
+    ax.grid(True, which="major", alpha=0.4)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def minima_table(steps: np.ndarray, curves: dict) -> str:
+    lines = [f"{'scheme':<10}{'dtype':<9}{'min error':>11}{'at h':>10}"]
+    for (scheme, dtype), errors in curves.items():
+        best = int(np.argmin(errors))
+        lines.append(f"{scheme:<10}{dtype:<9}{errors[best]:>11.2e}{steps[best]:>10.2e}")
+    return "\n".join(lines)
+
+
+def goals_table(x, t, evaluator: str, workers: int) -> str:
+    net = make_net("float64")
+    lines = [f"goals, float64, evaluator={evaluator}, workers={workers}:"]
+    for scheme, h, goal in GOALS:
+        start = time.perf_counter()
+        error, name = worst_relative(net, x, t, scheme, h, evaluator, workers)
+        verdict = "met" if error <= goal else "NOT MET"
+        lines.append(f"  {scheme:<9} h={h:<7g} worst {error:.2e} ({name}), goal <= {goal:g}: "
+                     f"{verdict}  [{time.perf_counter() - start:.1f} s]")
+    return "\n".join(lines)
+
+
+def float32_table(x, t) -> str:
+    net = make_net("float32")
+    lines = ["float32 parameters, evaluator=batched:"]
+    for scheme, h in FLOAT32_ADVICE:
+        error, name = worst_relative(net, x, t, scheme, h)
+        lines.append(f"  {scheme:<9} h={h:<7g} worst {error:.2e} ({name})")
+    return "\n".join(lines)
+
+
+def survey(train) -> str:
+    """Worst relative error of a correct backprop over a grid of nets (the CLI's defaults)."""
+    head = "".join(f"{dtype[-2:]} {scheme} {h:g}".rjust(19) for dtype, scheme, h in SURVEY_CHECKS)
+    lines = [f"{'net':<17}{'act':<8}{'B':>3}{'std':>6}{head}"]
+    worst_seen = np.zeros(len(SURVEY_CHECKS))
+    for sizes in SURVEY_NETS:
+        for activation in ("sigmoid", "tanh"):
+            for batch in (1, 10):
+                for std in (0.01, 0.1):
+                    x, t = train.images[:batch], train.labels[:batch]
+                    cells = []
+                    for k, (dtype, scheme, h) in enumerate(SURVEY_CHECKS):
+                        net = MLP(sizes, activation, std, seed=0, dtype=np.dtype(dtype))
+                        error, name = worst_relative(net, x, t, scheme, h)
+                        worst_seen[k] = max(worst_seen[k], error)
+                        cells.append(f"{error:.1e} ({name})".rjust(19))
+                    net_name = "-".join(map(str, sizes))
+                    lines.append(f"{net_name:<17}{activation:<8}{batch:>3}{std:>6g}"
+                                 + "".join(cells))
+    lines.append(f"{'worst':<34}" + "".join(f"{e:.1e}".rjust(19) for e in worst_seen))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".png"),
+                        help="where to write the plot (default: docs/error_vs_h.png)")
+    parser.add_argument("--per-decade", type=int, default=4,
+                        help="steps per decade between 1e-1 and 1e-10 (default: 4, 37 steps)")
+    parser.add_argument("--loop-check", action="store_true",
+                        help="also measure the goal points with the loop evaluator, 2 workers "
+                             "(about a minute)")
+    parser.add_argument("--survey", action="store_true",
+                        help="also the worst relative error of a correct backprop over 3- to "
+                             "5-layer sigmoid/tanh nets (the CLI's default tolerances; ~2 minutes)")
+    args = parser.parse_args(argv)
+    if args.per_decade < 1:
+        parser.error(f"--per-decade must be >= 1, got {args.per_decade}")
+
+    train, _ = load_embedded_mnist()
+    x, t = train.images[0], train.labels[0]
+    steps = np.logspace(-1, -10, 9 * args.per_decade + 1)
+    start = time.perf_counter()
+    curves = sweep(steps, x, t)
+    print(f"{len(steps)} steps x {len(curves)} curves in {time.perf_counter() - start:.1f} s")
+    print(minima_table(steps, curves))
+    print(goals_table(x, t, "batched", 1))
+    print(float32_table(x, t))
+    if args.loop_check:
+        print(goals_table(x, t, "loop", 2))
+    if args.survey:
+        print(survey(train))
+    plot(steps, curves, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Gradient check: a net's numerical gradient against its backprop, array by array.
+
+`gradient_check` answers "is my backprop right?" with the teaching text's figure (the
+mean absolute difference) and a scale-free one, the relative error
+``max|g_num - g_bp| / max(max|g_num|, max|g_bp|)``. `main` is the
+``engine-gradcheck`` command (also ``python -m engine.gradcheck``): it builds an MLP,
+checks it on real MNIST images, prints a table and exits non-zero above a tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import load_embedded_mnist
+from .layers import ACTIVATIONS
+from .nets import MLP, Net
+from .parallel import parallel_numerical_gradient
+from .schemes import SCHEMES
+
+__all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
+           "main"]
+
+# Largest relative error accepted by default, at h = 1e-4 (docs/accuracy.md). A correct
+# backprop measured up to 2.8e-6 (central, central4; float64) and 1.8e-4 (float32) over
+# 3- and 4-layer sigmoid/tanh nets; typical bugs give 1e-2 (a 1% scale) to 1 (a missing
+# term). Forward differences are too coarse for a sharp default: up to 6.5e-3 on the
+# book's net, 5e-2 to 0.5 on deeper ones.
+_DEFAULT_TOL = {
+    ("float64", "forward"): 1e-2,
+    ("float64", "central"): 1e-5,
+    ("float64", "central4"): 1e-5,
+    ("float32", "forward"): 1e-2,
+    ("float32", "central"): 1e-3,
+    ("float32", "central4"): 1e-3,
+}
+
+
+@dataclass(frozen=True)
+class GradientDifference:
+    """How far one array's numerical gradient is from its backprop gradient."""
+
+    max_abs: float    # max |g_num - g_bp|
+    mean_abs: float   # mean |g_num - g_bp|, the figure the teaching text prints
+    relative: float   # max_abs / max_grad (0 when both gradients are all zero)
+    max_grad: float   # max(max |g_num|, max |g_bp|)
+
+
+def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: float | dict = 1e-4,
+                   workers: int | None = 1, evaluator: str = "auto",
+                   backend: str = "loky") -> dict[str, GradientDifference]:
+    """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
+
+    Parameters
+    ----------
+    net : object
+        A net with the teaching text's ``params`` (dict of float arrays),
+        ``loss(x, t)`` and ``gradient(x, t)`` (the backprop under test, returning a
+        dict with the keys of ``params``): an `engine.nets.Net`, or a hand-written
+        one such as the book's ``TwoLayerNet``. An engine net's loss goes through
+        ``net.numerical_gradient``, so the batched evaluator can be used; any other
+        net's through ``parallel_numerical_gradient(lambda w: net.loss(x, t), net.params)``.
+    x : ndarray, shape (B, n_in) or (n_in,)
+        Inputs.
+    t : array_like
+        Labels (B,) or one-hot (B, C), as ``net.loss`` takes them.
+    scheme : {"central", "forward", "central4"}, default "central"
+    h : float or dict, default 1e-4
+        Step size, or a dict of per-array steps.
+    workers : int or None, default 1
+        Workers for the numerical gradient (``None`` or -1: all cores).
+    evaluator : {"auto", "loop", "batched"}, default "auto"
+    backend : str, default "loky"
+        See `engine.parallel_numerical_gradient`.
+
+    Returns
+    -------
+    dict of str to GradientDifference
+        One entry per array of ``net.params``, in its order. Both gradients are
+        compared in float64, whatever the dtype of the parameters.
+
+    Raises
+    ------
+    TypeError
+        If `net` lacks ``params``, ``loss`` or ``gradient``.
+    ValueError
+        If ``net.gradient`` does not return the arrays of ``net.params`` with their
+        shapes, or an engine option is bad (see `engine.parallel_numerical_gradient`).
+
+    Examples
+    --------
+    >>> from engine.nets import MLP
+    >>> net = MLP([4, 3, 2], seed=0)
+    >>> report = gradient_check(net, np.ones(4), 1)
+    >>> all(d.relative < 1e-6 for d in report.values())
+    True
+    """
+    _check_net(net)
+    options = dict(workers=workers, scheme=scheme, h=h, evaluator=evaluator, backend=backend)
+    exact = net.gradient(x, t)
+    if isinstance(net, Net):   # its ModelLoss lets the batched evaluator in
+        numerical = net.numerical_gradient(x, t, **options)
+    else:                      # the book's f = lambda w: net.loss(x, t)
+        numerical = parallel_numerical_gradient(lambda w: net.loss(x, t), net.params, **options)
+    _check_same_arrays(numerical, exact)
+    return {name: _difference(numerical[name], exact[name]) for name in numerical}
+
+
+def _check_net(net: Any) -> None:
+    for method in ("loss", "gradient"):
+        if not callable(getattr(net, method, None)):
+            raise TypeError(f"`net` must have a `{method}(x, t)` method; "
+                            f"{type(net).__name__} has none")
+    if not isinstance(getattr(net, "params", None), dict):
+        raise TypeError(f"`net` must have a `params` dict of arrays; {type(net).__name__} has none")
+
+
+def _check_same_arrays(numerical: dict, exact: Any) -> None:
+    if not isinstance(exact, dict) or set(exact) != set(numerical):
+        got = sorted(exact) if isinstance(exact, dict) else type(exact).__name__
+        raise ValueError(f"`net.gradient` must return a dict with the keys of `net.params` "
+                         f"{list(numerical)}, got {got}")
+    for name in numerical:
+        if np.shape(numerical[name]) != np.shape(exact[name]):
+            raise ValueError(f"`net.gradient` returned shape {np.shape(exact[name])} for "
+                             f"{name!r}; the parameter has shape {np.shape(numerical[name])}")
+
+
+def _difference(numerical: Any, exact: Any) -> GradientDifference:
+    g_num = np.asarray(numerical, dtype=np.float64)
+    g_bp = np.asarray(exact, dtype=np.float64)
+    if g_num.size == 0:
+        return GradientDifference(0.0, 0.0, 0.0, 0.0)
+    diff = np.abs(g_num - g_bp)
+    max_abs = float(diff.max())
+    max_grad = float(max(np.abs(g_num).max(), np.abs(g_bp).max()))
+    relative = max_abs / max_grad if max_grad > 0 else max_abs   # 0/0 is 0; NaN stays NaN
+    return GradientDifference(max_abs, float(diff.mean()), relative, max_grad)
+
+
+def default_tol(scheme: str, dtype: str = "float64") -> float:
+    """The relative-error tolerance `main` uses when ``--tol`` is not given.
+
+    Raises
+    ------
+    ValueError
+        For an unknown scheme or a dtype other than ``"float64"`` / ``"float32"``.
+    """
+    try:
+        return _DEFAULT_TOL[(str(np.dtype(dtype)), scheme)]
+    except (KeyError, TypeError):
+        raise ValueError(f"no default tolerance for scheme={scheme!r}, dtype={dtype!r}") from None
+
+
+def format_table(results: dict[str, GradientDifference], tol: float | None = None) -> str:
+    """The differences as a plain-text table, one row per array.
+
+    With `tol`, a last column says ``ok`` or ``FAIL`` (relative error above `tol`).
+
+    Examples
+    --------
+    >>> print(format_table({"w": GradientDifference(2e-12, 1e-12, 1e-11, 0.2)}))
+    array    max |num-bp|  mean |num-bp|   max |grad|     relative
+    w            2.00e-12       1.00e-12     2.00e-01     1.00e-11
+    """
+    header = ["array", "max |num-bp|", "mean |num-bp|", "max |grad|", "relative"]
+    rows = [[name, *(f"{v:.2e}" for v in (d.max_abs, d.mean_abs, d.max_grad, d.relative))]
+            for name, d in results.items()]
+    if tol is not None:
+        header.append("")
+        for row, d in zip(rows, results.values()):
+            row.append("ok" if _passes(d, tol) else "FAIL")
+    widths = [max(len(row[0]) for row in [header] + rows) + 2, 14, 15, 13, 13, 6]
+    lines = [header] + rows
+    return "\n".join(_row(cells, widths) for cells in lines)
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    first, *rest = cells
+    return (first.ljust(widths[0]) + "".join(c.rjust(w) for c, w in zip(rest, widths[1:]))).rstrip()
+
+
+def _passes(difference: GradientDifference, tol: float) -> bool:
+    return bool(difference.relative <= tol)   # False for NaN
+
+
+def failures(results: dict[str, GradientDifference], tol: float) -> list[str]:
+    """Names of the arrays whose relative error is above `tol` (or NaN)."""
+    return [name for name, d in results.items() if not _passes(d, tol)]
+
+
+# ---------------------------------------------------------------------------- the command
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine-gradcheck",
+        description="Check backprop against the numerical gradient on an MLP and real MNIST "
+                    "images (the embedded train split). Prints, per parameter array, the max "
+                    "and mean absolute difference and the relative error max|num-bp| / "
+                    "max(max|num|, max|bp|); exits 0 if every relative error is <= --tol, "
+                    "1 if not, 2 for bad flags.")
+    add = parser.add_argument
+    add("--sizes", type=int, nargs="+", default=[784, 100, 10], metavar="N",
+        help="layer widths, input first: 784 (the image), hidden..., at least 10 outputs "
+             "(default: 784 100 10, the teaching text's net)")
+    add("--activation", choices=sorted(ACTIVATIONS), default="sigmoid",
+        help="activation between affine layers (default: sigmoid)")
+    add("--batch-size", type=int, default=1, metavar="B",
+        help="check on the first B images of the embedded MNIST train split (default: 1)")
+    add("--scheme", choices=list(SCHEMES), default="central",
+        help="difference formula: central (error O(h^2)), forward (O(h)), central4 (O(h^4)) "
+             "(default: central)")
+    add("--h", type=float, default=1e-4,
+        help="finite-difference step (default: 1e-4; with --dtype float32, --scheme central4 "
+             "--h 1e-2 is far more accurate, see docs/accuracy.md)")
+    add("--workers", type=int, default=1,
+        help="workers for the numerical gradient; -1 for all cores (default: 1)")
+    add("--backend", default="loky", help="parallel backend when --workers > 1 (default: loky)")
+    add("--evaluator", choices=["auto", "loop", "batched"], default="auto",
+        help="loop: one loss per perturbation, as the teaching text; batched: blocks of "
+             "perturbations through the layers (the same differences to ~1e-10, hundreds of "
+             "times faster); auto: batched (default: auto)")
+    add("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
+    add("--weight-init-std", type=float, default=0.01, metavar="STD",
+        help="standard deviation of the initial weights (default: 0.01)")
+    add("--dtype", choices=["float64", "float32"], default="float64",
+        help="dtype of the parameters (default: float64)")
+    add("--tol", type=float, default=None,
+        help="largest relative error accepted, per array (default: "
+             f"{default_tol('central'):g} for central and central4, {default_tol('forward'):g} "
+             f"for forward; {default_tol('central', 'float32'):g} for central and central4 with "
+             "float32; see docs/accuracy.md)")
+    return parser
+
+
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_images: int) -> None:
+    if len(args.sizes) < 2 or args.sizes[0] != 784:
+        parser.error(f"--sizes must start with 784 (the MNIST image) and name at least two "
+                     f"widths, got {' '.join(map(str, args.sizes))}")
+    if args.sizes[-1] < 10:
+        parser.error(f"--sizes must end with at least 10 outputs (ten digits), "
+                     f"got {args.sizes[-1]}")
+    if not 1 <= args.batch_size <= n_images:
+        parser.error(f"--batch-size must be between 1 and {n_images}, got {args.batch_size}")
+    if args.tol is not None and not args.tol >= 0:
+        parser.error(f"--tol must be >= 0, got {args.tol}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``engine-gradcheck``; return its exit status (0 ok, 1 above tol, 2 bad flags)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    train, _ = load_embedded_mnist()
+    _check_flags(parser, args, len(train.images))
+    tol = default_tol(args.scheme, args.dtype) if args.tol is None else args.tol
+    x, t = train.images[:args.batch_size], train.labels[:args.batch_size]
+    try:
+        net = MLP(args.sizes, args.activation, args.weight_init_std, args.seed,
+                  dtype=np.dtype(args.dtype))
+        results = gradient_check(net, x, t, scheme=args.scheme, h=args.h, workers=args.workers,
+                                 evaluator=args.evaluator, backend=args.backend)
+    except (ValueError, TypeError) as error:   # a flag the engine rejects
+        parser.error(str(error))
+    print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}, "
+          f"{args.dtype}, seed {args.seed}), {args.batch_size} MNIST image(s), "
+          f"scheme={args.scheme}, h={args.h:g}, evaluator={args.evaluator}")
+    print(format_table(results, tol))
+    bad = failures(results, tol)
+    if bad:
+        print(f"FAIL: relative error above tol={tol:g} in {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print(f"ok: every relative error <= tol={tol:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
