@@ -12,6 +12,7 @@ nets (`engine.nets`); the trainer and the command lines (`engine.training`,
 """
 from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
 from .errors import PayloadError, StateNotShippedError, WorkerLostError
+from .gradcheck import GradientDifference, gradient_check
 from .nets import MLP, SimpleNet, ThreeLayerNet
 from .parallel import parallel_numerical_gradient, plan_chunks
 from .serial import numerical_gradient
@@ -21,6 +22,9 @@ __all__ = [
     "numerical_gradient",
     "parallel_numerical_gradient",
     "plan_chunks",
+    # gradient check
+    "gradient_check",
+    "GradientDifference",
     # nets
     "SimpleNet",
     "ThreeLayerNet",
