@@ -54,7 +54,7 @@ except ImportError as _missing:  # an optional dependency: say which extra bring
         name=_missing.name,
     ) from _missing
 
-__all__ = ["DaskRunner"]
+__all__ = ["DaskRunner", "open_client"]
 
 Chunk = tuple[int, int]
 _LOST = (distributed.KilledWorker, CancelledError)  # a chunk's worker died, not its f
@@ -182,6 +182,27 @@ def _failure(future, result) -> BaseException | None:
 def _run_chunk(job: Job, bundle: bytes, start: int, stop: int) -> np.ndarray:
     """The task: Dask hands it the scattered bundle, the worker keeps one copy per thread."""
     return evaluate_chunk(job, InlinePayload(bundle), start, stop)
+
+
+@contextlib.contextmanager
+def open_client(scheduler: str | None, workers: int):
+    """A client for many calls (a training run): to `scheduler`, or to a new local cluster.
+
+    While the block runs it is the default client, which every `DaskRunner` reuses, so
+    a run pays for connecting (or starting `workers` one-thread worker processes) once.
+    """
+    with contextlib.ExitStack() as owned:
+        if scheduler is not None:
+            client = owned.enter_context(_connect_to(scheduler))
+        else:
+            from joblib import cpu_count
+
+            cluster = owned.enter_context(distributed.LocalCluster(
+                n_workers=min(workers, cpu_count()), threads_per_worker=1, processes=True,
+                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}))
+            client = owned.enter_context(distributed.Client(cluster, set_as_default=False))
+        with client.as_current():
+            yield client
 
 
 def _active_client():

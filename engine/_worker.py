@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._threads import one_blas_thread
 from .evaluators import get_evaluator
 from .payload import loads_bundle
 from .schemes import get_scheme
@@ -64,8 +65,9 @@ def evaluate_chunk(job: Job, payload: Any, start: int, stop: int) -> np.ndarray:
     """
     f, space, cache = _resident_copy(job.call_id, payload)
     evaluate = get_evaluator(job.evaluator)
-    return evaluate(f, space, list(job.steps), get_scheme(job.scheme), start, stop, cache,
-                    **dict(job.options))
+    with one_blas_thread():
+        return evaluate(f, space, list(job.steps), get_scheme(job.scheme), start, stop, cache,
+                        **dict(job.options))
 
 
 def _resident_copy(call_id: str, payload: Any):

@@ -21,13 +21,12 @@ from joblib import cpu_count
 from joblib.externals.loky import get_reusable_executor
 from joblib.externals.loky.process_executor import BrokenProcessPool
 
+from ._threads import SINGLE_THREAD_ENVIRONMENT
 from ._worker import FilePayload, InlinePayload, Job, evaluate_chunk
 
-__all__ = ["resolve_workers", "blas_threads", "make_runner", "WorkerLost", "BACKENDS"]
+__all__ = ["resolve_workers", "make_runner", "WorkerLost", "BACKENDS"]
 
 BACKENDS = ("loky", "threading", "dask")  # and any other joblib backend name
-_BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 Chunk = tuple[int, int]
 
@@ -56,11 +55,6 @@ def resolve_workers(workers) -> int:
     if workers < 0:
         raise ValueError(f"`workers` must be a positive int, -1 or None, got {workers}")
     return int(workers)
-
-
-def blas_threads(workers: int) -> int:
-    """BLAS threads each worker may use so that workers x threads never exceeds the cores."""
-    return max(1, cpu_count() // workers)
 
 
 def make_runner(backend: str, workers: int, scheduler: str | None = None):
@@ -101,9 +95,8 @@ class LokyRunner:
             os.unlink(path)
 
     def _executor(self):
-        threads = str(blas_threads(self.workers))
-        return get_reusable_executor(max_workers=self.workers,
-                                     env={name: threads for name in _BLAS_VARIABLES})
+        # One BLAS thread per worker (see engine._threads): workers x threads <= cores.
+        return get_reusable_executor(max_workers=self.workers, env=SINGLE_THREAD_ENVIRONMENT)
 
 
 class ThreadRunner:

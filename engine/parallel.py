@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._threads import one_blas_thread
 from ._worker import Job
 from .backends import WorkerLost, make_runner, resolve_workers
 from .batched import DEFAULT_BLOCK_MEMORY
@@ -143,16 +144,20 @@ def parallel_numerical_gradient(
     _check_counts(retries=retries, block_memory=block_memory,
                   chunks_per_worker=1 if chunks_per_worker is None else chunks_per_worker)
     _check_chunk_size(chunk_size)
+    if scheduler is not None and backend != "dask":
+        raise ValueError(f"`scheduler` is only used with backend='dask', got backend={backend!r}")
     options = {"block_memory": int(block_memory)} if evaluator_name == "batched" else {}
 
     evaluate = get_evaluator(evaluator_name)
     if n_workers == 1 or space.size <= 1:
-        values = evaluate(f, space, steps, the_scheme, 0, space.size, {}, **options)
+        with one_blas_thread():
+            values = evaluate(f, space, steps, the_scheme, 0, space.size, {}, **options)
         return space.assemble(values)
 
     probe = space.size - 1   # computed here too, to check the workers' copy (check_state)
     started = time.perf_counter()
-    expected = evaluate(f, space, steps, the_scheme, probe, probe + 1, {}, **options)[0]
+    with one_blas_thread():
+        expected = evaluate(f, space, steps, the_scheme, probe, probe + 1, {}, **options)[0]
     if chunks_per_worker is None:
         chunks_per_worker = _default_chunks_per_worker(
             evaluator_name, (time.perf_counter() - started) * space.size, n_workers)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ._threads import one_blas_thread
 from .evaluators import loop_evaluate
 from .schemes import get_scheme, resolve_steps
 from .space import ParamSpace
@@ -20,7 +21,8 @@ def numerical_gradient(
     and ``f(x)`` again; ``(f1 - f2) / (2*h)`` is stored and the entry is restored to
     its exact original value. `f` is called with `x` itself, so the teaching text's
     ``f = lambda w: net.loss(x, t)``, which reads the perturbed array through the
-    net, works unchanged.
+    net, works unchanged. BLAS runs with one thread meanwhile, as in every worker of
+    `parallel_numerical_gradient`, so that the two agree bit for bit.
 
     Parameters
     ----------
@@ -60,5 +62,6 @@ def numerical_gradient(
         raise TypeError(f"`f` must be callable, got {type(f).__name__}")
     space = ParamSpace(x)
     steps = resolve_steps(h, space.keys, space.labels)
-    values = loop_evaluate(f, space, steps, get_scheme(scheme), 0, space.size)
+    with one_blas_thread():   # so that no result depends on a BLAS thread count
+        values = loop_evaluate(f, space, steps, get_scheme(scheme), 0, space.size)
     return space.assemble(values)

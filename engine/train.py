@@ -10,6 +10,7 @@ checkpoint is written first; resume with ``--resume DIR``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -243,7 +244,8 @@ def _train(run: dict[str, Any], args) -> int:
     bar = _progress_bar(trainer, run["progress"])
     started = time.perf_counter()
     try:
-        trainer.run(on_step=lambda t: _after_step(t, run, bar))
+        with _cluster(run):
+            trainer.run(on_step=lambda t: _after_step(t, run, bar))
     except (KeyboardInterrupt, Terminated) as stop:
         bar.close()
         path = _checkpoint(trainer, run)
@@ -254,6 +256,14 @@ def _train(run: dict[str, Any], args) -> int:
         signal.signal(signal.SIGTERM, previous)
     bar.close()
     return _finish(trainer, run, time.perf_counter() - started)
+
+
+def _cluster(run):
+    """For ``--backend dask``: one client for the whole run (the engine uses the active one)."""
+    if run["backend"] != "dask":
+        return contextlib.nullcontext()
+    from ._dask import open_client   # the optional dependency, imported only when asked for
+    return open_client(run["scheduler"], run["workers"])
 
 
 def _raise_terminated(signum, frame):

@@ -307,3 +307,18 @@ class TestFailures:
         w = rng.standard_normal(4)
         with pytest.raises(ImportError, match=r"\[dask\]"):
             parallel_numerical_gradient(lambda v: float(w.sum()), w, workers=2, backend="dask")
+
+
+class TestTrainerOnCluster:
+    def test_trainer_flags_give_the_same_params_as_loky(self, cluster, tmp_path):
+        from engine.train import main
+
+        common = ["--hidden", "5", "--iters", "3", "--train-size", "6", "--no-progress",
+                  "--workers", "2"]
+        assert main([*common, "--out", str(tmp_path / "loky")]) == 0
+        assert main([*common, "--backend", "dask", "--scheduler", cluster,
+                     "--out", str(tmp_path / "dask")]) == 0
+        with np.load(tmp_path / "loky" / "params.npz") as a, np.load(tmp_path / "dask" / "params.npz") as b:
+            for name in a.files:
+                assert np.array_equal(a[name], b[name]), name
+        assert no_active_client()

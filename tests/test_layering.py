@@ -10,7 +10,7 @@ LEVEL = {
     # data and the layered model
     "errors": 0, "functions": 0, "data": 0, "layers": 1, "model": 2,
     # the gradient engine: what is perturbed, how chunks are evaluated, where they run
-    "space": 3, "schemes": 3, "payload": 3, "evaluators": 4, "batched": 4, "_worker": 5,
+    "space": 3, "schemes": 3, "payload": 3, "_threads": 3, "evaluators": 4, "batched": 4, "_worker": 5,
     "backends": 6, "_dask": 6, "serial": 7, "parallel": 7,
     # above the engine
     "nets": 8, "gradcheck": 9, "checkpoint": 9, "plots": 9, "training": 9, "train": 10,
