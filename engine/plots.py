@@ -38,16 +38,18 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("training loss (cross-entropy)", color="tab:blue")
     loss_axis.set_yscale("log")
+    handles, labels = loss_axis.get_legend_handles_labels()
     if evaluations:
         accuracy_axis = loss_axis.twinx()
         accuracy_axis.plot([e["step"] for e in evaluations], [e["test_accuracy"] for e in evaluations],
                            "o-", color="tab:red", label="test accuracy")
         accuracy_axis.set_ylabel("test accuracy", color="tab:red")
         accuracy_axis.set_ylim(0, 1)
-        accuracy_axis.legend(loc="upper right")
-    loss_axis.legend(loc="upper left")
+        extra_handles, extra_labels = accuracy_axis.get_legend_handles_labels()
+        handles, labels = handles + extra_handles, labels + extra_labels
+    fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     loss_axis.set_title(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))   # room for the legend below the axes
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
