@@ -69,8 +69,7 @@ def loop_evaluate(
 
 def _center_loss(f, space: ParamSpace, cache: dict) -> float:
     if "center" not in cache:
-        where = "the unperturbed x"
-        cache["center"] = checked_loss(_call(f, space, where), where)
+        cache["center"] = _loss_at(f, space, lambda: "the unperturbed x")
     return cache["center"]
 
 
@@ -82,11 +81,28 @@ def perturbed_losses(f, space, array, index, h, multiples, flat) -> list[float]:
     try:
         for m in multiples:
             array[index] = base + m * h
-            where = f"{space.describe(flat)} (x_i {'+' if m > 0 else '-'} {abs(m)}*h)"
-            losses.append(checked_loss(_call(f, space, where), where))
+            losses.append(_loss_at(f, space, lambda: _describe(space, flat, m)))
     finally:
         array[index] = original
     return losses
+
+
+def _describe(space: ParamSpace, flat: int, m: int) -> str:
+    return f"{space.describe(flat)} (x_i {'+' if m > 0 else '-'} {abs(m)}*h)"
+
+
+def _loss_at(f, space: ParamSpace, where: Callable[[], str]) -> float:
+    """``f(x)`` as a checked float; `where` names the perturbation, built only for errors."""
+    try:
+        value = f(space.structure)
+    except Exception as exc:
+        annotate_error(exc, f"raised by `f` while evaluating {where()}")
+        raise
+    # The fast path for what losses usually are; everything else gets the full check.
+    loss = float(value) if isinstance(value, float) else checked_loss(value, where())
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {where()}")
+    return loss
 
 
 def checked_loss(value: Any, where: str) -> float:
@@ -113,14 +129,6 @@ def checked_loss(value: Any, where: str) -> float:
     if not math.isfinite(loss):
         raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {where}")
     return loss
-
-
-def _call(f, space: ParamSpace, where: str):
-    try:
-        return f(space.structure)
-    except Exception as exc:
-        annotate_error(exc, f"raised by `f` while evaluating {where}")
-        raise
 
 
 def annotate_error(exc: BaseException, context: str) -> None:
