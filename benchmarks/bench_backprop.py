@@ -1,0 +1,20 @@
+"""Suite 4: the floor: backprop's gradient of the same net and batches (groups of suite 2)."""
+import pytest
+
+from workloads import TOTAL_ENTRIES, batched_gradient, net_problem, record, relative_error, timed
+
+GROUPS = {1: "2 one image: batched vs loop vs backprop",
+          100: "2 batch of 100: batched vs loop vs backprop"}
+
+
+@pytest.mark.parametrize("batch", [1, 100])
+def test_backprop(benchmark, batch):
+    benchmark.group = GROUPS[batch]
+    problem = net_problem(batch)
+    grads = timed(benchmark, problem.net.gradient, problem.x, problem.t, rounds=200,
+                  warmup_rounds=5)
+    record(benchmark, suite="4", case="backprop (the floor)", backend="in-process",
+           evaluator="backprop", entries=TOTAL_ENTRIES, batch=batch)
+    numerical = batched_gradient(batch)
+    for name, grad in grads.items():
+        assert relative_error(numerical[name], grad) < 1e-6, name

@@ -1,0 +1,352 @@
+"""What the benchmark suites time: the seed net on real digits, a black-box ODE fit, SciPy adapters.
+
+Shared by the ``bench_*.py`` suites (imported as ``workloads``: pytest puts this folder on
+``sys.path``). Everything a worker process must unpickle lives here at module level, so both
+loky workers and a ``multiprocessing`` pool can import it by name.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+import engine
+from engine.data import load_embedded_mnist
+from engine.nets import ThreeLayerNet
+
+SEED = 20261127
+H = 1e-4                       # the book's step, for our engine and SciPy alike
+SIZES = (784, 100, 10)         # the seed net
+TOTAL_ENTRIES = 784 * 100 + 100 + 100 * 10 + 10   # 79,510 parameters
+CENTRE_PIXEL = 14 * 28 + 14    # row 14, column 14 of the 28x28 image
+POOL_SIZE = 2                  # plain process pool: SciPy's workers, the hand-rolled ceiling
+
+
+def available_cores() -> int:
+    """Cores this process may use (affinity respected where the OS reports it)."""
+    count = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        count = min(count, len(os.sched_getaffinity(0)))
+    return max(1, count)
+
+
+def worker_counts(cores: int | None = None) -> list[int]:
+    """Worker counts to sweep: every count up to 8, then powers of two and the core count."""
+    cores = available_cores() if cores is None else cores
+    counts = {w for w in range(1, min(cores, 8) + 1)}
+    counts |= {2 ** k for k in range(4, 10) if 2 ** k <= cores}
+    counts |= {w for w in (12,) if w <= cores}
+    return sorted(counts | {cores})
+
+
+# --- the seed net ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def mnist_train():
+    """The embedded 4,000 training digits (loaded once per process)."""
+    return load_embedded_mnist()[0]
+
+
+def seed_net() -> ThreeLayerNet:
+    """The book's 784-100-10 net, freshly initialised with a fixed seed."""
+    return ThreeLayerNet(*SIZES, weight_init_std=0.01, seed=SEED)
+
+
+@dataclass
+class NetProblem:
+    """One seed net, its data, and the book's closure ``f = lambda w: net.loss(x, t)``.
+
+    `window` is a view of `rows` consecutive rows of ``net.params['w1']`` (one row per pixel)
+    centred on the image's middle pixel, where the digit's strokes are, so its gradient is
+    not all zeros. With the
+    loop evaluator every entry costs the same two forward passes, so timing the window and
+    multiplying by `scale` estimates the full 79,510-entry gradient.
+    """
+
+    net: ThreeLayerNet
+    x: np.ndarray
+    t: np.ndarray
+    window: np.ndarray
+    start: int
+    f: Callable
+
+    @property
+    def entries(self) -> int:
+        return self.window.size
+
+    @property
+    def scale(self) -> float:
+        return TOTAL_ENTRIES / self.entries
+
+    def backprop_window(self) -> np.ndarray:
+        """The backprop gradient of the window's entries (the trusted reference)."""
+        grad = self.net.gradient(self.x, self.t)["w1"]
+        return grad[self.start:self.start + self.window.shape[0]]
+
+
+def net_problem(batch: int = 1, rows: int = 1) -> NetProblem:
+    """A fresh seed net with the first `batch` training digits and a `rows`-row window of w1."""
+    data = mnist_train()
+    net = seed_net()
+    x, t = data.images[:batch].copy(), data.labels[:batch].copy()
+    start = min(max(CENTRE_PIXEL - rows // 2, 0), SIZES[0] - rows)
+    window = net.params["w1"][start:start + rows]
+    return NetProblem(net, x, t, window, start, lambda w: net.loss(x, t))
+
+
+@functools.lru_cache(maxsize=16)
+def serial_window_gradient(batch: int, rows: int) -> np.ndarray:
+    """The serial reference on the window of `net_problem(batch, rows)` (computed once)."""
+    problem = net_problem(batch, rows)
+    return engine.numerical_gradient(problem.f, problem.window, H)
+
+
+@functools.lru_cache(maxsize=4)
+def batched_gradient(batch: int) -> dict:
+    """The full gradient by the batched evaluator in this process (computed once)."""
+    problem = net_problem(batch)
+    f = problem.net.loss_function(problem.x, problem.t)
+    return engine.parallel_numerical_gradient(f, problem.net.params, workers=1, h=H,
+                                              evaluator="batched")
+
+
+def book_numerical_gradient(f: Callable, x: np.ndarray, h: float = H) -> np.ndarray:
+    """The teaching text's loop in plain numpy, no checks: what the engine's reference costs
+    against. Sets each entry to x_i + h and x_i - h, stores (f1 - f2) / 2h, restores x_i."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        kept = x[index]
+        x[index] = float(kept) + h
+        f1 = f(x)
+        x[index] = float(kept) - h
+        f2 = f(x)
+        grad[index] = (f1 - f2) / (2 * h)
+        x[index] = kept
+    return grad
+
+
+@functools.lru_cache(maxsize=4)
+def _resident_problem(batch: int, rows: int) -> NetProblem:
+    return net_problem(batch, rows)
+
+
+def book_part(batch: int, rows: int, lo: int, hi: int) -> np.ndarray:
+    """The book's loop over flat entries lo..hi-1 of the window, on this process's own net."""
+    problem = _resident_problem(batch, rows)
+    flat = problem.window.reshape(-1)   # a view: perturbing it perturbs the net
+    return book_numerical_gradient(problem.f, flat[lo:hi])
+
+
+def hand_rolled_parallel(pool, batch: int, rows: int, parts: int) -> np.ndarray:
+    """The window's gradient split over `parts` processes of `pool`, no engine: the ceiling.
+
+    Each process keeps its own net (built on first use) and runs the book's loop over a
+    contiguous share of the entries; only indices go out and gradients come back.
+    """
+    size = rows * SIZES[1]
+    bounds = np.linspace(0, size, parts + 1).astype(int)
+    pieces = pool.starmap(book_part, [(batch, rows, lo, hi) for lo, hi in zip(bounds, bounds[1:])])
+    return np.concatenate(pieces).reshape(rows, SIZES[1])
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want| (0 when both are all zeros)."""
+    scale = float(np.max(np.abs(want)))
+    diff = float(np.max(np.abs(np.asarray(got) - want)))
+    return diff / scale if scale else diff
+
+
+# --- a black box: fit the couplings of damped oscillators --------------------------------------
+
+class OscillatorFit:
+    """Mismatch between a simulated and an observed trajectory of n coupled damped oscillators.
+
+    ``x_i'' = -k_i x_i - c x_i' + sum_j C_ij x_j``, integrated from a fixed start by classic RK4
+    with a fixed step for `steps` steps; the loss is the mean squared distance of the simulated
+    positions from those of a hidden "true" coupling. The parameters are the coupling matrix
+    C, shape (n, n) (a flat vector of n*n entries is accepted too, for SciPy). The ODE is
+    linear, so one RK4 step is the matrix ``I + M + M^2/2 + M^3/6 + M^4/24`` (M = dt*A),
+    formed once per call and applied `steps` times: about 1 ms per call in numpy.
+    """
+
+    def __init__(self, n: int = 20, steps: int = 200, dt: float = 0.05, seed: int = SEED):
+        rng = np.random.default_rng(seed)
+        self.n, self.steps, self.dt = n, steps, dt
+        self.stiffness = 1.0 + rng.random(n)
+        self.damping = 0.05
+        self.y0 = np.concatenate([rng.standard_normal(n), np.zeros(n)])
+        truth = rng.normal(0.0, 0.3 / np.sqrt(n), (n, n))
+        self.observed = self.simulate(truth)
+        self.start = 0.5 * truth + rng.normal(0.0, 0.05 / np.sqrt(n), (n, n))
+
+    @property
+    def size(self) -> int:
+        return self.n * self.n
+
+    def simulate(self, coupling: np.ndarray) -> np.ndarray:
+        """Positions at every step, shape (steps, n)."""
+        n = self.n
+        a = np.zeros((2 * n, 2 * n))
+        a[:n, n:] = np.eye(n)
+        a[n:, :n] = np.reshape(coupling, (n, n)) - np.diag(self.stiffness)
+        a[n:, n:] = -self.damping * np.eye(n)
+        m, eye = self.dt * a, np.eye(2 * n)
+        step = eye + m @ (eye + m @ (eye + m @ (eye + m / 4) / 3) / 2)
+        positions = np.empty((self.steps, n))
+        y = self.y0
+        for s in range(self.steps):
+            y = step @ y
+            positions[s] = y[:n]
+        return positions
+
+    def __call__(self, coupling: np.ndarray) -> float:
+        return float(np.mean((self.simulate(coupling) - self.observed) ** 2))
+
+
+# --- SciPy's view of the seed net: f of one flat vector --------------------------------------
+
+class FlatNetLoss:
+    """The seed net's loss as SciPy needs it: ``f(theta)`` of one flat vector.
+
+    `theta` holds every parameter, arrays in sorted name order (b1, b2, w1, w2), so its first
+    100 entries are b1. Each call copies `theta` into the net (one 0.64 MB copy) and
+    returns the loss. Picklable by the standard `pickle`, as `multiprocessing` requires.
+    """
+
+    def __init__(self, net: ThreeLayerNet, x: np.ndarray, t: np.ndarray):
+        self.net, self.x, self.t = net, x, t
+        self.keys = sorted(net.params)
+
+    def flatten(self) -> np.ndarray:
+        return np.concatenate([self.net.params[k].ravel() for k in self.keys])
+
+    def __call__(self, theta: np.ndarray) -> float:
+        offset = 0
+        for key in self.keys:
+            array = self.net.params[key]
+            array[...] = theta[offset:offset + array.size].reshape(array.shape)
+            offset += array.size
+        return self.net.loss(self.x, self.t)
+
+
+class WindowLoss:
+    """The seed net's loss as a function of a window of w1 rows only, flattened (for SciPy).
+
+    Writes through ``net.params['w1']`` itself: `pickle` would turn a stored view of it
+    into an unrelated copy in the worker.
+    """
+
+    def __init__(self, problem: NetProblem):
+        self.net, self.x, self.t = problem.net, problem.x, problem.t
+        self.rows = slice(problem.start, problem.start + problem.window.shape[0])
+
+    def __call__(self, flat: np.ndarray) -> float:
+        w1 = self.net.params["w1"]
+        w1[self.rows] = flat.reshape(w1[self.rows].shape)
+        return self.net.loss(self.x, self.t)
+
+
+def limit_blas_threads() -> None:
+    """Pool initializer: one BLAS thread per worker process, as our engine does for its workers."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=1)
+
+
+def scipy_gradient(fun: Callable, x0: np.ndarray, workers=None) -> np.ndarray:
+    """SciPy's parallel finite differences, as a user would call them (3-point, h = 1e-4)."""
+    from scipy.optimize._numdiff import approx_derivative
+    return approx_derivative(fun, x0, method="3-point", abs_step=H, workers=workers)
+
+
+def scipy_leading_entries(fun: Callable, x0: np.ndarray, entries: int, workers) -> np.ndarray:
+    """What `scipy_gradient` does for the first `entries` entries of a long `x0`, and no more.
+
+    `approx_derivative` has no way to ask for a subset, and for the whole seed net it cannot
+    run at all (Pool.map first lists all 2 x 79,510 perturbed copies of a 0.64 MB vector:
+    about 101 GB). So this calls the routine it dispatches to, `_dense_difference`, with the
+    same arguments `approx_derivative` builds (the wrapped `fun`, f0, h = 1e-4 everywhere,
+    two-sided) except that the list of sides has `entries` items: SciPy's own loop then
+    perturbs, copies and ships the full vector for exactly the first `entries` entries.
+    """
+    from scipy.optimize import _numdiff
+    wrapped = _numdiff._Fun_Wrapper(fun, x0, (), {})
+    f0 = wrapped(x0)
+    h = np.full(x0.shape, H)
+    jacobian, _ = _numdiff._dense_difference(wrapped, x0, f0, h, np.zeros(entries, dtype=bool),
+                                             "3-point", workers)
+    return np.asarray(jacobian)[:entries]
+
+
+# --- bookkeeping ------------------------------------------------------------------------------
+
+class Interference:
+    """The share of the machine's CPU time that other processes used during a block.
+
+    Busy time of all cores (from /proc/stat, steal included) minus the CPU time of this
+    process and its children (our workers), over wall time x cores. On a shared machine
+    this says which measurements were disturbed. None where /proc/stat or psutil is missing.
+    """
+
+    share: float | None = None
+
+    def __enter__(self):
+        self._start = _snapshot()
+        return self
+
+    def __exit__(self, *exc_info):
+        end = _snapshot()
+        if self._start is not None and end is not None:
+            busy, own, wall = (b - a for a, b in zip(self._start, end))
+            self.share = max(0.0, busy - own) / (wall * available_cores())
+        return False
+
+
+def _snapshot():
+    try:
+        import psutil
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+        me = psutil.Process()
+        own = sum(me.cpu_times()[:4])   # user, system, and reaped children's
+        for child in me.children(recursive=True):
+            try:
+                own += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+    except (ImportError, OSError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # not idle/iowait
+    return busy, own, time.perf_counter()
+
+
+def timed(benchmark, target: Callable, *args, rounds: int, warmup_rounds: int = 1, **kwargs):
+    """``benchmark.pedantic(target, args, kwargs, ...)``, noting other processes' CPU share."""
+    with Interference() as meter:
+        result = benchmark.pedantic(target, args, kwargs, rounds=rounds,
+                                    warmup_rounds=warmup_rounds)
+    if meter.share is not None:
+        benchmark.extra_info["others_cpu"] = round(meter.share, 3)
+    return result
+
+
+def record(benchmark, *, suite: str, case: str, role: str = "case", workers: int | None = None,
+           backend: str = "serial", evaluator: str = "loop", entries: int,
+           total_entries: int | None = None, batch: int | None = None,
+           series: str | None = None, **more) -> None:
+    """Write what `report.py` needs into ``benchmark.extra_info``.
+
+    `entries` are the entries one timed call computes; `total_entries` those of the
+    gradient it stands for (default: the same). The report multiplies the median by
+    ``scale = total_entries / entries`` to estimate the full gradient, and compares every
+    case of a group with its ``role="baseline"`` case on those estimates. Cases with a
+    `series` label become one line each in speedup.png.
+    """
+    total = entries if total_entries is None else total_entries
+    benchmark.extra_info.update(
+        suite=suite, case=case, role=role, workers=workers, backend=backend,
+        evaluator=evaluator, entries=int(entries), total_entries=int(total),
+        scale=total / entries, batch=batch, series=series, **more)
