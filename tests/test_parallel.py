@@ -221,3 +221,11 @@ class TestPlanChunks:
     def test_bad_chunk_size(self):
         with pytest.raises(ValueError, match="`chunk_size`"):
             plan_chunks(10, workers=2, chunk_size=0)
+
+
+def test_progress_bar_counts_chunks(capsys):
+    x = np.arange(12.0)
+    got = parallel_numerical_gradient(sum_of_sines, x, workers=2, chunk_size=3, progress=True)
+    assert np.array_equal(got, numerical_gradient(sum_of_sines, x))
+    err = capsys.readouterr().err
+    assert "gradient:" in err and "0/4 [" in err   # a bar over the 4 chunks
