@@ -1,7 +1,8 @@
 """Suite 4: the floor: backprop's gradient of the same net and batches (groups of suite 2)."""
 import pytest
 
-from workloads import TOTAL_ENTRIES, batched_gradient, net_problem, record, relative_error, timed
+from measuring import record, timed
+from workloads import TOTAL_ENTRIES, batched_gradient, net_problem, relative_error
 
 GROUPS = {1: "2 one image: batched vs loop vs backprop",
           100: "2 batch of 100: batched vs loop vs backprop"}

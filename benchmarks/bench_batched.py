@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import engine
+from measuring import record, timed
 from workloads import (H, TOTAL_ENTRIES, available_cores, batched_gradient,
-                       book_numerical_gradient, net_problem, record, serial_window_gradient,
-                       timed)
+                       book_numerical_gradient, net_problem, serial_window_gradient)
 
 GROUPS = {1: "2 one image: batched vs loop vs backprop",
           100: "2 batch of 100: batched vs loop vs backprop"}

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import engine
+from measuring import record, timed
 from workloads import (H, POOL_SIZE, TOTAL_ENTRIES, book_numerical_gradient,
-                       hand_rolled_parallel, net_problem, record, relative_error,
-                       serial_window_gradient, timed, worker_counts)
+                       hand_rolled_parallel, net_problem, prepare_processes, relative_error,
+                       serial_window_gradient, worker_counts)
 
 GROUP = "1 seed net, loop evaluator, 1 image"
 ROWS, ROWS_CHECK = 100, 4   # w1 rows timed: 10,000 entries (~1.5 s serially); 400 when disabled
@@ -54,6 +55,7 @@ def test_book_loop(benchmark):
 def test_hand_rolled_ceiling(benchmark, process_pool):
     """What this machine gives: the book's loop split over 2 plain processes, no engine."""
     rows = _rows(benchmark)
+    prepare_processes(process_pool, 1, rows)
     grad = timed(benchmark, hand_rolled_parallel, process_pool, 1, rows, POOL_SIZE,
                  rounds=ROUNDS, warmup_rounds=1)
     record(benchmark, suite="1", case="ceiling: book's loop in 2 plain processes",

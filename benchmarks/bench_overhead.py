@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import engine
-from workloads import net_problem, record, timed, worker_counts
+from measuring import record, timed
+from workloads import net_problem, worker_counts
 
 GROUPS = {"tiny": "5a per-call overhead: trivial f, 8 entries",
           "seed net": "5b per-call overhead: trivial f carrying the seed net (0.64 MB)"}

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 import engine
-from workloads import (H, POOL_SIZE, TOTAL_ENTRIES, FlatNetLoss, OscillatorFit,
-                       WindowLoss, net_problem, record, relative_error, scipy_gradient,
-                       scipy_leading_entries, serial_window_gradient, timed, worker_counts)
+from measuring import record, timed
+from workloads import (H, POOL_SIZE, TOTAL_ENTRIES, FlatNetLoss, OscillatorFit, WindowLoss,
+                       net_problem, relative_error, scipy_gradient, scipy_leading_entries,
+                       serial_window_gradient, worker_counts)
 
 BLACK_BOX = "3a black box: ODE fit, 400 parameters, ~1 ms per call"
 SEED_NET = "3b seed net vs SciPy, scaled to all 79,510 entries"

@@ -261,13 +261,45 @@ def _new_result(backend: str, workers: int, settings: dict) -> dict:
             "backend": "multiprocessing.Pool" if ceiling else backend, "workers": workers,
             "evaluator": "loop", "entries": settings["entries"],
             "total_entries": TOTAL_ENTRIES, "scale": TOTAL_ENTRIES / settings["entries"],
-            "series": series, "times": [], "exact": True}
+            "series": series, "times": [], "others_cpu": [], "exact": True}
 
 
 def time_call(fn) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
+
+
+def cpu_snapshot():
+    """(busy CPU seconds of the machine, CPU seconds of this process tree, wall time), or None.
+
+    Needs /proc/stat and psutil (optional); the difference between two snapshots gives the
+    share of the machine that other processes took during a measurement.
+    """
+    try:
+        import psutil
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+        me = psutil.Process()
+        own = sum(me.cpu_times()[:4])
+        for child in me.children(recursive=True):
+            try:
+                own += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+    except (ImportError, OSError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return busy, own, time.perf_counter()
+
+
+def others_share(before, after) -> float | None:
+    if before is None or after is None:
+        return None
+    busy, own, wall = (b - a for a, b in zip(before, after))
+    if wall < 0.5:   # /proc/stat counts in 10 ms ticks: too few to tell
+        return None
+    return round(max(0.0, busy - own) / (wall * available_cores()), 3)
 
 
 def run_passes(recorder, budget, problem, serial_time, plan, repeats, first=0):
@@ -279,13 +311,17 @@ def run_passes(recorder, budget, problem, serial_time, plan, repeats, first=0):
             if not budget.fits(estimate):
                 recorder.skip(what)
                 continue
+            before = cpu_snapshot()
             seconds, exact = measure(problem, backend, workers)
+            others = others_share(before, cpu_snapshot())
             item = recorder.result(backend, workers)
             item["times"].append(seconds)
+            item["others_cpu"].append(others)
             item["exact"] = item["exact"] and exact
             recorder.save(budget)
             print(f"  {what}: {seconds:.3f} s  (speedup {serial_time / seconds:.2f}x against "
-                  f"the first serial time, exact: {exact}, {budget.left():.0f} s left)",
+                  f"the first serial time, exact: {exact}, others' CPU "
+                  f"{'?' if others is None else f'{others:.0%}'}, {budget.left():.0f} s left)",
                   flush=True)
 
 
@@ -311,16 +347,19 @@ def markdown_table(data: dict) -> str:
     serial = next((r for r in results if r["role"] == "baseline"), None)
     base = float(np.median(serial["times"])) if serial else None
     lines = ["| case | workers | repeats | median | min | full gradient (est.) | speedup | "
-             "efficiency | exact |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "efficiency | others' CPU (max) | exact |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         if not r["times"]:
             continue
         median = float(np.median(r["times"]))
         speedup = base / median if base else float("nan")
         efficiency = f"{100 * speedup / r['workers']:.0f}%" if r["workers"] > 1 else ""
+        shares = [v for v in r.get("others_cpu", []) if v is not None]
+        others = f"{max(shares):.0%}" if shares else ""
         lines.append(f"| {r['case']} | {r['workers']} | {len(r['times'])} | {median:.3f} s | "
                      f"{min(r['times']):.3f} s | {median * r['scale']:.2f} s | {speedup:.2f}x | "
-                     f"{efficiency} | {r['exact']} |")
+                     f"{efficiency} | {others} | {r['exact']} |")
     return "\n".join(lines)
 
 
@@ -384,6 +423,7 @@ def main(argv=None) -> int:
         print("serial reference ...", flush=True)
         serial_time, reference = time_call(lambda: engine.numerical_gradient(f, target, H))
         recorder.result("serial", 1)["times"].append(serial_time)
+        recorder.result("serial", 1)["others_cpu"].append(None)
         recorder.save(budget)
         print(f"  serial: {serial_time:.3f} s", flush=True)
         problem = (f, target, reference, args.rows)

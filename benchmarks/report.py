@@ -1,8 +1,9 @@
 """Turn saved benchmark results into markdown tables and a speedup plot.
 
 Reads pytest-benchmark JSON files (``--benchmark-json``) written by the suites in this folder,
-and the JSON written by ``device_scaling.py``. Each file is one run: every ratio compares
-cases of the same group *within one file*, so they were measured side by side.
+and the JSON written by ``device_scaling.py`` and ``interleaved.py`` (cases timed in
+alternating rounds). Each file is one run: every ratio compares cases of the same group
+*within one file*, so they were measured side by side.
 
 For each case the table gives the median time of one call, its IQR and min..max, the
 estimated time of the full gradient (median x ``scale`` from the case's ``extra_info``: the
@@ -80,10 +81,11 @@ class Run:
 def load_run(path: Path) -> Run:
     """Read a pytest-benchmark JSON file or a device_scaling.py JSON file."""
     data = json.loads(Path(path).read_text())
-    if "device_scaling" in data:
-        return _device_run(path, data)
+    if "device_scaling" in data or "interleaved" in data:
+        return _interleaved_run(path, data)
     if "benchmarks" not in data:
-        raise ValueError(f"{path}: neither pytest-benchmark JSON nor device_scaling.py JSON")
+        raise ValueError(f"{path}: not pytest-benchmark, device_scaling.py or interleaved.py "
+                         "JSON")
     run = Run(str(path), _describe_machine(data.get("machine_info", {})),
               _describe_when(data))
     for bench in data["benchmarks"]:
@@ -115,7 +117,8 @@ def _describe_machine(info: dict) -> str:
     return " | ".join(parts)
 
 
-def _device_run(path: Path, data: dict) -> Run:
+def _interleaved_run(path: Path, data: dict) -> Run:
+    """device_scaling.py and interleaved.py output: cases timed in alternating rounds."""
     machine = data.get("machine", {})
     description = (f"{machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores | "
                    f"numpy {machine.get('numpy', '?')}, BLAS: {'; '.join(machine.get('blas', []))}")
@@ -124,9 +127,14 @@ def _device_run(path: Path, data: dict) -> Run:
               data.get("when", "") + (f", engine sources {sources}" if sources else ""))
     group = data.get("group", "device: seed net, loop evaluator, 1 image")
     for result in data.get("results", []):
+        if not result.get("times"):
+            continue
         times = sorted(result["times"])
         info = {k: v for k, v in result.items() if k != "times"}
-        run.cases.append(Case(group, result["case"], info, _quantile(times, 0.5),
+        shares = [v for v in result.get("others_cpu", []) if v is not None]
+        info["others_cpu"] = max(shares) if shares else None   # the worst repeat
+        run.cases.append(Case(result.get("group", group), result["case"], info,
+                              _quantile(times, 0.5),
                               _quantile(times, 0.25), _quantile(times, 0.75),
                               times[0], times[-1], len(times)))
     return run
@@ -202,7 +210,7 @@ def _group_table(group: str, cases: list[Case]) -> list[str]:
             f"| {info.get('case', case.name)} | {info.get('workers') or ''} | "
             f"{info.get('backend', '')} | {info.get('evaluator', '')} | "
             f"{_entries(info)} | {_time(case.median)} | {_time(case.q3 - case.q1)} | "
-            f"{_time(case.low)} .. {_time(case.high)} | {case.rounds} | {_others(info)} | "
+            f"{_time(case.low)} .. {_time(case.high)} | {case.rounds} | {_others(case)} | "
             f"{_full(case)} | "
             f"{_ratio(baseline, case)} | {_efficiency(baseline, case)} |")
     return lines + [""]
@@ -219,10 +227,10 @@ def _entries(info: dict) -> str:
     return f"{entries:,}" if entries == total else f"{entries:,} of {total:,}"
 
 
-def _others(info: dict) -> str:
+def _others(case: Case) -> str:
     """Other processes' share of the CPU while the case ran; '!' from 10% on."""
-    share = info.get("others_cpu")
-    if share is None:
+    share = case.info.get("others_cpu")
+    if share is None or case.median * case.rounds < 0.5:   # too few clock ticks to tell
         return ""
     return f"{100 * share:.0f}%" + (" !" if share >= DISTURBED else "")
 
@@ -241,9 +249,9 @@ def _ratio(baseline: Case | None, case: Case) -> str:
 
 
 def _efficiency(baseline: Case | None, case: Case) -> str:
-    """Speedup per worker, for cases on several workers with the baseline's own evaluator."""
+    """Speedup per worker, for plotted cases on several workers with the baseline's evaluator."""
     workers = case.info.get("workers") or 0
-    if (baseline is None or case is baseline or workers < 2
+    if (baseline is None or case is baseline or workers < 2 or not case.info.get("series")
             or case.info.get("evaluator") != baseline.info.get("evaluator")):
         return ""
     return f"{100 * baseline.full / case.full / workers:.0f}%"
@@ -262,11 +270,12 @@ def _time(seconds: float) -> str:
 def speedup_series(runs: list[Run]) -> dict[str, dict[int, list[float]]]:
     """``label -> {workers: [speedup in each run]}`` for every case with a ``series`` label."""
     series: dict[str, dict[int, list[float]]] = {}
-    many = len({run.machine for run in runs}) > 1
+    machine = lambda run: run.machine.split(" |")[0]   # CPU model and cores
+    many = len({machine(run) for run in runs}) > 1
     for run in runs:
         for cases in run.groups().values():
             for label, points in _group_series(cases).items():
-                key = f"{label} ({run.machine.split(' |')[0]})" if many else label
+                key = f"{label} ({machine(run)})" if many else label
                 for workers, speedup in points:
                     series.setdefault(key, {}).setdefault(workers, []).append(speedup)
     return series
@@ -304,15 +313,16 @@ def plot_speedup(runs: list[Run], path: Path) -> Path | None:
     most = max(w for points in series.values() for w in points)
     figure, axes = plt.subplots(figsize=(7, 4.8))
     axes.plot([1, most], [1, most], "k--", linewidth=1, label="ideal (speedup = workers)")
-    for label, points in series.items():
+    for number, (label, points) in enumerate(series.items()):
         workers = sorted(points)
+        nudge = (number - (len(series) - 1) / 2) * 0.012 * most   # keep error bars apart
         middle = [statistics.median(points[w]) for w in workers]
         spread = [[m - min(points[w]) for w, m in zip(workers, middle)],
                   [max(points[w]) - m for w, m in zip(workers, middle)]]
         runs_note = f", median of {max(map(len, points.values()))} runs" \
             if max(map(len, points.values())) > 1 else ""
-        axes.errorbar(workers, middle, yerr=spread, marker="o", capsize=4,
-                      label=label + runs_note)
+        axes.errorbar([w + nudge for w in workers], middle, yerr=spread, marker="o",
+                      capsize=4, label=label + runs_note)
     axes.set_xlabel("workers")
     axes.set_ylabel("speedup (vs serial loop reference, or the\nsame evaluator at 1 worker)")
     axes.set_title("Numerical gradient of the 784-100-10 net: speedup vs workers")

@@ -1,8 +1,9 @@
 """What the benchmark suites time: the seed net on real digits, a black-box ODE fit, SciPy adapters.
 
-Shared by the ``bench_*.py`` suites (imported as ``workloads``: pytest puts this folder on
-``sys.path``). Everything a worker process must unpickle lives here at module level, so both
-loky workers and a ``multiprocessing`` pool can import it by name.
+Shared by the ``bench_*.py`` suites and the scripts (imported as ``workloads``: pytest, and
+Python for a script, put this folder on ``sys.path``); how they measure is in `measuring`.
+Everything a worker process must unpickle lives here at module level, so both loky workers
+and a ``multiprocessing`` pool can import it by name.
 """
 from __future__ import annotations
 
@@ -139,6 +140,16 @@ def book_part(batch: int, rows: int, lo: int, hi: int) -> np.ndarray:
     problem = _resident_problem(batch, rows)
     flat = problem.window.reshape(-1)   # a view: perturbing it perturbs the net
     return book_numerical_gradient(problem.f, flat[lo:hi])
+
+
+def _build_and_wait(batch: int, rows: int) -> None:
+    _resident_problem(batch, rows)
+    time.sleep(0.3)   # stay busy, so that every process of the pool takes one of these
+
+
+def prepare_processes(pool, batch: int, rows: int) -> None:
+    """Build the problem in each of the pool's `POOL_SIZE` processes, before any timing."""
+    pool.starmap(_build_and_wait, [(batch, rows)] * POOL_SIZE, chunksize=1)
 
 
 def hand_rolled_parallel(pool, batch: int, rows: int, parts: int) -> np.ndarray:
@@ -279,74 +290,3 @@ def scipy_leading_entries(fun: Callable, x0: np.ndarray, entries: int, workers) 
     jacobian, _ = _numdiff._dense_difference(wrapped, x0, f0, h, np.zeros(entries, dtype=bool),
                                              "3-point", workers)
     return np.asarray(jacobian)[:entries]
-
-
-# --- bookkeeping ------------------------------------------------------------------------------
-
-class Interference:
-    """The share of the machine's CPU time that other processes used during a block.
-
-    Busy time of all cores (from /proc/stat, steal included) minus the CPU time of this
-    process and its children (our workers), over wall time x cores. On a shared machine
-    this says which measurements were disturbed. None where /proc/stat or psutil is missing.
-    """
-
-    share: float | None = None
-
-    def __enter__(self):
-        self._start = _snapshot()
-        return self
-
-    def __exit__(self, *exc_info):
-        end = _snapshot()
-        if self._start is not None and end is not None:
-            busy, own, wall = (b - a for a, b in zip(self._start, end))
-            self.share = max(0.0, busy - own) / (wall * available_cores())
-        return False
-
-
-def _snapshot():
-    try:
-        import psutil
-        with open("/proc/stat") as stat:
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-        me = psutil.Process()
-        own = sum(me.cpu_times()[:4])   # user, system, and reaped children's
-        for child in me.children(recursive=True):
-            try:
-                own += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                pass
-    except (ImportError, OSError):
-        return None
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # not idle/iowait
-    return busy, own, time.perf_counter()
-
-
-def timed(benchmark, target: Callable, *args, rounds: int, warmup_rounds: int = 1, **kwargs):
-    """``benchmark.pedantic(target, args, kwargs, ...)``, noting other processes' CPU share."""
-    with Interference() as meter:
-        result = benchmark.pedantic(target, args, kwargs, rounds=rounds,
-                                    warmup_rounds=warmup_rounds)
-    if meter.share is not None:
-        benchmark.extra_info["others_cpu"] = round(meter.share, 3)
-    return result
-
-
-def record(benchmark, *, suite: str, case: str, role: str = "case", workers: int | None = None,
-           backend: str = "serial", evaluator: str = "loop", entries: int,
-           total_entries: int | None = None, batch: int | None = None,
-           series: str | None = None, **more) -> None:
-    """Write what `report.py` needs into ``benchmark.extra_info``.
-
-    `entries` are the entries one timed call computes; `total_entries` those of the
-    gradient it stands for (default: the same). The report multiplies the median by
-    ``scale = total_entries / entries`` to estimate the full gradient, and compares every
-    case of a group with its ``role="baseline"`` case on those estimates. Cases with a
-    `series` label become one line each in speedup.png.
-    """
-    total = entries if total_entries is None else total_entries
-    benchmark.extra_info.update(
-        suite=suite, case=case, role=role, workers=workers, backend=backend,
-        evaluator=evaluator, entries=int(entries), total_entries=int(total),
-        scale=total / entries, batch=batch, series=series, **more)
