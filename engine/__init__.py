@@ -11,16 +11,21 @@ nets (`engine.nets`); the trainer and the command lines (`engine.training`,
 `engine.train`).
 """
 from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
-from .errors import PayloadError, StateNotShippedError, WorkerLostError
+from .errors import PayloadError, StateNotShippedError, WorkerError, WorkerLostError
+from .execution import Execution
 from .gradcheck import GradientDifference, gradient_check
+from .gradient import Gradient, Plan, plan_chunks
 from .nets import MLP, SimpleNet, ThreeLayerNet
-from .parallel import parallel_numerical_gradient, plan_chunks
+from .parallel import parallel_numerical_gradient
 from .serial import numerical_gradient
 
 __all__ = [
     # gradients
     "numerical_gradient",
     "parallel_numerical_gradient",
+    "Gradient",
+    "Execution",
+    "Plan",
     "plan_chunks",
     # gradient check
     "gradient_check",
@@ -38,5 +43,6 @@ __all__ = [
     # errors
     "PayloadError",
     "StateNotShippedError",
+    "WorkerError",
     "WorkerLostError",
 ]

@@ -14,12 +14,53 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .model import ModelLoss, Sequential
 from .schemes import Scheme
 from .space import ParamSpace
 
-__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "annotate_error"]
+__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "annotate_error", "bind",
+           "is_model_objective", "loss_at", "EVALUATOR_NAMES"]
 
 EVALUATOR_NAMES = ("loop", "batched")
+
+
+def is_model_objective(f: Any) -> bool:
+    """True for a layered model's own loss, ``model.loss(params, x, t)`` (a bound method)."""
+    return getattr(f, "__func__", None) is Sequential.loss and isinstance(f.__self__, Sequential)
+
+
+def bind(f: Callable, args: tuple, x: Any) -> Callable:
+    """``f(x, *args)`` as the one-argument callable ``g(x)`` that the evaluators call.
+
+    A model's own loss ``model.loss`` with ``args = (inputs, labels)`` becomes a
+    `ModelLoss` over `x`, which the batched evaluator understands.
+
+    Raises
+    ------
+    TypeError
+        If `f` is ``model.loss`` and `args` is not ``(inputs, labels)``.
+    """
+    if is_model_objective(f):
+        if len(args) != 2:
+            raise TypeError("`f` is a model's loss, f(params, x, t): call the gradient with the "
+                            f"params, the inputs and the labels, got {len(args)} argument(s) "
+                            "after the params")
+        return ModelLoss(f.__self__, x, *args)
+    if not args:
+        return f
+    return _WithArguments(f, tuple(args))
+
+
+class _WithArguments:
+    """``f(x, *args)`` with `args` fixed: the evaluators call ``g(x)``."""
+
+    __slots__ = ("f", "args")
+
+    def __init__(self, f: Callable, args: tuple):
+        self.f, self.args = f, args
+
+    def __call__(self, x: Any) -> Any:
+        return self.f(x, *self.args)
 
 
 def get_evaluator(name: str) -> Callable:
@@ -40,7 +81,6 @@ def loop_evaluate(
     start: int,
     stop: int,
     cache: dict | None = None,
-    **_ignored: Any,
 ) -> np.ndarray:
     """Derivatives of `f` for the flat entries ``start .. stop-1`` of `space`.
 
@@ -69,7 +109,7 @@ def loop_evaluate(
 
 def _center_loss(f, space: ParamSpace, cache: dict) -> float:
     if "center" not in cache:
-        cache["center"] = _loss_at(f, space, lambda: "the unperturbed x")
+        cache["center"] = loss_at(f, space, "the unperturbed x")
     return cache["center"]
 
 
@@ -81,7 +121,7 @@ def perturbed_losses(f, space, array, index, h, multiples, flat) -> list[float]:
     try:
         for m in multiples:
             array[index] = base + m * h
-            losses.append(_loss_at(f, space, lambda: _describe(space, flat, m)))
+            losses.append(loss_at(f, space, lambda: _describe(space, flat, m)))
     finally:
         array[index] = original
     return losses
@@ -91,18 +131,22 @@ def _describe(space: ParamSpace, flat: int, m: int) -> str:
     return f"{space.describe(flat)} (x_i {'+' if m > 0 else '-'} {abs(m)}*h)"
 
 
-def _loss_at(f, space: ParamSpace, where: Callable[[], str]) -> float:
-    """``f(x)`` as a checked float; `where` names the perturbation, built only for errors."""
+def loss_at(f, space: ParamSpace, where: str | Callable[[], str]) -> float:
+    """``f(x)`` as a checked float; `where` names the perturbation (a callable: built only for errors)."""
     try:
         value = f(space.structure)
     except Exception as exc:
-        annotate_error(exc, f"raised by `f` while evaluating {where()}")
+        annotate_error(exc, f"raised by `f` while evaluating {_text(where)}")
         raise
     # The fast path for what losses usually are; everything else gets the full check.
-    loss = float(value) if isinstance(value, float) else checked_loss(value, where())
+    loss = float(value) if isinstance(value, float) else checked_loss(value, _text(where))
     if not math.isfinite(loss):
-        raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {where()}")
+        raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {_text(where)}")
     return loss
+
+
+def _text(where: str | Callable[[], str]) -> str:
+    return where if isinstance(where, str) else where()
 
 
 def checked_loss(value: Any, where: str) -> float:
@@ -111,11 +155,13 @@ def checked_loss(value: Any, where: str) -> float:
     Raises
     ------
     TypeError
-        If `value` is not a real scalar (an array of more than one element, a string...).
+        If `value` is not a real scalar (an array of more than one element, a string, a
+        bool...).
     FloatingPointError
         If `value` is NaN or infinite; the message names the entry being perturbed.
     """
-    if np.ndim(value) != 0 or isinstance(value, (str, bytes, complex, np.complexfloating)):
+    if np.ndim(value) != 0 or isinstance(value, (str, bytes, bool, complex, np.bool_,
+                                                 np.complexfloating)):
         shape = getattr(value, "shape", None)
         raise TypeError(
             f"`f` must return a real scalar loss, got {type(value).__name__}"
@@ -132,11 +178,15 @@ def checked_loss(value: Any, where: str) -> float:
 
 
 def annotate_error(exc: BaseException, context: str) -> None:
-    """Add where an error happened to its message, keeping its type (once per error)."""
-    if getattr(exc, "_engine_context", None):
+    """Say where an error happened, as a note (PEP 678) that tracebacks print; once per error.
+
+    The exception keeps its type and its ``args`` untouched, so it prints and compares
+    as the user's code made it.
+    """
+    notes = getattr(exc, "__notes__", ())
+    if any(note.startswith(_CONTEXT_MARK) for note in notes):
         return
-    exc._engine_context = context
-    if exc.args and isinstance(exc.args[0], str):
-        exc.args = (f"{exc.args[0]} [{context}]",) + exc.args[1:]
-    else:
-        exc.add_note(context)
+    exc.add_note(f"{_CONTEXT_MARK}{context}")
+
+
+_CONTEXT_MARK = "numgrad: "

@@ -11,7 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Scheme", "SCHEMES", "get_scheme", "resolve_steps"]
+import numpy as np
+
+__all__ = ["Scheme", "SCHEMES", "DEFAULT_STEP", "get_scheme", "resolve_steps", "check_step"]
+
+DEFAULT_STEP = 1e-4   # the teaching text's h
 
 
 @dataclass(frozen=True)
@@ -91,15 +95,30 @@ def resolve_steps(h: Any, keys: list, labels: list[str]) -> list[float]:
                 f"`h` as a dict must name exactly the keys of `x`: missing {missing}, "
                 f"unknown {sorted(map(repr, unknown))}"
             )
-        return [_checked_step(h[k], f"h[{k!r}]") for k in keys]
-    step = _checked_step(h, "h")
+        return [check_step(h[k], f"h[{k!r}]") for k in keys]
+    step = check_step(h, "h")
     return [step] * len(keys)
 
 
-def _checked_step(h: Any, name: str) -> float:
-    if isinstance(h, bool) or not isinstance(h, (int, float)) and not hasattr(h, "__float__"):
-        raise TypeError(f"`{name}` must be a positive finite number, got {type(h).__name__}")
-    value = float(h)
+def check_step(h: Any, name: str = "h") -> float:
+    """`h` as a float if it is a positive, finite real scalar.
+
+    Raises
+    ------
+    TypeError
+        If `h` is not a real scalar (a bool, a string, an array...), naming `name`.
+    ValueError
+        If it is not finite and positive, or too large for a float.
+    """
+    if (isinstance(h, (bool, np.bool_)) or np.ndim(h) != 0
+            or not isinstance(h, (int, float, np.integer, np.floating))):
+        raise TypeError(f"`{name}` must be a positive finite number, got {type(h).__name__} "
+                        f"{h!r}")
+    try:
+        value = float(h)
+    except OverflowError:
+        raise ValueError(f"`{name}` must be a positive finite number, got {h!r} (too large "
+                         "for a float)") from None
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"`{name}` must be a positive finite number, got {h!r}")
     return value

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .backends import resolve_workers
+from .execution import resolve_workers
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
                          save_npz_atomic)
 from .data import DataError, Dataset, load_embedded_mnist, read_mnist_csv
 from .plots import plot_training
-from .training import RESULT_FIELDS, TrainConfig, Trainer, TrainingState
+from .execution import Execution
+from .training import TrainConfig, Trainer, TrainingState
 
 __all__ = ["main", "build_parser"]
 
@@ -234,8 +235,9 @@ def _state_from_checkpoint(saved, params, config, n_train, folder) -> TrainingSt
 
 def _train(run: dict[str, Any], args) -> int:
     config, out = run["config"], run["out"]
-    trainer = Trainer(config, run["train"], run["test"], workers=run["workers"],
-                      backend=run["backend"], scheduler=run["scheduler"], state=run["state"])
+    execution = Execution(workers=run["workers"], backend=run["backend"],
+                          scheduler=run["scheduler"])
+    trainer = Trainer(config, run["train"], run["test"], execution=execution, state=run["state"])
     out.mkdir(parents=True, exist_ok=True)
     if trainer.state.step == 0:
         _checkpoint(trainer, run)   # from here on, a killed run can always be resumed
@@ -254,6 +256,7 @@ def _train(run: dict[str, Any], args) -> int:
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+        trainer.close()
     bar.close()
     return _finish(trainer, run, time.perf_counter() - started)
 
