@@ -11,10 +11,10 @@ chunks of the flat index space, or ``None`` for ``f(x)`` itself.
 
 - ``("ship", key, bundle, shared)``: unpickle ``(f, x)`` as the resident `key`; `shared`
   names a shared-memory file through which later values arrive (processes), or is None.
-- ``("update", key, values, args)``: new values (None: read them from the shared memory)
-  and pickled args (None: keep the last ones).
-- ``("task", call, key, number, job, task)``: evaluate; replies ``("done", call, number,
-  values)`` or ``("error", call, number, exception)``.
+- ``("task", call, key, number, job, task, update)``: evaluate; replies ``("done", call,
+  number, values)`` or ``("error", call, number, exception)``. The first task of a call
+  to each worker carries the call's update, ``(key, values, args)``: new values (None:
+  read them from the shared memory) and pickled args (None: keep the last ones).
 - ``("drop", key)``, ``("stop",)``.
 
 Replies carry the caller's call number so that a call never reads a late reply of an
@@ -132,20 +132,15 @@ def serve(channel: Any) -> None:
         message = channel.recv()
         kind = message[0]
         if kind == "task":
-            _, call, key, number, job, task = message
+            _, call, key, number, job, task, update = message
+            if update is not None:
+                _update(residents, broken, *update)
             try:
                 if key in broken:
                     raise broken[key]
                 channel.send(("done", call, number, residents[key].evaluate(job, task)))
             except BaseException as exc:   # f's own error, with where it happened
                 channel.send(("error", call, number, portable_error(exc)))
-        elif kind == "update":
-            _, key, values, args = message
-            try:
-                residents[key].update(values, args)
-                broken.pop(key, None)
-            except Exception as exc:
-                broken[key] = exc
         elif kind == "ship":
             _, key, bundle, shared = message
             _drop(residents, broken, key)
@@ -183,6 +178,14 @@ def _exit_when_orphaned(caller: int) -> None:
     while not stop.wait(_WATCH_PARENT_SECONDS):
         if os.getppid() != caller:
             os._exit(0)
+
+
+def _update(residents: dict, broken: dict, key: str, values, args) -> None:
+    try:
+        residents[key].update(values, args)
+        broken.pop(key, None)
+    except Exception as exc:   # reported by the task that carried it
+        broken[key] = exc
 
 
 def _drop(residents: dict, broken: dict, key: str) -> None:

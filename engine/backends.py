@@ -88,6 +88,7 @@ class _ResidentPool:
         self._call = 0
         self._broken = True        # not started yet
         self._keys: set[str] = set()
+        self._updates: dict[int, tuple] = {}   # per worker: the update its next task carries
 
     @property
     def usable(self) -> bool:
@@ -105,6 +106,7 @@ class _ResidentPool:
             self._broken = False
             self.generation += 1
             self._keys.clear()
+            self._updates.clear()
 
     def holds(self, key: str) -> bool:
         return key in self._keys
@@ -131,10 +133,12 @@ class _ResidentPool:
                 "importable in the worker processes") from errors[0]
 
     def update(self, key: str, arrays: list[np.ndarray], args: bytes | None) -> None:
-        """Send this call's values of `x` (`arrays`, in `x`'s order) and pickled `args`."""
-        values = self._publish(key, arrays)
-        for worker in range(self.workers):
-            self._send(worker, ("update", key, values, args))
+        """Stage this call's values of `x` (`arrays`, in `x`'s order) and pickled `args`.
+
+        They travel with the next task sent to each worker (one message, not two).
+        """
+        update = (key, self._publish(key, arrays), args)
+        self._updates = {worker: update for worker in range(self.workers)}
 
     def run(self, key: str, job: Any, tasks: dict[int, Task]) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(number, values)`` as tasks finish; raise f's error, or `WorkerLost`."""
@@ -143,7 +147,8 @@ class _ResidentPool:
 
         def submit(worker: int) -> None:
             number, task = waiting.pop()
-            self._send(worker, ("task", call, key, number, job, task))
+            self._send(worker, ("task", call, key, number, job, task,
+                                self._updates.pop(worker, None)))
             running[worker] = number
 
         waiting.reverse()   # pop() from the end: tasks go out in order

@@ -265,29 +265,36 @@ class Gradient:
 
     def _run(self, space: ParamSpace, args: tuple, job: Job, tasks: dict[int, Any]):
         """Run `tasks` on the workers, re-running those lost with dead workers; (results, seconds shipping)."""
-        pending, results, shipping = dict(tasks), {}, 0.0
-        retries = self.execution.retries
+        pending, results = dict(tasks), {}
         bar = _progress_bar(len(tasks)) if self.execution.progress else None
+        # The BLAS limit is also set here: OpenBLAS (0.3.31) ignores one set by a thread
+        # other than the main one, so worker threads rely on their caller's.
         try:
-            for attempt in range(retries + 1):
-                pool = self._pool(space, job.evaluator)
-                try:
-                    with pool.lock:
-                        stream, seconds = self._stream(pool, space, args, job, dict(pending))
-                        shipping += seconds
-                        for number, values in stream:
-                            results[number] = values
-                            del pending[number]
-                            if bar is not None:
-                                bar.update()
-                    return results, shipping
-                except WorkerLost as lost:
-                    self._shipped = None
-                    if attempt == retries:
-                        raise WorkerLostError(_lost_message(pending, retries, lost)) from lost
+            with one_blas_thread():
+                return self._attempts(space, args, job, pending, results, bar)
         finally:
             if bar is not None:
                 bar.close()
+
+    def _attempts(self, space, args, job, pending: dict, results: dict, bar):
+        """Run `pending` to completion on the pool, on fresh workers after a loss; (results, seconds shipping)."""
+        shipping, retries = 0.0, self.execution.retries
+        for attempt in range(retries + 1):
+            pool = self._pool(space, job.evaluator)
+            try:
+                with pool.lock:
+                    stream, seconds = self._stream(pool, space, args, job, dict(pending))
+                    shipping += seconds
+                    for number, values in stream:
+                        results[number] = values
+                        del pending[number]
+                        if bar is not None:
+                            bar.update()
+                return results, shipping
+            except WorkerLost as lost:
+                self._shipped = None
+                if attempt == retries:
+                    raise WorkerLostError(_lost_message(pending, retries, lost)) from lost
         raise AssertionError("unreachable")
 
     def _stream(self, pool, space: ParamSpace, args: tuple, job: Job, tasks: dict):
@@ -320,6 +327,7 @@ class Gradient:
             make = shared_pool if resources.shared else make_pool
             resources.pool = make(ex.backend, workers, ex.scheduler)
             self._planner.workers = workers
+            self._planner.plan = replace(self._planner.plan, workers=workers)
         return resources.pool
 
     def _chunks(self, space: ParamSpace, evaluator: str) -> list[tuple[int, int]]:

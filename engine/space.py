@@ -138,6 +138,12 @@ def _label(x: Any, key: Any) -> str:
 def _check_array(label: str, array: Any) -> None:
     if not isinstance(array, np.ndarray):
         raise TypeError(f"`{label}` must be a NumPy array, got {type(array).__name__}")
+    if isinstance(array, (np.ma.MaskedArray, np.matrix)):
+        raise TypeError(
+            f"`{label}` is a {type(array).__name__}, whose entries do not behave as a plain "
+            "array's under perturbation (a masked array's hidden data, a matrix's shapes); "
+            "pass a plain array (e.g. np.ma.getdata(a) or np.asarray(a)) and handle the "
+            "mask in `f`")
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(
             f"`{label}` must have a floating dtype, got {array.dtype}: x + h would be "
