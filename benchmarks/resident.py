@@ -316,32 +316,60 @@ def to_json(groups: dict, settings, machine: dict, loads: dict) -> dict:
     summary = {name: group["summary"] for name, group in groups.items() if "summary" in group}
     return {"interleaved": 1, "resident": 1, "machine": machine,
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "settings": vars(settings) | {"out": str(settings.out)}, "load_average": loads,
+            "settings": vars(settings) | {"out": str(settings.out), "table": None}, "load_average": loads,
             "results": results, "summary": summary, "goals": goals(groups, settings.workers)}
 
 
-def print_summary(data: dict) -> None:
-    current = None
+def markdown(data: dict) -> str:
+    """The run as Markdown tables: every group, the black box's counts, the goals."""
+    lines, groups = [], {}
     for result in data["results"]:
-        if result["group"] != current:
-            current = result["group"]
-            print(f"\n{current}")
-        extra = f", plan: {result['plan']}" if "plan" in result else ""
-        print(f"  {result['case']}: median {_ms(result['median'])} over {len(result['times'])} "
-              f"rounds, checked {result['checked']}{extra}")
-    for name, summary in data["summary"].items():
-        print(f"\n{name}: {json.dumps(summary, indent=1)}")
-    print("\ngoals:")
-    for goal in data["goals"]:
-        print(f"  {'met    ' if goal['met'] else 'NOT met'}  {goal['goal']}: {goal['text']}")
-    print(f"load average before / after: {data['load_average']}")
+        groups.setdefault(result["group"], []).append(result)
+    for title, results in groups.items():
+        base = next((r for r in results if r["role"] == "baseline"), None)
+        lines += ["", f"**{title}**", "",
+                  "| case | median | min .. max | speed-up vs baseline | others' CPU | checked |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in results:
+            ratio = ("baseline" if r is base else "" if base is None or r["role"] == "reference"
+                     else f"{base['median'] / r['median']:.2f}x")
+            shares = [v for v in r["others_cpu"] if v is not None]
+            others = f"{max(shares):.0%}" if shares else ""
+            plan = f" (plan: {r['plan']})" if "plan" in r else ""
+            lines.append(f"| {r['case']}{plan} | {_ms(r['median'])} | {_ms(min(r['times']))} .. "
+                         f"{_ms(max(r['times']))} | {ratio} | {others} | {r['checked']} |")
+    box = data["summary"].get("black-box")
+    if box:
+        lines += ["", f"black box: one evaluation of f {box['seconds_per_evaluation'] * 1e3:.3f} ms "
+                      f"alone ({box['seconds_per_evaluation_in_serial_run'] * 1e3:.3f} ms per "
+                      "evaluation in the serial SciPy run)", "",
+                  "| run | wall (median) | nit | nfev | evaluations of f | ideal | wall / ideal |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for key in ("ours", "scipy-pool", "scipy-serial"):
+            b = box[key]
+            lines.append(f"| {key} | {_ms(b['seconds'])} | {b['nit']:g} | {b['nfev']:g} | "
+                         f"{b['evaluations']:,.0f} | {_ms(b['ideal_seconds'])} | {b['vs_ideal']:.2f}x |")
+        agreement = box["agreement"]
+        lines += ["", f"minima: {', '.join(f'{k} {v:.6g}' for k, v in agreement['fun'].items())} "
+                      f"(start {agreement['start_fun']:.4g}); spread {agreement['fun_spread']:.2g}, "
+                      f"allowed {agreement['allowed_spread']:.2g}: agree {agreement['agree']}; "
+                      f"max |x_ours - x_scipy| {agreement['max_abs_x_difference_ours_vs_scipy']:.2g} "
+                      f"(max |x| {agreement['max_abs_x']:.2g})"]
+    lines += ["", "| goal | measured | met |", "| --- | ---: | --- |"]
+    lines += [f"| {g['goal']} | {g['text']} | {'yes' if g['met'] else 'no'} |" for g in data["goals"]]
+    loads = data["load_average"]
+    lines += ["", "load average (1, 5, 15 min) at the start of each group and after: " + "; ".join(
+        f"{name} {', '.join(f'{v:.2f}' for v in value)}" for name, value in loads.items())]
+    return "\n".join(lines)
 
 
 # --- the script -------------------------------------------------------------------------------
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument("--out", type=Path, help="where to write the JSON (required to measure)")
+    parser.add_argument("--table", type=Path, metavar="JSON",
+                        help="print the Markdown tables of a saved run, measure nothing")
     parser.add_argument("--rounds", type=int, default=15,
                         help="rounds of every group but the black box (default 15)")
     parser.add_argument("--box-rounds", type=int, default=3,
@@ -357,6 +385,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="every case once, on small problems: checks, not figures (CI)")
     settings = parser.parse_args(argv)
+    if settings.out is None and settings.table is None:
+        parser.error("--out is required (or --table JSON to print a saved run)")
     settings.box_size, settings.box_steps = 20, 200   # the 400-parameter OscillatorFit
     if settings.quick:
         settings.rounds = settings.box_rounds = 1
@@ -385,6 +415,9 @@ def build(name: str, stack, settings, pool) -> dict:
 
 def main(argv=None) -> int:
     settings = parse(argv)
+    if settings.table is not None:
+        print(markdown(json.loads(settings.table.read_text())))
+        return 0
     loads = {"before": os.getloadavg()}
     context = multiprocessing.get_context("spawn")
     groups = {}
@@ -403,7 +436,7 @@ def main(argv=None) -> int:
     data = to_json(groups, settings, describe_machine(), loads)
     settings.out.parent.mkdir(parents=True, exist_ok=True)
     settings.out.write_text(json.dumps(data, indent=1, default=float))
-    print_summary(data)
+    print(markdown(data))
     print(f"\nwrote {settings.out}")
     agreed = all(summary["agreement"]["agree"] for summary in data["summary"].values())
     return 0 if agreed and all(result["checked"] for result in data["results"]) else 1
