@@ -206,24 +206,32 @@ def run_rounds(name: str, group: dict, rounds: int) -> None:
     cases = group["cases"]
     for case in cases:
         case["checked"] = bool(case["check"](case["run"]()))
+    group["round_others_cpu"] = []
     for number in range(rounds):
         shift = number % len(cases)
-        for case in cases[shift:] + cases[:shift]:
-            with Interference() as meter:
-                times, result = [], None
-                for _ in range(case["calls"]):
-                    start = time.perf_counter()
-                    result = case["run"]()
-                    times.append(time.perf_counter() - start)
-            case["times"].append(statistics.median(times))
-            case["others_cpu"].append(meter.share)
-            case["checked"] = case["checked"] and bool(case["check"](result))
-            if hasattr(result, "nit"):   # an optimizer's result
-                case.setdefault("nit", []).append(int(result.nit))
-                case.setdefault("nfev", []).append(int(result.nfev))
-                case["solution"] = result
+        with Interference() as round_meter:
+            for case in cases[shift:] + cases[:shift]:
+                _time_case(case)
+        group["round_others_cpu"].append(round_meter.share)
         line = ", ".join(f"{c['key']} {_ms(c['times'][-1])}" for c in cases)
         print(f"  {name} round {number + 1}/{rounds}: {line}", flush=True)
+
+
+def _time_case(case: dict) -> None:
+    """One round of `case`: its calls timed, its result checked, the optimizer's counts kept."""
+    with Interference() as meter:
+        times, result = [], None
+        for _ in range(case["calls"]):
+            start = time.perf_counter()
+            result = case["run"]()
+            times.append(time.perf_counter() - start)
+    case["times"].append(statistics.median(times))
+    case["others_cpu"].append(meter.share)
+    case["checked"] = case["checked"] and bool(case["check"](result))
+    if hasattr(result, "nit"):   # an optimizer's result
+        case.setdefault("nit", []).append(int(result.nit))
+        case.setdefault("nfev", []).append(int(result.nfev))
+        case["solution"] = result
 
 
 def _ms(seconds: float) -> str:
@@ -277,15 +285,12 @@ def black_box_summary(group: dict, workers: int) -> dict:
 
 
 def quiet_rounds(group: dict) -> list[int] | None:
-    """Rounds in which other processes used at most `QUIET_SHARE` of the CPU during every
-    metered case of `group` (cases under half a second are not metered and do not count);
-    None when no case of the group is metered."""
-    metered = [c for c in group["cases"] if any(v is not None for v in c["others_cpu"])]
-    if not metered:
+    """Rounds during which other processes used at most `QUIET_SHARE` of the CPU (metered
+    over the whole round); None when the rounds are too short to meter (< 0.5 s)."""
+    shares = group.get("round_others_cpu") or []
+    if all(share is None for share in shares):
         return None
-    return [r for r in range(len(metered[0]["times"]))
-            if all(c["others_cpu"][r] is not None and c["others_cpu"][r] <= QUIET_SHARE
-                   for c in metered)]
+    return [r for r, share in enumerate(shares) if share is not None and share <= QUIET_SHARE]
 
 
 def ratio(group: dict, top: str, bottom: str, scale: float = 1.0) -> dict:
@@ -357,10 +362,11 @@ def to_json(groups: dict, settings, machine: dict, loads: dict) -> dict:
             results.append({"group": f"{name}: {group['title']}", "group_key": name,
                             "median": statistics.median(case["times"]), **kept})
     summary = {name: group["summary"] for name, group in groups.items() if "summary" in group}
+    rounds_others = {name: group["round_others_cpu"] for name, group in groups.items()}
     return {"interleaved": 1, "resident": 1, "machine": machine,
             "when": datetime.datetime.now(datetime.UTC).isoformat(),
             "settings": vars(settings) | {"out": str(settings.out), "table": None}, "load_average": loads,
-            "results": results, "summary": summary, "goals": goals(groups, settings.workers)}
+            "results": results, "round_others_cpu": rounds_others, "summary": summary, "goals": goals(groups, settings.workers)}
 
 
 def _groups_of(data: dict) -> dict:
@@ -371,7 +377,18 @@ def _groups_of(data: dict) -> dict:
         group["cases"].append(result)
     for name, summary in data["summary"].items():
         groups[name]["summary"] = summary
+    for name, shares in data.get("round_others_cpu", {}).items():
+        groups[name]["round_others_cpu"] = shares
     return groups
+
+
+def _round_shares(data: dict, name: str) -> str:
+    shares = [v for v in data.get("round_others_cpu", {}).get(name, []) if v is not None]
+    if not shares:
+        return ""
+    quiet = sum(share <= QUIET_SHARE for share in shares)
+    return (f"\nOthers' CPU share over each round: median {statistics.median(shares):.0%}, "
+            f"max {max(shares):.0%}; {quiet} of {len(shares)} rounds quiet (<= {QUIET_SHARE:.0%}).")
 
 
 def markdown(data: dict) -> str:
@@ -381,7 +398,8 @@ def markdown(data: dict) -> str:
         groups.setdefault(result["group"], []).append(result)
     for title, results in groups.items():
         base = next((r for r in results if r["role"] == "baseline"), None)
-        lines += ["", f"**{title}**", "",
+        shares = _round_shares(data, results[0]["group_key"])
+        lines += ["", f"**{title}**", *([shares] if shares else []), "",
                   "| case | median | min .. max | speed-up vs baseline | others' CPU | checked |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         for r in results:
