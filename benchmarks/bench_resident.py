@@ -14,7 +14,8 @@ EXPECTED = {
     "small-batch": {"workers-1", "workers-2"},
     "large-batch": {"workers-1", "workers-2"},
     "loop-window": {"serial", "gradient", "one-shot", "ceiling"},
-    "black-box": {"evaluation", "ours", "scipy-pool", "scipy-serial"},
+    "black-box": {"evaluation", "evaluations-1", "evaluations-split", "ours", "scipy-pool",
+                  "scipy-serial"},
 }
 GOALS = 7
 
