@@ -16,13 +16,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data import load_embedded_mnist
+from .functions import to_labels
 from .layers import ACTIVATIONS
 from .nets import MLP, Net
 from .parallel import parallel_numerical_gradient
 from .schemes import SCHEMES
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
-           "main"]
+           "main", "LABEL_FORMS"]
+
+LABEL_FORMS = ("auto", "one-hot", "int")
 
 # Largest relative error accepted by default, at h = 1e-4 (docs/accuracy.md). A correct
 # backprop measured up to 2.8e-6 (central, central4; float64) and 1.8e-4 (float32) over
@@ -50,8 +53,8 @@ class GradientDifference:
 
 
 def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: float | dict = 1e-4,
-                   workers: int | None = 1, evaluator: str = "auto",
-                   backend: str = "loky") -> dict[str, GradientDifference]:
+                   workers: int | None = 1, evaluator: str = "auto", backend: str = "loky",
+                   labels: str = "auto") -> dict[str, GradientDifference]:
     """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
 
     Parameters
@@ -66,7 +69,8 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     x : ndarray, shape (B, n_in) or (n_in,)
         Inputs.
     t : array_like
-        Labels (B,) or one-hot (B, C), as ``net.loss`` takes them.
+        Class labels, integers (B,) or one-hot rows (B, C), converted as `labels`
+        says; anything else (regression targets, None) is passed on unchanged.
     scheme : {"central", "forward", "central4"}, default "central"
     h : float or dict, default 1e-4
         Step size, or a dict of per-array steps.
@@ -75,6 +79,15 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     evaluator : {"auto", "loop", "batched"}, default "auto"
     backend : str, default "loky"
         See `engine.parallel_numerical_gradient`.
+    labels : {"auto", "one-hot", "int"}, default "auto"
+        The form of class labels ``net.loss`` and ``net.gradient`` are called with.
+        ``"one-hot"``: float rows (B, C), C from `t` or from ``net.predict(x)``;
+        ``"int"``: int64 (B,). ``"auto"``: an `engine.nets.Net` gets `t` as given
+        (it takes both); any other net gets one-hot labels, the form every one of the
+        book's ``TwoLayerNet`` classes takes (chapter 4's backprop ``(y - t) / batch``
+        needs it), and integer labels if one-hot ones make ``net.loss`` or
+        ``net.gradient`` raise. Both methods are called once with the chosen form
+        before the numerical gradient starts.
 
     Returns
     -------
@@ -87,8 +100,13 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     TypeError
         If `net` lacks ``params``, ``loss`` or ``gradient``.
     ValueError
-        If ``net.gradient`` does not return the arrays of ``net.params`` with their
-        shapes, or an engine option is bad (see `engine.parallel_numerical_gradient`).
+        If `labels` is unknown; if `t` cannot be given in the form `labels` asks (the
+        message says why); if ``net.loss`` or ``net.gradient`` raise ``ValueError``,
+        ``IndexError`` or ``TypeError`` with every form of the labels tried (the
+        message names each form, its shape, and the error); if ``net.gradient`` does
+        not return the arrays of ``net.params`` with their shapes; or if an engine
+        option is bad (see `engine.parallel_numerical_gradient`). All before the
+        numerical gradient starts.
 
     Examples
     --------
@@ -99,14 +117,98 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     True
     """
     _check_net(net)
+    if labels not in LABEL_FORMS:
+        raise ValueError(f"`labels` must be one of {', '.join(map(repr, LABEL_FORMS))}, "
+                         f"got {labels!r}")
     options = dict(workers=workers, scheme=scheme, h=h, evaluator=evaluator, backend=backend)
-    exact = net.gradient(x, t)
+    t, exact = _labels_the_net_takes(net, x, t, labels)
     if isinstance(net, Net):   # its ModelLoss lets the batched evaluator in
         numerical = net.numerical_gradient(x, t, **options)
     else:                      # the book's f = lambda w: net.loss(x, t)
         numerical = parallel_numerical_gradient(lambda w: net.loss(x, t), net.params, **options)
     _check_same_arrays(numerical, exact)
     return {name: _difference(numerical[name], exact[name]) for name in numerical}
+
+
+def _labels_the_net_takes(net: Any, x: Any, t: Any, labels: str) -> tuple[Any, Any]:
+    """The labels to call `net` with, and ``net.gradient(x, t)`` computed with them."""
+    forms = None if labels == "auto" and isinstance(net, Net) else _label_forms(net, x, t, labels)
+    if forms is None:   # nothing to convert: the net's own errors reach the caller as they are
+        return t, net.gradient(x, t)
+    failed = []
+    for name, candidate in forms:
+        try:
+            exact = net.gradient(x, candidate)
+            net.loss(x, candidate)
+        except (ValueError, IndexError, TypeError) as error:
+            failed.append(f"with {name} labels of shape {np.shape(candidate)}: "
+                          f"{type(error).__name__}: {error}")
+            last = error
+            continue
+        return candidate, exact
+    hint = " Pass labels='int' or labels='one-hot' to choose the form." if labels == "auto" else ""
+    raise ValueError("`net.gradient(x, t)` or `net.loss(x, t)` raised " + "; and ".join(failed)
+                     + "." + hint) from last
+
+
+def _label_forms(net: Any, x: Any, t: Any, labels: str) -> list[tuple[str, Any]] | None:
+    """Forms of `t` to try, in order: [(name, labels)]; None when `t` is not class labels."""
+    given = _as_class_labels(x, t)
+    if given is None:
+        if labels == "auto":
+            return None
+        raise ValueError(f"labels={labels!r} needs `x` of shape (B, n_in) and `t` of B class "
+                         f"labels, integers (B,) or one-hot rows (B, C); got `x` of shape "
+                         f"{np.shape(x)} and `t` of shape {np.shape(t)}")
+    ints, n_classes = given
+    if n_classes is None:
+        n_classes = _n_classes_from_predict(net, x)
+    if n_classes is None:
+        if labels == "one-hot":
+            raise ValueError("labels='one-hot' needs the number of classes: give `t` as "
+                             "one-hot rows (B, C), or a net whose `predict(x)` returns (B, C)")
+        return [("integer", ints)]
+    if ints.size and ints.max() >= n_classes:
+        raise ValueError(f"`t` holds the label {ints.max()}, but `net.predict(x)` gives "
+                         f"{n_classes} classes")
+    one_hot = np.eye(n_classes)[ints]   # float64, as the book's load_mnist(one_hot_label=True)
+    return {"one-hot": [("one-hot", one_hot)], "int": [("integer", ints)],
+            "auto": [("one-hot", one_hot), ("integer", ints)]}[labels]
+
+
+def _as_class_labels(x: Any, t: Any) -> tuple[np.ndarray, int | None] | None:
+    """``(int64 labels (B,), C or None)`` if `t` holds class labels for the B rows of `x`.
+
+    None for anything else (no batch `x`, `t` None, non-integer 1-D targets, 2-D rows
+    that are not one-hot): such a `t` is not labels and is passed on as given.
+    """
+    if t is None or np.ndim(x) != 2:
+        return None
+    t = np.asarray(t)
+    if t.dtype.kind not in "biuf" or t.ndim not in (1, 2) or (t.ndim == 1 and t.dtype.kind not in "iu"):
+        return None
+    batch = np.shape(x)[0]
+    if len(t) != batch:
+        raise ValueError(f"`t` holds {len(t)} rows of labels but `x` has {batch} rows")
+    if t.ndim == 1:
+        if t.min(initial=0) < 0:
+            raise ValueError(f"integer labels `t` must be >= 0, got {t.min()}")
+        return t.astype(np.int64), None
+    try:
+        return to_labels(t, t.shape[1], batch_size=batch), t.shape[1]
+    except ValueError:   # rows that are not one-hot: targets of another kind
+        return None
+
+
+def _n_classes_from_predict(net: Any, x: Any) -> int | None:
+    predict = getattr(net, "predict", None)
+    if not callable(predict):
+        return None
+    try:
+        shape = np.shape(predict(x))
+    except Exception:   # a net whose predict needs more than x: no class count from it
+        return None
+    return int(shape[-1]) if len(shape) == 2 and shape[0] == np.shape(x)[0] else None
 
 
 def _check_net(net: Any) -> None:
