@@ -3,25 +3,26 @@
 A checkpoint holds the parameters, the step and epoch, the position in the epoch's
 sample order (and that order), the random generator's state, the per-step history and
 the run's configuration. It is written to a temporary file in the same folder,
-flushed to disk with fsync, then renamed over the old one, so a crash at any moment
-leaves either the previous checkpoint or the new one, never half of one. It is read
-with ``allow_pickle=False``: loading a checkpoint never runs code.
+flushed to disk with fsync, then renamed over the old one (`atomic_write`), so a
+crash at any moment leaves either the previous checkpoint or the new one, never half
+of one. It is read with ``allow_pickle=False``: loading a checkpoint never runs code.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_npz_atomic", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "atomic_write", "remove_temporaries",
+           "save_npz_atomic", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
+_TEMPORARY_SUFFIX = ".tmp"
 _PARAM_PREFIX = "param/"
 
 
@@ -29,27 +30,70 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupted or does not fit the run."""
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Create or replace the file `path` atomically, with the mode a plain new file gets.
+
+    ``write(file)`` fills a temporary file ``.{name}.{random}.tmp`` in the same folder,
+    which is then flushed and fsynced, renamed over `path`, and the folder fsynced: a
+    crash at any moment leaves either the old file or the complete new one (and at
+    worst an orphan temporary file, see `remove_temporaries`). The file is created with
+    mode 0o666 less the process's umask, like any file ``open(path, "w")`` creates.
+
+    Parameters
+    ----------
+    path : path-like
+        The file to write; its folder must exist.
+    write : callable
+        Called once with the temporary file, open for binary writing.
+
+    Returns
+    -------
+    Path
+        `path`, which now holds the complete file.
+
+    Raises
+    ------
+    OSError
+        If the folder is missing or not writable; the temporary file is removed.
+    """
+    path = Path(path)
+    tmp, file = _create_temporary(path)
+    try:
+        with file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def remove_temporaries(directory: str | os.PathLike, names) -> list[Path]:
+    """Delete the temporary files `atomic_write` left for `names` in `directory`.
+
+    Only a killed writer leaves them; call this while no other process writes into
+    `directory`. Returns the paths removed.
+    """
+    removed = []
+    for name in names:
+        for orphan in Path(directory).glob(f".{name}.*{_TEMPORARY_SUFFIX}"):
+            orphan.unlink(missing_ok=True)
+            removed.append(orphan)
+    return removed
+
+
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write `arrays` to `path` as an uncompressed `.npz`: temp file, fsync, rename.
+    """Write `arrays` to `path` as an uncompressed `.npz`, with `atomic_write`.
 
     Returns
     -------
     Path
         `path`, which now holds the complete file.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
+    return atomic_write(path, lambda file: np.savez(file, **arrays))
 
 
 def save_checkpoint(directory: str | os.PathLike, params: dict[str, np.ndarray],
@@ -98,6 +142,20 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray]
     if not params:
         raise CheckpointError(f"checkpoint {path} holds no parameters")
     return params, state
+
+
+def _create_temporary(path: Path) -> tuple[Path, BinaryIO]:
+    # os.open with 0o666 lets the umask decide the mode (tempfile.mkstemp would give 0o600,
+    # which the rename would then carry to the final file).
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMPORARY_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+        except FileExistsError:
+            continue
+        return tmp, os.fdopen(fd, "wb")
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .checkpoint import atomic_write
+
 __all__ = ["plot_training"]
 
 
@@ -21,7 +23,12 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
     evaluations : sequence of dict
         ``{"step": int, "test_accuracy": float}`` for each test evaluation.
     path : path-like
-        Where to write the PNG.
+        Where to write the PNG (atomically, see `engine.checkpoint.atomic_write`).
+
+    Returns
+    -------
+    Path
+        `path`.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -50,7 +57,7 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
     fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     loss_axis.set_title(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))   # room for the legend below the axes
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda file: fig.savefig(file, format="png"))
+    finally:
+        plt.close(fig)

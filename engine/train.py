@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from .backends import resolve_workers
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
-                         save_npz_atomic)
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, atomic_write, load_checkpoint,
+                         save_checkpoint, save_npz_atomic)
 from .data import DataError, Dataset, load_embedded_mnist, read_mnist_csv
 from .plots import plot_training
 from .training import RESULT_FIELDS, TrainConfig, Trainer, TrainingState
@@ -313,12 +313,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
 
 
 def _write_json_atomic(path: Path, document: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as file:
-        json.dump(document, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: file.write(json.dumps(document, indent=1).encode()))
 
 
 def _headline(run, trainer: Trainer) -> str:

@@ -1,5 +1,7 @@
 """The trainer CLI: defaults, outputs, determinism across workers, bad flags."""
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -113,3 +115,16 @@ def test_bad_csv_data_exits_2_naming_file_and_line(tmp_path):
 def test_argparse_errors_exit_2():
     result = run_cli("--iters", "many")
     assert result.returncode == 2 and "invalid int value" in result.stderr
+
+
+def test_outputs_get_the_mode_the_umask_gives_a_new_file(tmp_path):
+    out = tmp_path / "run"
+    saved = os.umask(0o022)
+    try:
+        assert main([*QUICK, "--iters", "2", "--workers", "1", "--out", str(out)]) == 0
+    finally:
+        os.umask(saved)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()
+             if not path.name.startswith(".")}
+    assert modes == dict.fromkeys(["checkpoint.npz", "params.npz", "metrics.json", "training.png"],
+                                  0o644)
