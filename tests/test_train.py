@@ -1,16 +1,18 @@
 """The trainer CLI: defaults, outputs, determinism across workers, bad flags."""
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _mnist_files import write_mnist_dir
 from engine.data import Dataset, load_embedded_mnist, write_mnist_csv
-from engine.train import _DEFAULTS, build_parser, main
+from engine.train import _DEFAULTS, OUTPUTS, build_parser, main
 
 QUICK = ["--hidden", "12", "--iters", "6", "--train-size", "20", "--test-size", "10", "--no-progress"]
 
@@ -212,3 +214,27 @@ def test_a_missing_mnist_file_exits_2_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no t10k-labels-idx1-ubyte (nor t10k-labels-idx1-ubyte.gz)" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def readme_trainer_section() -> dict[str, str]:
+    """The README's "engine-train: flags and outputs" paragraphs, by their bold name."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("### engine-train: flags and outputs", 1)[1].split("\n## ", 1)[0]
+    paragraphs = {}
+    for paragraph in section.split("\n\n"):
+        if paragraph.startswith("**"):
+            paragraphs[paragraph[2:].split("**", 1)[0]] = paragraph
+        elif paragraph.startswith("- ") and paragraphs:
+            paragraphs[list(paragraphs)[-1]] += "\n" + paragraph
+    return paragraphs
+
+
+def test_readme_lists_exactly_the_parsers_flags_and_the_outputs():
+    section = readme_trainer_section()
+    listed = re.findall(r"`(--[a-z0-9-]+)`", section["Flags"])
+    flags = [s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")]
+    flags.remove("--help")
+    assert sorted(listed) == sorted(flags)
+    outputs = re.findall(r"^- `([^`]+)`", section["Outputs"], flags=re.MULTILINE)
+    assert sorted(outputs) == sorted(OUTPUTS) == sorted(
+        ["params.npz", "metrics.json", "training.png", "checkpoint.npz"])
