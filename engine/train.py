@@ -260,8 +260,12 @@ def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
 def _claim_folder(run: dict[str, Any], args) -> int:
     """Create and lock the run's folder; returns the lock's descriptor. Sets ``run["out"]``."""
     if run["state"] is None and run["out"] is None:
-        run["out"] = new_numbered_folder(RUNS_FOLDER)
-        run["latest"] = point_link(LATEST_LINK, run["out"])
+        try:
+            run["out"] = new_numbered_folder(RUNS_FOLDER)
+            run["latest"] = point_link(LATEST_LINK, run["out"])
+        except OSError as exc:
+            raise UsageError(f"cannot create a run folder in {RUNS_FOLDER} ({exc}); "
+                             "choose one with --out") from None
         return _lock(run["out"], "--out")
     flag = "--resume" if run["state"] is not None else "--out"
     out = run["out"]
@@ -293,8 +297,6 @@ def _lock(out: Path, flag: str) -> int:
     except PermissionError as exc:
         raise UsageError(f"{flag} {out} is not writable ({exc.strerror})") from None
     except OSError as exc:
-        if isinstance(exc, FolderBusyError):
-            raise
         raise UsageError(f"{flag} {out}: cannot write there ({exc.strerror})") from None
 
 

@@ -157,3 +157,11 @@ class TestExplicitOut:
         assert not any(orphan.exists() for orphan in orphans)
         assert (out / "notes.txt").read_text() == "mine"
         assert not list(out.glob(".*.tmp"))
+
+
+def test_a_runs_file_in_the_way_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("not a folder")
+    assert main(TINY) == 2
+    err = capsys.readouterr().err
+    assert "cannot create a run folder in runs" in err and "Traceback" not in err
