@@ -34,7 +34,7 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atom
                          remove_temporaries, save_checkpoint, save_npz_atomic)
 from .data import DataError, Dataset, load_embedded_mnist, load_mnist_dir, read_mnist_csv
 from .plots import plot_training
-from .training import RESULT_FIELDS, TrainConfig, Trainer, TrainingState
+from .training import TrainConfig, Trainer, TrainingState
 
 __all__ = ["main", "build_parser", "OUTPUTS", "RUNS_FOLDER", "LATEST_LINK"]
 
@@ -320,10 +320,11 @@ def _held_run(out: Path) -> str | None:
     if (out / CHECKPOINT_NAME).exists():
         try:
             _, saved = load_checkpoint(out)
-        except CheckpointError as exc:
-            return f"a checkpoint that cannot be read ({exc})"
-        if saved["step"] < saved["config"]["steps"]:
-            return f"an unfinished run (step {saved['step']} of {saved['config']['steps']})"
+            step, steps = saved["step"], saved["config"]["steps"]
+        except (CheckpointError, KeyError, TypeError) as exc:
+            return f"a checkpoint that cannot be read ({type(exc).__name__}: {exc})"
+        if step < steps:
+            return f"an unfinished run (step {step} of {steps})"
         return "a finished run"
     outputs = [name for name in OUTPUTS[1:] if (out / name).exists()]
     return f"a finished run's {', '.join(outputs)}" if outputs else None
