@@ -1,8 +1,10 @@
 """engine-train's output folder: one writer at a time, never a finished run lost, clear refusals."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,13 +12,25 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import CHECKPOINT_NAME, LOCK_NAME
+from engine.data import load_embedded_mnist, write_mnist_csv
 from engine.train import main
 
-TINY = ["--hidden", "4", "--iters", "2", "--train-size", "6", "--test-size", "3", "--workers", "1",
-        "--no-progress"]
+DATA = Path(tempfile.mkdtemp(prefix="engine-run-folder-"))   # small CSV files: no 5,000-image load
+TINY = ["--train-csv", str(DATA / "train.csv"), "--test-csv", str(DATA / "test.csv"), "--hidden", "4",
+        "--iters", "2", "--workers", "1", "--no-progress"]
 # Long enough (~1 s) to be stopped with SIGSTOP while it runs.
-LONG = ["--hidden", "16", "--iters", "100", "--train-size", "50", "--batch-size", "2",
-        "--evaluator", "batched", "--workers", "1", "--no-progress"]
+LONG = ["--train-csv", str(DATA / "train.csv"), "--test-csv", str(DATA / "test.csv"), "--hidden", "16",
+        "--iters", "100", "--batch-size", "2", "--evaluator", "batched", "--workers", "1",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_csv_files():
+    train, test = load_embedded_mnist()
+    write_mnist_csv(DATA / "train.csv", train.head(50))
+    write_mnist_csv(DATA / "test.csv", test.head(3))
+    yield
+    shutil.rmtree(DATA)
 
 
 def start(*args, cwd=None):

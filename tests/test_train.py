@@ -124,10 +124,17 @@ def test_every_flag_is_checked_before_anything_is_written(tmp_path, capsys, flag
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
-    assert main([*small, "--out", str(out)]) == 0   # the corrected run is not refused
 
 
-@pytest.mark.parametrize("backend", ["loky", "threading", "sequential", "multiprocessing"])
+def test_after_a_bad_backend_the_corrected_run_is_not_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--hidden", "3", "--iters", "2", "--train-size", "6", "--test-size", "2",
+             "--workers", "1", "--no-progress", "--out", str(out)]
+    assert main([*small, "--backend", "nosuch"]) == 2
+    assert main(small) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["sequential", "multiprocessing"])   # joblib's own names
 def test_joblibs_registered_backends_are_accepted(tmp_path, backend):
     assert main(["--hidden", "3", "--iters", "1", "--train-size", "2", "--test-size", "2",
                  "--workers", "1", "--no-progress", "--backend", backend,
