@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
-
-from .checkpoint import atomic_write
 
 __all__ = ["plot_training"]
 
 
-def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: str | os.PathLike,
-                  title: str = "") -> Path:
+def plot_training(losses: Sequence[float], evaluations: Sequence[dict],
+                  path: str | os.PathLike | BinaryIO, title: str = "") -> None:
     """Save a PNG: the loss of every step (and its running mean) and the test accuracy.
 
     Parameters
@@ -22,13 +19,9 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
         Training loss of each step, before that step's update.
     evaluations : sequence of dict
         ``{"step": int, "test_accuracy": float}`` for each test evaluation.
-    path : path-like
-        Where to write the PNG (atomically, see `engine.checkpoint.atomic_write`).
-
-    Returns
-    -------
-    Path
-        `path`.
+    path : path-like or binary file
+        Where to write the PNG (a file open for binary writing, e.g. the temporary
+        file of `engine.checkpoint.atomic_write`).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -58,6 +51,6 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
     loss_axis.set_title(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))   # room for the legend below the axes
     try:
-        return atomic_write(path, lambda file: fig.savefig(file, format="png"))
+        fig.savefig(path, format="png")
     finally:
         plt.close(fig)

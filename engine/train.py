@@ -451,9 +451,10 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
         "test_correct": correct, "test_total": len(test), "wall_seconds_this_session": wall,
     }
     _write_json_atomic(out / "metrics.json", metrics)
-    plot_training(state.losses, state.evaluations, out / "training.png",
-                  title=f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
-                        f"gradients, {state.step} steps")
+    title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
+             f"gradients, {state.step} steps")
+    atomic_write(out / "training.png",
+                 lambda file: plot_training(state.losses, state.evaluations, file, title=title))
     seconds = np.asarray(state.seconds)
     print(f"median seconds per step: {np.median(seconds):.4f}; training wall time: {wall:.1f} s")
     print(f"wrote {', '.join(str(out / name) for name in OUTPUTS[1:])}")
