@@ -11,12 +11,13 @@ nets (`engine.nets`); the trainer and the command lines (`engine.training`,
 `engine.train`).
 """
 from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
-from .errors import PayloadError, StateNotShippedError, WorkerError, WorkerLostError
+from .errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
+                     StepSizeWarning, WorkerError, WorkerLostError)
 from .execution import Execution
 from .gradcheck import GradientDifference, gradient_check
-from .gradient import Gradient, Plan, plan_chunks
+from .gradient import Failure, Gradient, Jacobian, Plan, plan_chunks
 from .nets import MLP, SimpleNet, ThreeLayerNet
-from .parallel import parallel_numerical_gradient
+from .parallel import jacobian, parallel_numerical_gradient
 from .serial import numerical_gradient
 
 __all__ = [
@@ -24,8 +25,11 @@ __all__ = [
     "numerical_gradient",
     "parallel_numerical_gradient",
     "Gradient",
+    "jacobian",
+    "Jacobian",
     "Execution",
     "Plan",
+    "Failure",
     "plan_chunks",
     # gradient check
     "gradient_check",
@@ -45,4 +49,7 @@ __all__ = [
     "StateNotShippedError",
     "WorkerError",
     "WorkerLostError",
+    # warnings
+    "NumericalFallbackWarning",
+    "StepSizeWarning",
 ]
