@@ -41,8 +41,10 @@ from .payload import loads_bundle
 from .schemes import get_scheme
 from .space import ParamSpace
 
-__all__ = ["Job", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
+__all__ = ["Job", "Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
            "InlinePayload"]
+
+Task = "tuple[int, int] | None"    # a chunk (start, stop) of the flat index space, or None: f(x)
 
 _WATCH_PARENT_SECONDS = 0.25   # how often a worker process checks that its caller is alive
 

@@ -33,12 +33,8 @@ class Scheme:
     uses_center: bool
     combine: Callable[..., Any]          # combine(values, center, h) -> derivative
     combine_stored: Callable[..., Any]   # combine_stored(values, center, stored) -> derivative
-    order: int
+    order: int                           # the error is O(h ** order)
     auto_root: int                       # h="auto" takes eps ** (1 / auto_root), relative
-
-    @property
-    def evaluations_per_entry(self) -> int:
-        return len(self.multiples)
 
 
 def _central(v, center, h):
