@@ -13,9 +13,12 @@ nets (`engine.nets`); the trainer and the command lines (`engine.training`,
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .errors import PayloadError, StateNotShippedError, WorkerLostError
+from .errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
+                     StepSizeWarning, WorkerError, WorkerLostError)
+from .execution import Execution
+from .gradient import Failure, Gradient, Jacobian, Plan, plan_chunks
 from .nets import MLP, SimpleNet, ThreeLayerNet
-from .parallel import parallel_numerical_gradient, plan_chunks
+from .parallel import jacobian, parallel_numerical_gradient
 from .serial import numerical_gradient
 
 # engine.data and engine.gradcheck are also commands (python -m engine.data): imported here
@@ -31,6 +34,12 @@ __all__ = [
     # gradients
     "numerical_gradient",
     "parallel_numerical_gradient",
+    "Gradient",
+    "jacobian",
+    "Jacobian",
+    "Execution",
+    "Plan",
+    "Failure",
     "plan_chunks",
     # gradient check
     "gradient_check",
@@ -48,7 +57,11 @@ __all__ = [
     # errors
     "PayloadError",
     "StateNotShippedError",
+    "WorkerError",
     "WorkerLostError",
+    # warnings
+    "NumericalFallbackWarning",
+    "StepSizeWarning",
 ]
 
 

@@ -34,14 +34,15 @@ repeatedly should create a `Client` itself, which every call then reuses.
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from concurrent.futures import CancelledError
 from typing import Iterator
 
 import numpy as np
 
-from ._worker import InlinePayload, Job, evaluate_chunk
-from .backends import WorkerLost
+from ._worker import InlinePayload, Job, Task, evaluate_chunk
+from .errors import WorkerLost
 
 try:
     import dask
@@ -54,10 +55,45 @@ except ImportError as _missing:  # an optional dependency: say which extra bring
         name=_missing.name,
     ) from _missing
 
-__all__ = ["DaskRunner", "open_client"]
+__all__ = ["DaskPool", "DaskRunner", "open_client"]
 
-Chunk = tuple[int, int]
 _LOST = (distributed.KilledWorker, CancelledError)  # a chunk's worker died, not its f
+
+
+class DaskPool:
+    """The engine's pool interface over a `DaskRunner` kept open until `close`.
+
+    ``(f, x, args)`` travel with every call (one broadcast scatter); the connection, or
+    the local cluster this pool started, is kept for the gradient's later calls.
+    """
+
+    resident = False
+    generation = 0
+    usable = True
+
+    def __init__(self, workers: int, scheduler: str | None = None):
+        self.workers, self.scheduler = workers, scheduler
+        self.lock = threading.RLock()
+        self._runner = None
+
+    def ensure_started(self) -> None:
+        pass
+
+    def run_once(self, job: Job, bundle: bytes, tasks: dict[int, Task]):
+        if self._runner is None:
+            runner = DaskRunner(self.workers, self.scheduler)
+            self._runner = runner.__enter__()
+        yield from self._runner.run(job, bundle, tasks)
+
+    def drop(self, key: str) -> None:
+        pass
+
+    def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.__exit__(None, None, None)
+
+    kill = close
 
 
 class DaskRunner:
@@ -82,9 +118,9 @@ class DaskRunner:
         return False
 
     def run(self, job: Job, bundle: bytes,
-            chunks: dict[int, Chunk]) -> Iterator[tuple[int, np.ndarray]]:
+            tasks: dict[int, Task]) -> Iterator[tuple[int, np.ndarray]]:
         data = self._scatter(bundle)
-        flight = _Flight(self.client, job, data, chunks)
+        flight = _Flight(self.client, job, data, tasks)
         try:
             yield from flight.stream(self.workers)
         except BaseException:  # f's error, Ctrl-C, a closed generator: stop the rest now
@@ -123,11 +159,12 @@ class DaskRunner:
 
 
 class _Flight:
-    """One call's chunks on the cluster: submitted in order, at most `cap` running."""
+    """One call's tasks on the cluster: submitted in order, at most `cap` running."""
 
-    def __init__(self, client, job: Job, data, chunks: dict[int, Chunk]):
+    def __init__(self, client, job: Job, data, tasks: dict[int, Task]):
         self.client, self.job, self.data = client, job, data
-        self.waiting = iter(chunks.items())
+        self.call_id = uuid.uuid4().hex
+        self.waiting = iter(tasks.items())
         self.running = {}   # future -> chunk number
         # with_results: each result is fetched as soon as its task ends, not one by one here.
         self.done = distributed.as_completed(loop=client.loop, with_results=True,
@@ -159,12 +196,12 @@ class _Flight:
         self.waiting = iter(())
 
     def _submit_next(self) -> None:
-        number, (lo, hi) = next(self.waiting, (None, (0, 0)))
+        number, task = next(self.waiting, (None, None))
         if number is None:
             return
         # A fresh key per submission: a retry must never be handed an old, failed result.
-        future = self.client.submit(_run_chunk, self.job, self.data, lo, hi, pure=False,
-                                    key=f"numgrad-chunk-{number}-{uuid.uuid4().hex}")
+        future = self.client.submit(_run_chunk, self.job, self.data, self.call_id, task,
+                                    pure=False, key=f"numgrad-chunk-{number}-{uuid.uuid4().hex}")
         self.running[future] = number
         self.done.add(future)
 
@@ -179,9 +216,9 @@ def _failure(future, result) -> BaseException | None:
     return None
 
 
-def _run_chunk(job: Job, bundle: bytes, start: int, stop: int) -> np.ndarray:
+def _run_chunk(job: Job, bundle: bytes, call_id: str, task) -> np.ndarray:
     """The task: Dask hands it the scattered bundle, the worker keeps one copy per thread."""
-    return evaluate_chunk(job, InlinePayload(bundle), start, stop)
+    return evaluate_chunk(job, InlinePayload(bundle, call_id), task)
 
 
 @contextlib.contextmanager

@@ -1,79 +1,242 @@
-"""What runs inside a worker: one private copy of ``(f, x)`` per call, chunks evaluated on it.
+"""What runs inside a worker: resident copies of ``(f, x)``, kept between calls, and the task loop.
 
-A worker (a process, a thread, a Dask task slot) unpickles the call's bundle the
-first time it meets that call, keeps it for the call's later chunks, and drops it
-when the next call arrives. The copy lives in a thread-local slot so that threads
-of one process never share, and so never see each other's perturbations.
+A worker (a process or a thread) holds one `Resident` per gradient that uses it: its
+private, unpickled copy of ``f`` and ``x``, shipped once. Each later call sends only the
+new values of `x`'s arrays (copied *into* the resident arrays, so a closure over the net
+that owns ``x['w1']`` sees them) and the call's extra arguments. Then it sends tasks:
+chunks of the flat index space, or ``None`` for ``f(x)`` itself.
+
+`serve` is the loop both kinds of worker run, over a channel with ``send`` and
+``recv``: a pipe for a process, a pair of queues for a thread. Messages to a worker:
+
+- ``("ship", key, bundle, shared)``: unpickle ``(f, x)`` as the resident `key`; `shared`
+  names a shared-memory file through which later values arrive (processes), or is None.
+- ``("task", call, key, number, job, task, update)``: evaluate; replies ``("done", call,
+  number, (values, report))`` or ``("error", call, number, exception)``. The first task of a call
+  to each worker carries the call's update, ``(key, values, args)``: new values (None:
+  read them from the shared memory) and pickled args (None: keep the last ones).
+- ``("drop", key)``, ``("stop",)``.
+
+Replies carry the caller's call number so that a call never reads a late reply of an
+earlier, abandoned one. Per-call runners (Dask, other joblib backends) use
+`evaluate_chunk` instead: there the bundle travels with every call.
 """
 from __future__ import annotations
 
+import mmap
+import os
+import pickle
+import signal
 import threading
-from dataclasses import dataclass
-from pathlib import Path
+import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ._threads import one_blas_thread
-from .evaluators import get_evaluator
+from .errors import WorkerError
+from .evaluators import Report, bind, checked_output, get_evaluator, loss_at
 from .payload import loads_bundle
 from .schemes import get_scheme
 from .space import ParamSpace
 
-__all__ = ["Job", "FilePayload", "InlinePayload", "evaluate_chunk"]
+__all__ = ["Job", "Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
+           "InlinePayload"]
 
-_resident = threading.local()   # per worker thread: the current call's (f, space, cache)
+Task = "tuple[int, int] | None"    # a chunk (start, stop) of the flat index space, or None: f(x)
+
+_WATCH_PARENT_SECONDS = 0.25   # how often a worker process checks that its caller is alive
 
 
 @dataclass(frozen=True)
 class Job:
-    """What every chunk of one call shares: its id and how to evaluate."""
+    """How every task of one call is evaluated."""
 
-    call_id: str
     evaluator: str
     scheme: str
     steps: tuple[float, ...]
     options: tuple[tuple[str, Any], ...] = ()   # keyword arguments of the evaluator
+    center: Any = None                          # f(x), when the caller already has it
+    vector: bool = False                        # f returns an array (a Jacobian)
 
 
-@dataclass(frozen=True)
-class FilePayload:
-    """The bundle written once to a file that every worker process reads."""
+class Resident:
+    """One gradient's private ``(f, x)`` in a worker, and the current call's arguments."""
 
-    path: str
+    def __init__(self, f: Any, x: Any, args: tuple = ()):
+        self.f, self.space, self.args = f, ParamSpace(x), tuple(args)
+        self.shared: list[np.ndarray] | None = None   # views of the values' shared memory
+        self._mapping = None
+        self._reset()
 
-    def read(self) -> bytes:
-        return Path(self.path).read_bytes()
+    @classmethod
+    def from_bundle(cls, bundle: bytes) -> Resident:
+        return cls(*loads_bundle(bundle))
+
+    def attach(self, path: str, layout: list[tuple[int, tuple, str]]) -> None:
+        """Map the shared-memory file at `path`; `layout` gives (offset, shape, dtype) per array."""
+        with open(path, "rb") as file:
+            self._mapping = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        self.shared = [np.ndarray(shape, dtype=np.dtype(dtype), buffer=self._mapping, offset=offset)
+                       for offset, shape, dtype in layout]
+
+    def update(self, values: list[np.ndarray] | None, args: bytes | None) -> None:
+        """Copy new values into the resident arrays (in place) and take new arguments."""
+        source = self.shared if values is None else values
+        for array, value in zip(self.space.arrays, source):
+            array[...] = value
+        if args is not None:
+            self.args = pickle.loads(args)
+        self._reset()
+
+    def evaluate(self, job: Job, task: tuple[int, int] | None):
+        """``(values, report)`` for the chunk ``task = (start, stop)``; ``(f(x), None)`` for None.
+
+        `values` is float64 of shape (stop - start,), or (stop - start, m) for a vector
+        `f`; `report` an `engine.evaluators.Report` from the loop evaluator, else None.
+        """
+        if self._bound is None:
+            self._bound = bind(self.f, self.args, self.space.structure)
+        with one_blas_thread():
+            if task is None:
+                return self.center(job.vector), None
+            if job.center is not None:
+                self._cache["center"] = job.center
+            evaluate = get_evaluator(job.evaluator)
+            options, report = dict(job.options), None
+            if job.evaluator == "loop":
+                report = options["report"] = Report()
+            values = evaluate(self._bound, self.space, list(job.steps), get_scheme(job.scheme),
+                              task[0], task[1], self._cache, **options)
+            return values, report
+
+    def center(self, vector: bool = False):
+        """``f(x, *args)`` at the resident values, once per update."""
+        if "center" not in self._cache:
+            if self._bound is None:
+                self._bound = bind(self.f, self.args, self.space.structure)
+            self._cache["center"] = loss_at(self._bound, self.space, "the unperturbed x",
+                                            checked_output if vector else None)
+        return self._cache["center"]
+
+    def close(self) -> None:
+        self.shared = None
+        if self._mapping is not None:
+            self._mapping.close()
+            self._mapping = None
+
+    def _reset(self) -> None:
+        self._cache: dict = {}   # per update: the centre loss, the batched forward pass
+        self._bound = None
+
+
+def serve(channel: Any) -> None:
+    """Answer messages on `channel` until ``("stop",)``; see the module docstring."""
+    residents: dict[str, Resident] = {}
+    broken: dict[str, BaseException] = {}   # an update that failed, reported by its next task
+    while True:
+        message = channel.recv()
+        kind = message[0]
+        if kind == "task":
+            _, call, key, number, job, task, update = message
+            if update is not None:
+                _update(residents, broken, *update)
+            try:
+                if key in broken:
+                    raise broken[key]
+                channel.send(("done", call, number, residents[key].evaluate(job, task)))
+            except BaseException as exc:   # f's own error, with where it happened
+                channel.send(("error", call, number, portable_error(exc)))
+        elif kind == "ship":
+            _, key, bundle, shared = message
+            _drop(residents, broken, key)
+            try:
+                residents[key] = Resident.from_bundle(bundle)
+                if shared is not None:
+                    residents[key].attach(*shared)
+                channel.send(("shipped", key, None))
+            except Exception as exc:
+                channel.send(("shipped", key, portable_error(exc)))
+        elif kind == "drop":
+            _drop(residents, broken, message[1])
+        elif kind == "stop":
+            return
+
+
+def serve_process(connection: Any, caller: int) -> None:
+    """The life of a worker process: serve its caller, and never outlive it.
+
+    The process exits when its pipe closes (the caller closed it or died) or when its
+    parent is no longer `caller` (the caller was killed while `f` ran here).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the caller's to handle
+    watchdog = threading.Thread(target=_exit_when_orphaned, args=(caller,), daemon=True,
+                                name="numgrad-watchdog")
+    watchdog.start()
+    try:
+        serve(connection)
+    except (EOFError, OSError):   # the caller is gone: nobody to answer
+        os._exit(0)
+
+
+def _exit_when_orphaned(caller: int) -> None:
+    stop = threading.Event()
+    while not stop.wait(_WATCH_PARENT_SECONDS):
+        if os.getppid() != caller:
+            os._exit(0)
+
+
+def _update(residents: dict, broken: dict, key: str, values, args) -> None:
+    try:
+        residents[key].update(values, args)
+        broken.pop(key, None)
+    except Exception as exc:   # reported by the task that carried it
+        broken[key] = exc
+
+
+def _drop(residents: dict, broken: dict, key: str) -> None:
+    resident = residents.pop(key, None)
+    broken.pop(key, None)
+    if resident is not None:
+        resident.close()
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """`exc`, or a `WorkerError` saying the same, whichever survives a pickle round trip.
+
+    The worker's traceback text is attached as the ``__cause__`` of what the caller raises
+    (see `engine.errors.RemoteTraceback`), so it is sent along as an attribute.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        clone = pickle.loads(pickle.dumps(exc))
+        if type(clone) is not type(exc):
+            raise TypeError("changed type in a pickle round trip")
+    except Exception:
+        notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", ()))
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+        exc = WorkerError(name, f"{exc}{notes}", text)
+    exc.worker_traceback = text
+    return exc
 
 
 @dataclass(frozen=True)
 class InlinePayload:
-    """The bundle carried in the task itself (threads, Dask futures)."""
+    """One call's bundle ``(f, x, args)``, carried in its tasks (Dask, joblib backends)."""
 
     data: bytes
-
-    def read(self) -> bytes:
-        return self.data
+    call_id: str = field(default="")
 
 
-def evaluate_chunk(job: Job, payload: Any, start: int, stop: int) -> np.ndarray:
-    """Derivatives for the flat entries ``start .. stop-1``, on this worker's copy.
-
-    Returns
-    -------
-    ndarray, shape (stop - start,), float64
-    """
-    f, space, cache = _resident_copy(job.call_id, payload)
-    evaluate = get_evaluator(job.evaluator)
-    with one_blas_thread():
-        return evaluate(f, space, list(job.steps), get_scheme(job.scheme), start, stop, cache,
-                        **dict(job.options))
+_per_thread = threading.local()   # per worker thread: (call id, Resident) of the current call
 
 
-def _resident_copy(call_id: str, payload: Any):
-    if getattr(_resident, "call_id", None) != call_id:
-        _resident.bundle = None  # drop the previous call's copy before loading the next
-        f, x = loads_bundle(payload.read())
-        _resident.bundle = (f, ParamSpace(x), {})
-        _resident.call_id = call_id
-    return _resident.bundle
+def evaluate_chunk(job: Job, payload: InlinePayload, task: tuple[int, int] | None):
+    """A task of a per-call runner: unpickle the call's bundle once per thread, evaluate."""
+    if getattr(_per_thread, "call_id", None) != payload.call_id:
+        _per_thread.resident = None   # drop the previous call's copy before loading the next
+        _per_thread.resident = Resident.from_bundle(payload.data)
+        _per_thread.call_id = payload.call_id
+    return _per_thread.resident.evaluate(job, task)
+

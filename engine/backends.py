@@ -1,191 +1,487 @@
-"""Where chunks run: loky worker processes, threads, or any other joblib backend.
+"""Where chunks run: worker processes or threads that keep `f` resident, or per-call runners.
 
-A runner takes the call's pickled bundle and a list of chunks and yields
-``(chunk_number, values)`` as chunks finish. It raises `WorkerLost` when worker
-processes died, after yielding every chunk that did finish, so the caller can
-re-run just the lost ones on a fresh pool.
+Resident pools (``"loky"`` processes, ``"threading"``) hold each gradient's ``(f, x)``
+in every worker between calls (`engine._worker`): a call sends the new values of `x`
+and its arguments, then tasks, over a lean channel of their own (a pipe per process,
+queues per thread) and gets results back as they finish; a worker that finishes early
+takes the next task. loky starts the worker processes (fork + exec, one BLAS thread,
+no re-import of ``__main__``); the pool watches them itself: a dead worker shows up as
+the end of its pipe, and its tasks are re-run on fresh workers by the caller.
 
-Pool reuse: the loky runner uses loky's reusable executor (shipped inside joblib),
-so worker processes start once and serve every later call with the same number of
-workers, the way a training loop calls the engine thousands of times.
+Per-call runners (``"dask"``, other joblib backends) ship ``(f, x, args)`` with every call.
+
+Nothing outlives the caller: worker processes are daemonic (ended at exit), leave when
+their pipe closes, and check every quarter second that their parent is still their
+caller (so a ``kill -9`` of the caller ends them too). The values' shared-memory file is
+unlinked as soon as every worker has mapped it; files left by callers that died in
+between are removed by the next pool that starts.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
+import glob
+import mmap
 import os
+import queue
+import re
+import signal
 import tempfile
-from typing import Iterator
+import threading
+import uuid
+from multiprocessing.connection import wait
+from typing import Any, Iterator
 
 import numpy as np
-from joblib import cpu_count
-from joblib.externals.loky import get_reusable_executor
-from joblib.externals.loky.process_executor import BrokenProcessPool
 
 from ._threads import SINGLE_THREAD_ENVIRONMENT
-from ._worker import FilePayload, InlinePayload, Job, evaluate_chunk
+from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
+from .errors import PayloadError, RemoteTraceback, WorkerLost
+from .execution import in_daemonic_process
 
-__all__ = ["resolve_workers", "make_runner", "WorkerLost", "BACKENDS"]
+__all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]
 
-BACKENDS = ("loky", "threading", "dask")  # and any other joblib backend name
-
-Chunk = tuple[int, int]
-
-
-class WorkerLost(Exception):
-    """Worker processes died; the chunks not yet yielded are lost."""
+_SHM_PREFIX = "numgrad-"
+_START_TIMEOUT = 120.0             # seconds for a worker process to start and answer
 
 
-def resolve_workers(workers) -> int:
-    """The number of workers that `workers` asks for.
-
-    ``None`` or ``-1`` mean every available core (cgroup and affinity limits
-    respected); a positive int is taken as it is.
-
-    Raises
-    ------
-    ValueError
-        For 0, negatives other than -1, and anything that is not an int.
-    """
-    if workers is None or (_is_int(workers) and workers == -1):
-        return cpu_count()
-    if not _is_int(workers):
-        raise ValueError(f"`workers` must be a positive int, -1 or None, got {workers!r}")
-    if workers == 0:
-        raise ValueError("`workers` == 0 has no meaning: use a positive int, or -1/None for all cores")
-    if workers < 0:
-        raise ValueError(f"`workers` must be a positive int, -1 or None, got {workers}")
-    return int(workers)
-
-
-def make_runner(backend: str, workers: int, scheduler: str | None = None):
-    """The runner for a joblib backend name (``"loky"``, ``"threading"``, ``"dask"``, ...)."""
+def make_pool(backend: str, workers: int, scheduler: str | None = None):
+    """A new pool of `workers` for `backend` (validated by `engine.execution.check_backend`)."""
     if backend == "loky":
-        return LokyRunner(workers)
+        return ProcessPool(workers)
     if backend == "threading":
-        return ThreadRunner(workers)
+        return ThreadPool(workers)
     if backend == "dask":
-        from ._dask import DaskRunner  # optional dependency
-        return DaskRunner(workers, scheduler)
-    return JoblibRunner(backend, workers)
+        from ._dask import DaskPool   # an optional dependency
+        return DaskPool(workers, scheduler)
+    return JoblibPool(backend, workers)
 
 
-class LokyRunner:
-    """Reusable loky worker processes; the bundle travels once, through a file."""
+_shared: dict[tuple, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(backend: str, workers: int, scheduler: str | None = None):
+    """The pool that one-shot calls with these settings share, started once per process.
+
+    Resident pools are kept between calls (like a reusable executor); a pool inherited
+    through ``os.fork()`` or broken by a dead worker is replaced.
+    """
+    if backend not in ("loky", "threading"):
+        return make_pool(backend, workers, scheduler)
+    with _shared_lock:
+        pool = _shared.get((backend, workers))
+        if pool is None or not pool.usable:
+            pool = _shared[(backend, workers)] = make_pool(backend, workers)
+        return pool
+
+
+class _ResidentPool:
+    """Workers that keep residents between calls; subclasses provide the channel."""
+
+    resident = True
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._payload_dir = _fast_tempdir()
+        self.generation = 0        # +1 each time the workers are replaced: residents are lost
+        self.lock = threading.RLock()   # one call at a time
+        self._owner = os.getpid()
+        self._call = 0
+        self._broken = True        # not started yet
+        self._keys: set[str] = set()
+        self._updates: dict[int, tuple] = {}   # per worker: the update its next task carries
 
-    def __enter__(self):
-        return self
+    @property
+    def usable(self) -> bool:
+        """False after a fork (the workers belong to the parent) and after a lost worker."""
+        return self._owner == os.getpid() and not self._broken
 
-    def __exit__(self, *exc_info):
-        return False
+    def ensure_started(self) -> None:
+        if self._owner != os.getpid():   # inherited by fork: not ours to use or stop
+            self._forget_inherited()
+            self._owner = os.getpid()
+            self._broken = True
+        if self._broken:
+            self._stop_workers(kill=True)
+            self._start()
+            self._broken = False
+            self.generation += 1
+            self._keys.clear()
+            self._updates.clear()
 
-    def run(self, job: Job, bundle: bytes, chunks: dict[int, Chunk]) -> Iterator[tuple[int, np.ndarray]]:
-        fd, path = tempfile.mkstemp(prefix="numgrad-", suffix=".pkl", dir=self._payload_dir)
+    def holds(self, key: str) -> bool:
+        return key in self._keys
+
+    def ship(self, key: str, bundle: bytes, arrays: list[np.ndarray]) -> None:
+        """Give every worker its own ``(f, x)`` from `bundle`, kept as resident `key`."""
+        shared = self._shared_values(arrays)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(bundle)
-            executor = self._executor()
-            futures = {executor.submit(evaluate_chunk, job, FilePayload(path), lo, hi): number
-                       for number, (lo, hi) in chunks.items()}
-            yield from _collect(futures, executor)
+            for worker in range(self.workers):
+                self._send(worker, ("ship", key, bundle, shared))
+            errors = []
+            for _ in range(self.workers):
+                message = self._receive_kind("shipped")
+                if message[2] is not None:
+                    errors.append(message[2])
         finally:
-            os.unlink(path)
+            self._after_ship(key)
+        self._keys.add(key)
+        if errors:
+            self.drop(key)
+            raise PayloadError(
+                "a worker could not unpickle `f` and `x` "
+                f"({type(errors[0]).__name__}: {errors[0]}): everything `f` uses must be "
+                "importable in the worker processes") from errors[0]
 
-    def _executor(self):
-        # One BLAS thread per worker (see engine._threads): workers x threads <= cores.
-        return get_reusable_executor(max_workers=self.workers, env=SINGLE_THREAD_ENVIRONMENT)
+    def update(self, key: str, arrays: list[np.ndarray], args: bytes | None) -> None:
+        """Stage this call's values of `x` (`arrays`, in `x`'s order) and pickled `args`.
+
+        They travel with the next task sent to each worker (one message, not two).
+        """
+        update = (key, self._publish(key, arrays), args)
+        self._updates = {worker: update for worker in range(self.workers)}
+
+    def run(self, key: str, job: Any, tasks: dict[int, Task]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(number, values)`` as tasks finish; raise f's error, or `WorkerLost`."""
+        self._call += 1
+        call, waiting, running = self._call, list(tasks.items()), {}
+
+        def submit(worker: int) -> None:
+            number, task = waiting.pop()
+            self._send(worker, ("task", call, key, number, job, task,
+                                self._updates.pop(worker, None)))
+            running[worker] = number
+
+        waiting.reverse()   # pop() from the end: tasks go out in order
+        for worker in range(min(self.workers, len(waiting))):
+            submit(worker)
+        while running:
+            worker, message = self._receive()
+            if message[0] not in ("done", "error") or message[1] != call:
+                continue   # a late reply of an earlier call that was abandoned
+            del running[worker]
+            if message[0] == "error":
+                raise _with_remote_traceback(message[3])
+            if waiting:
+                submit(worker)
+            yield message[2], message[3]
+
+    def drop(self, key: str) -> None:
+        """Forget resident `key` in every worker (no reply awaited)."""
+        if key not in self._keys:
+            return
+        self._keys.discard(key)
+        self._drop_values(key)
+        if self.usable:
+            for worker in range(self.workers):
+                try:
+                    self._send(worker, ("drop", key))
+                except WorkerLost:
+                    self._broken = True
+                    return
+
+    def close(self) -> None:
+        """Stop the workers (they finish what they run) and release everything."""
+        if self._owner == os.getpid():
+            self._stop_workers(kill=False)
+        self._broken = True
+
+    def kill(self) -> None:
+        """Stop the workers now, whatever they run (Ctrl-C)."""
+        if self._owner == os.getpid():
+            self._stop_workers(kill=True)
+        self._broken = True
+
+    def _receive_kind(self, kind: str):
+        while True:
+            _, message = self._receive()
+            if message[0] == kind:
+                return message
+
+    def _guarded(self, wait_for):
+        """Run a blocking wait; on Ctrl-C (or any abort) the workers are stopped at once."""
+        try:
+            return wait_for()
+        except WorkerLost:
+            self._broken = True
+            self._stop_workers(kill=True)
+            raise
+        except BaseException:
+            self.kill()
+            raise
 
 
-class ThreadRunner:
-    """A thread pool for one call; each thread unpickles its own copy of ``(f, x)``."""
+class ProcessPool(_ResidentPool):
+    """Worker processes started by loky, each serving its caller over a pipe."""
 
     def __init__(self, workers: int):
-        self.workers = workers
-        self._executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="numgrad")
+        if in_daemonic_process():
+            raise RuntimeError(
+                "this process is a daemonic worker (of multiprocessing.Pool, say), which cannot "
+                "start worker processes: use workers=1, or backend='threading'")
+        super().__init__(workers)
+        self._processes: list = []
+        self._pipes: list = []
+        self._values: dict[str, _SharedValues] = {}
+        self._pending_unlink = None
 
-    def __enter__(self):
-        return self
+    def _start(self) -> None:
+        from joblib.externals.loky.backend.context import get_context
 
-    def __exit__(self, *exc_info):
-        self._executor.shutdown(wait=exc_info[0] is None, cancel_futures=True)
-        return False
+        remove_stale_shared_files()
+        context = get_context("loky")
+        for number in range(self.workers):
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(target=serve_process, args=(theirs, os.getpid()),
+                                      daemon=True, env=SINGLE_THREAD_ENVIRONMENT,
+                                      name=f"numgrad-worker-{number}")
+            process.start()
+            theirs.close()
+            self._processes.append(process)
+            self._pipes.append(ours)
+        self._values.clear()
 
-    def run(self, job, bundle, chunks):
-        payload = InlinePayload(bundle)
-        futures = {self._executor.submit(evaluate_chunk, job, payload, lo, hi): number
-                   for number, (lo, hi) in chunks.items()}
-        yield from _collect(futures, None)
+    def _stop_workers(self, kill: bool) -> None:
+        if not kill:
+            for pipe in self._pipes:
+                try:
+                    pipe.send(("stop",))
+                except OSError:
+                    pass
+        for process in self._processes:
+            if kill and process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+            process.join(timeout=None if kill else 5)
+            if process.is_alive():   # stuck in f: it must not outlive this
+                os.kill(process.pid, signal.SIGKILL)
+                process.join()
+        for pipe in self._pipes:
+            pipe.close()
+        for values in self._values.values():
+            values.close()
+        self._processes, self._pipes, self._values = [], [], {}
+
+    def _forget_inherited(self) -> None:
+        # The parent's workers and pipes are the parent's: close our copies, touch nothing else.
+        for pipe in self._pipes:
+            pipe.close()
+        self._processes, self._pipes, self._values = [], [], {}
+
+    def _shared_values(self, arrays):
+        values = _SharedValues.create(arrays)
+        self._pending_unlink = values
+        return values.spec
+
+    def _after_ship(self, key: str) -> None:
+        values, self._pending_unlink = self._pending_unlink, None
+        values.unlink()   # every worker has mapped it (or failed): the name is not needed
+        previous = self._values.pop(key, None)
+        if previous is not None:
+            previous.close()
+        self._values[key] = values
+
+    def _publish(self, key, arrays):
+        self._values[key].write(arrays)
+        return None   # the workers read the values from the shared memory
+
+    def _drop_values(self, key):
+        values = self._values.pop(key, None)
+        if values is not None:
+            values.close()
+
+    def _send(self, worker: int, message) -> None:
+        try:
+            self._pipes[worker].send(message)
+        except (OSError, ValueError) as exc:   # a broken pipe: the worker died
+            self._broken = True
+            raise WorkerLost(f"worker process {self._processes[worker].pid} is gone ({exc})") from exc
+
+    def _receive(self):
+        def wait_for():
+            while True:
+                for pipe in wait(self._pipes):
+                    worker = self._pipes.index(pipe)
+                    try:
+                        return worker, pipe.recv()
+                    except (EOFError, OSError) as exc:
+                        process = self._processes[worker]
+                        process.join(timeout=1)
+                        raise WorkerLost(f"worker process {process.pid} died (exit code "
+                                         f"{process.exitcode})") from exc
+        return self._guarded(wait_for)
 
 
-class JoblibRunner:
-    """Any other joblib backend, through `joblib.Parallel` (with memmapping off)."""
+class ThreadPool(_ResidentPool):
+    """Threads of this process, each with its own resident copies."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers)
+        self._inboxes: list[queue.SimpleQueue] = []
+        self._outbox: queue.SimpleQueue | None = None
+
+    def _start(self) -> None:
+        self._outbox = queue.SimpleQueue()
+        self._inboxes = [queue.SimpleQueue() for _ in range(self.workers)]
+        for number, inbox in enumerate(self._inboxes):
+            channel = _QueueChannel(inbox, self._outbox, number)
+            threading.Thread(target=serve, args=(channel,), daemon=True,
+                             name=f"numgrad-thread-{number}").start()
+
+    def _stop_workers(self, kill: bool) -> None:
+        for inbox in self._inboxes:   # threads cannot be killed: they stop after their task
+            inbox.put(("stop",))
+        self._inboxes, self._outbox = [], None
+
+    def _forget_inherited(self) -> None:
+        self._inboxes, self._outbox = [], None
+
+    def _shared_values(self, arrays):
+        return None
+
+    def _after_ship(self, key: str) -> None:
+        pass
+
+    def _publish(self, key, arrays):
+        return [np.array(a, copy=True) for a in arrays]   # one copy, read by every thread
+
+    def _drop_values(self, key):
+        pass
+
+    def _send(self, worker: int, message) -> None:
+        self._inboxes[worker].put(message)
+
+    def _receive(self):
+        outbox = self._outbox
+        return self._guarded(outbox.get)
+
+
+class _QueueChannel:
+    """A thread's end of its channel: ``recv`` from its inbox, ``send`` to the shared outbox."""
+
+    def __init__(self, inbox, outbox, number: int):
+        self.inbox, self.outbox, self.number = inbox, outbox, number
+
+    def recv(self):
+        return self.inbox.get()
+
+    def send(self, message) -> None:
+        self.outbox.put((self.number, message))
+
+
+class JoblibPool:
+    """Any other joblib backend, through `joblib.Parallel`: `(f, x, args)` travel with every call."""
+
+    resident = False
+    generation = 0
+    usable = True
 
     def __init__(self, backend: str, workers: int):
-        self.backend = backend
-        self.workers = workers
+        self.backend, self.workers = backend, workers
+        self.lock = threading.RLock()
 
-    def __enter__(self):
-        return self
+    def ensure_started(self) -> None:
+        pass
 
-    def __exit__(self, *exc_info):
-        return False
-
-    def run(self, job, bundle, chunks):
+    def run_once(self, job, bundle: bytes, tasks: dict[int, Task]):
         from joblib import Parallel, delayed
+        from joblib.externals.loky.process_executor import BrokenProcessPool
 
-        payload = InlinePayload(bundle)
+        payload = InlinePayload(bundle, uuid.uuid4().hex)
         # max_nbytes=None: no auto-memmapping, which would hand workers read-only arrays.
         parallel = Parallel(n_jobs=self.workers, backend=self.backend, max_nbytes=None)
         try:
-            yield from parallel(delayed(_numbered)(number, job, payload, lo, hi)
-                                for number, (lo, hi) in chunks.items())
+            yield from parallel(delayed(_numbered)(number, job, payload, task)
+                                for number, task in tasks.items())
         except BrokenProcessPool as exc:
             raise WorkerLost(str(exc)) from exc
 
+    def drop(self, key: str) -> None:
+        pass
 
-def _numbered(number, job, payload, lo, hi):
-    return number, evaluate_chunk(job, payload, lo, hi)
+    def close(self) -> None:
+        pass
+
+    kill = close
 
 
-def _collect(futures: dict, executor) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield finished chunks; cancel the rest on an error; kill workers on Ctrl-C."""
-    yielded = set()
+def _numbered(number, job, payload, task):
+    return number, evaluate_chunk(job, payload, task)
+
+
+def _with_remote_traceback(error: BaseException) -> BaseException:
+    text = getattr(error, "worker_traceback", None)
+    if text and error.__cause__ is None:
+        error.__cause__ = RemoteTraceback(text)
+    return error
+
+
+class _SharedValues:
+    """A RAM-backed file holding the current values of `x`'s arrays, mapped by every worker."""
+
+    def __init__(self, path: str, mapping: mmap.mmap, layout: list, views: list[np.ndarray]):
+        self.path, self._mapping, self.layout, self.views = path, mapping, layout, views
+
+    @classmethod
+    def create(cls, arrays: list[np.ndarray]) -> _SharedValues:
+        layout, size = [], 0
+        for array in arrays:
+            layout.append((size, array.shape, array.dtype.str))
+            size += -(-array.nbytes // 64) * 64   # each array 64-byte aligned
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        fd, path = tempfile.mkstemp(prefix=f"{_SHM_PREFIX}{os.getpid()}-", suffix=".values", dir=folder)
+        try:
+            os.ftruncate(fd, max(size, 1))
+            mapping = mmap.mmap(fd, max(size, 1))
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        views = [np.ndarray(shape, dtype=np.dtype(dtype), buffer=mapping, offset=offset)
+                 for offset, shape, dtype in layout]
+        return cls(path, mapping, layout, views)
+
+    @property
+    def spec(self) -> tuple[str, list]:
+        return self.path, self.layout
+
+    def write(self, arrays: list[np.ndarray]) -> None:
+        for view, array in zip(self.views, arrays):
+            view[...] = array
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        self.unlink()
+        self.views = []
+        try:
+            self._mapping.close()
+        except BufferError:   # a view is still referenced somewhere; the OS frees it at exit
+            pass
+
+
+def remove_stale_shared_files() -> list[str]:
+    """Remove values files left by callers that died before unlinking them; return their paths."""
+    removed = []
+    for folder in ("/dev/shm", tempfile.gettempdir()):
+        for path in glob.glob(os.path.join(folder, f"{_SHM_PREFIX}*")):
+            match = re.match(rf"{_SHM_PREFIX}(\d+)-", os.path.basename(path))
+            if match and not _alive(int(match.group(1))):
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
     try:
-        for future in cf.as_completed(futures):
-            if isinstance(future.exception(), BrokenProcessPool):
-                yield from _finished_cleanly(futures, yielded)
-                raise WorkerLost(str(future.exception())) from future.exception()
-            yielded.add(future)
-            yield futures[future], future.result()
-    except WorkerLost:
-        raise
-    except Exception:
-        for future in futures:
-            future.cancel()
-        raise
-    except BaseException:  # KeyboardInterrupt, SystemExit: stop the workers now
-        for future in futures:
-            future.cancel()
-        if executor is not None:
-            executor.shutdown(wait=False, kill_workers=True)
-        raise
-
-
-def _finished_cleanly(futures: dict, yielded: set) -> Iterator[tuple[int, np.ndarray]]:
-    for future, number in futures.items():
-        if future in yielded or not future.done() or future.cancelled():
-            continue
-        if future.exception() is None:
-            yield number, future.result()
-
-
-def _fast_tempdir() -> str | None:
-    """A RAM-backed folder for the bundle file where the system has one."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True

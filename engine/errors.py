@@ -1,7 +1,8 @@
-"""Errors the engine raises on top of the standard ones (TypeError, ValueError...)."""
+"""Errors and warnings the engine raises on top of the standard ones (TypeError, ValueError...)."""
 from __future__ import annotations
 
-__all__ = ["PayloadError", "StateNotShippedError", "WorkerLostError"]
+__all__ = ["PayloadError", "StateNotShippedError", "WorkerLostError", "WorkerError",
+           "RemoteTraceback", "WorkerLost", "NumericalFallbackWarning", "StepSizeWarning"]
 
 
 class PayloadError(TypeError):
@@ -14,3 +15,48 @@ class StateNotShippedError(RuntimeError):
 
 class WorkerLostError(RuntimeError):
     """Worker processes died and the chunks they held could not be recomputed within `retries`."""
+
+
+class WorkerError(RuntimeError):
+    """An exception raised by `f` in a worker that could not be sent back as itself.
+
+    Some exceptions cannot be pickled or unpickled (one whose ``__init__`` needs other
+    arguments than its ``args``, one holding a lock). This one carries what they said:
+    ``type_name`` (e.g. ``"mymodule.SolverError"``), the message, where it happened, and
+    the worker's traceback as text (also its ``__cause__``).
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = ""):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self):
+        return type(self), (self.type_name, self.message, self.traceback), self.__dict__
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an error in a worker, as text: set as the ``__cause__`` of that error."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+class WorkerLost(Exception):
+    """Internal: worker processes died; the tasks they held are lost (the engine retries)."""
+
+
+class NumericalFallbackWarning(UserWarning):
+    """Evaluations of `f` failed and were replaced (``on_failure="one-sided"`` or ``"nan"``).
+
+    One per call; its message lists the entries, and ``Gradient.failures`` holds them.
+    """
+
+
+class StepSizeWarning(UserWarning):
+    """The step actually stored, ``dtype(x_i + h) - x_i``, differs from `h` by more than 1%."""

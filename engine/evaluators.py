@@ -10,16 +10,58 @@ combine the losses.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from .schemes import Scheme
+from .model import ModelLoss, Sequential
+from .schemes import Scheme, auto_step
 from .space import ParamSpace
 
-__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "annotate_error"]
+__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
+           "bind", "is_model_objective", "loss_at", "LoopOptions", "Report", "EVALUATOR_NAMES"]
 
 EVALUATOR_NAMES = ("loop", "batched")
+
+
+def is_model_objective(f: Any) -> bool:
+    """True for a layered model's own loss, ``model.loss(params, x, t)`` (a bound method)."""
+    return getattr(f, "__func__", None) is Sequential.loss and isinstance(f.__self__, Sequential)
+
+
+def bind(f: Callable, args: tuple, x: Any) -> Callable:
+    """``f(x, *args)`` as the one-argument callable ``g(x)`` that the evaluators call.
+
+    A model's own loss ``model.loss`` with ``args = (inputs, labels)`` becomes a
+    `ModelLoss` over `x`, which the batched evaluator understands.
+
+    Raises
+    ------
+    TypeError
+        If `f` is ``model.loss`` and `args` is not ``(inputs, labels)``.
+    """
+    if is_model_objective(f):
+        if len(args) != 2:
+            raise TypeError("`f` is a model's loss, f(params, x, t): call the gradient with the "
+                            f"params, the inputs and the labels, got {len(args)} argument(s) "
+                            "after the params")
+        return ModelLoss(f.__self__, x, *args)
+    if not args:
+        return f
+    return _WithArguments(f, tuple(args))
+
+
+class _WithArguments:
+    """``f(x, *args)`` with `args` fixed: the evaluators call ``g(x)``."""
+
+    __slots__ = ("f", "args")
+
+    def __init__(self, f: Callable, args: tuple):
+        self.f, self.args = f, args
+
+    def __call__(self, x: Any) -> Any:
+        return self.f(x, *self.args)
 
 
 def get_evaluator(name: str) -> Callable:
@@ -32,15 +74,51 @@ def get_evaluator(name: str) -> Callable:
     raise ValueError(f"`evaluator` must be one of {EVALUATOR_NAMES} or 'auto', got {name!r}")
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """What the loop evaluator does beyond the teaching text's formula.
+
+    Attributes
+    ----------
+    on_failure : {"raise", "one-sided", "nan"}
+        What an evaluation of `f` that raises (an ``Exception``) or returns a non-finite
+        value does: end the call; leave the other side, combined with ``f(x)``; or make
+        the entry NaN.
+    bounds : list of (lower, upper) arrays, or None
+        Per parameter array, bounds broadcast to its shape: `f` is never evaluated
+        outside them, entries near a bound take the one-sided difference that stays
+        inside (SciPy's rule).
+    vector : bool
+        `f` returns an array (a Jacobian), not a scalar.
+    """
+
+    on_failure: str = "raise"
+    bounds: tuple | None = None
+    vector: bool = False
+
+
+@dataclass
+class Report:
+    """What one chunk's evaluation noticed: failed evaluations, the steps actually stored."""
+
+    failures: list = field(default_factory=list)   # (flat, multiple, type name, message)
+    step_deviation: float = 0.0                     # max |stored - m*h| / |m*h| with a numeric h
+
+    def merge(self, other: Report) -> None:
+        self.failures.extend(other.failures)
+        self.step_deviation = max(self.step_deviation, other.step_deviation)
+
+
 def loop_evaluate(
     f: Callable[[Any], Any],
     space: ParamSpace,
-    steps: list[float],
+    steps: list[float | None],
     scheme: Scheme,
     start: int,
     stop: int,
     cache: dict | None = None,
-    **_ignored: Any,
+    loop: LoopOptions = LoopOptions(),
+    report: Report | None = None,
 ) -> np.ndarray:
     """Derivatives of `f` for the flat entries ``start .. stop-1`` of `space`.
 
@@ -48,61 +126,199 @@ def loop_evaluate(
     is restored to its exact original value before the next, also when `f` raises.
     `cache` (a dict kept for one call) holds the unperturbed loss for schemes that
     use it, so it is evaluated once per worker and call, not once per chunk.
+    A step of None is ``h="auto"``: ``auto_step(scheme, dtype) * max(1, |x_i|)``, and
+    the difference is divided by the steps actually stored.
 
     Returns
     -------
-    ndarray, shape (stop - start,), float64
+    ndarray, float64, shape (stop - start,), or (stop - start, m) for a vector `f`
+
+    Raises
+    ------
+    ValueError
+        If ``x_i + m*h`` rounds back to ``x_i`` (nothing would be perturbed).
     """
-    values = np.empty(stop - start, dtype=np.float64)
-    center = None
-    if scheme.uses_center and stop > start:
-        center = _center_loss(f, space, {} if cache is None else cache)
+    cache = {} if cache is None else cache
+    report = Report() if report is None else report
+    loop_f = _Entries(f, space, scheme, cache, loop, report)
+    values = None
     for segment in space.segments(start, stop):
-        array, h = space.arrays[segment.position], steps[segment.position]
+        array = space.arrays[segment.position]
+        step = steps[segment.position]
+        if step is None:
+            step = auto_step(scheme, array.dtype)
+        bounds = None if loop.bounds is None else loop.bounds[segment.position]
         indices = space.multi_indices(segment.position, segment.start, segment.stop)
         for k, index in enumerate(indices):
             flat = segment.offset + k
-            losses = perturbed_losses(f, space, array, index, h, scheme.multiples, flat)
-            values[flat - start] = scheme.combine(losses, center, h)
-    return values
+            derivative = loop_f.derivative(array, index, step, steps[segment.position] is None,
+                                           flat, bounds)
+            if values is None:
+                values = np.empty((stop - start,) + np.shape(derivative), dtype=np.float64)
+            values[flat - start] = derivative
+    return np.empty(0) if values is None else values
 
 
-def _center_loss(f, space: ParamSpace, cache: dict) -> float:
-    if "center" not in cache:
-        cache["center"] = _loss_at(f, space, lambda: "the unperturbed x")
-    return cache["center"]
+class _Entries:
+    """The loop evaluator's work on one entry: perturb, evaluate, restore, combine."""
+
+    def __init__(self, f, space: ParamSpace, scheme: Scheme, cache: dict, loop: LoopOptions,
+                 report: Report):
+        self.f, self.space, self.scheme, self.cache = f, space, scheme, cache
+        self.loop, self.report = loop, report
+        self.check = checked_output if loop.vector else None
+
+    def center(self):
+        if "center" not in self.cache:
+            self.cache["center"] = loss_at(self.f, self.space, "the unperturbed x", self.check)
+        return self.cache["center"]
+
+    def derivative(self, array, index, h, relative, flat, bounds):
+        original = array[index]
+        base = float(original)
+        if relative:
+            h = h * max(1.0, abs(base))
+        multiples = self.scheme.multiples
+        if bounds is not None:
+            multiples, h = _inside(base, h, multiples, bounds[0][index], bounds[1][index],
+                                   self.space, flat)
+        values, stored = {}, {}
+        try:
+            for m in multiples:
+                values[m], stored[m] = self._evaluate(array, index, original, base, m * h,
+                                                      relative, flat, m)
+            failed = any(v is None for v in values.values())
+            if failed and self.loop.on_failure == "one-sided":
+                for m in (-1, 1):   # the side a forward scheme lacks
+                    if m not in values and values.get(-m, 0) is None:
+                        values[m], stored[m] = self._evaluate(array, index, original, base,
+                                                              m * h, relative, flat, m)
+        finally:
+            array[index] = original
+        failed = any(v is None for v in values.values())
+        if failed and self.loop.on_failure == "nan":
+            return self._nan()
+        if multiples == self.scheme.multiples and not failed:
+            losses = [values[m] for m in multiples]
+            center = self.center() if self.scheme.uses_center else None
+            if relative:
+                return self.scheme.combine_stored(losses, center, [stored[m] for m in multiples])
+            return self.scheme.combine(losses, center, h)
+        return self._one_sided(values, stored, h, relative)
+
+    def _evaluate(self, array, index, original, base, offset, relative, flat, m):
+        array[index] = base + offset
+        stored = float(array[index]) - base
+        if stored == 0:
+            array[index] = original
+            raise ValueError(
+                f"{self.space.describe(flat)} = {base!r} + {offset!r} rounds back to "
+                f"{base!r} in {array.dtype}: nothing would be perturbed. Use a larger `h`, "
+                "h='auto' (a step relative to |x_i| and the dtype), or float64")
+        if not relative:
+            self.report.step_deviation = max(self.report.step_deviation,
+                                              abs(stored - offset) / abs(offset))
+        where = lambda: _describe(self.space, flat, m)  # noqa: E731
+        if self.loop.on_failure == "raise":
+            return loss_at(self.f, self.space, where, self.check), stored
+        try:
+            return loss_at(self.f, self.space, where, self.check, failures=True), stored
+        except _Failed as failed:
+            error = failed.__cause__
+            self.report.failures.append((flat, m, type(error).__name__, str(error)))
+            return None, stored
+
+    def _one_sided(self, values, stored, h, relative):
+        """A side that failed (or lies outside the bounds): the other side with f(x), else NaN."""
+        for m in (1, -1):
+            if values.get(m) is not None:
+                center = self.center()
+                step = stored[m] if relative else m * h
+                return (values[m] - center) / step
+        return self._nan()
+
+    def _nan(self):
+        if self.loop.vector:
+            return np.full(np.shape(self.center()), np.nan)
+        return math.nan
 
 
-def perturbed_losses(f, space, array, index, h, multiples, flat) -> list[float]:
-    """``f(x)`` with entry `index` of `array` set to ``float(x_i) + m*h`` for each m."""
-    original = array[index]
-    base = float(original)
-    losses = []
-    try:
-        for m in multiples:
-            array[index] = base + m * h
-            losses.append(_loss_at(f, space, lambda: _describe(space, flat, m)))
-    finally:
-        array[index] = original
-    return losses
+def _inside(base, h, multiples, lower, upper, space, flat):
+    """The multiples (and step) whose points stay within ``[lower, upper]``."""
+    if all(lower <= base + m * h <= upper for m in multiples):
+        return multiples, h
+    if base + h <= upper:
+        return (1,), h
+    if base - h >= lower:
+        return (-1,), h
+    room = max(upper - base, base - lower)
+    if room <= 0:
+        raise ValueError(f"{space.describe(flat)} has no room to move within its bounds "
+                         f"[{lower!r}, {upper!r}]")
+    return ((1,) if upper - base >= base - lower else (-1,)), room
 
 
 def _describe(space: ParamSpace, flat: int, m: int) -> str:
     return f"{space.describe(flat)} (x_i {'+' if m > 0 else '-'} {abs(m)}*h)"
 
 
-def _loss_at(f, space: ParamSpace, where: Callable[[], str]) -> float:
-    """``f(x)`` as a checked float; `where` names the perturbation, built only for errors."""
+class _Failed(Exception):
+    """An evaluation of `f` failed (raised, or gave a non-finite value); the cause is its error."""
+
+
+def loss_at(f, space: ParamSpace, where: str | Callable[[], str],
+            check: Callable | None = None, failures: bool = False) -> Any:
+    """``f(x)`` as a checked float (or, with ``check=checked_output``, a float64 array).
+
+    `where` names the perturbation (a callable: built only for errors). With
+    `failures`, an exception raised by `f` or a non-finite value is raised as `_Failed`
+    (its ``__cause__`` the error), so the caller can fall back.
+    """
     try:
         value = f(space.structure)
     except Exception as exc:
-        annotate_error(exc, f"raised by `f` while evaluating {where()}")
+        annotate_error(exc, f"raised by `f` while evaluating {_text(where)}")
+        if failures:
+            raise _Failed() from exc
         raise
-    # The fast path for what losses usually are; everything else gets the full check.
-    loss = float(value) if isinstance(value, float) else checked_loss(value, where())
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {where()}")
-    return loss
+    try:
+        if check is not None:
+            return check(value, _text(where))
+        # The fast path for what losses usually are; everything else gets the full check.
+        loss = float(value) if isinstance(value, float) else checked_loss(value, _text(where))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {_text(where)}")
+        return loss
+    except FloatingPointError as exc:
+        if failures:
+            raise _Failed() from exc
+        raise
+
+
+def checked_output(value: Any, where: str) -> np.ndarray:
+    """`value` as a float64 array of finite values (a vector `f`'s output).
+
+    Raises
+    ------
+    TypeError
+        If it is not real numbers.
+    FloatingPointError
+        If an element is NaN or infinite.
+    """
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"`f` must return an array of real numbers, got "
+                        f"{type(value).__name__} at {where}") from None
+    if np.iscomplexobj(value) or getattr(value, "dtype", None) == np.bool_:
+        raise TypeError(f"`f` must return real numbers, got {np.asarray(value).dtype} at {where}")
+    if not np.all(np.isfinite(array)):
+        raise FloatingPointError(f"`f` returned non-finite values at {where}")
+    return array
+
+
+def _text(where: str | Callable[[], str]) -> str:
+    return where if isinstance(where, str) else where()
 
 
 def checked_loss(value: Any, where: str) -> float:
@@ -111,11 +327,13 @@ def checked_loss(value: Any, where: str) -> float:
     Raises
     ------
     TypeError
-        If `value` is not a real scalar (an array of more than one element, a string...).
+        If `value` is not a real scalar (an array of more than one element, a string, a
+        bool...).
     FloatingPointError
         If `value` is NaN or infinite; the message names the entry being perturbed.
     """
-    if np.ndim(value) != 0 or isinstance(value, (str, bytes, complex, np.complexfloating)):
+    if np.ndim(value) != 0 or isinstance(value, (str, bytes, bool, complex, np.bool_,
+                                                 np.complexfloating)):
         shape = getattr(value, "shape", None)
         raise TypeError(
             f"`f` must return a real scalar loss, got {type(value).__name__}"
@@ -132,11 +350,15 @@ def checked_loss(value: Any, where: str) -> float:
 
 
 def annotate_error(exc: BaseException, context: str) -> None:
-    """Add where an error happened to its message, keeping its type (once per error)."""
-    if getattr(exc, "_engine_context", None):
+    """Say where an error happened, as a note (PEP 678) that tracebacks print; once per error.
+
+    The exception keeps its type and its ``args`` untouched, so it prints and compares
+    as the user's code made it.
+    """
+    notes = getattr(exc, "__notes__", ())
+    if any(note.startswith(_CONTEXT_MARK) for note in notes):
         return
-    exc._engine_context = context
-    if exc.args and isinstance(exc.args[0], str):
-        exc.args = (f"{exc.args[0]} [{context}]",) + exc.args[1:]
-    else:
-        exc.add_note(context)
+    exc.add_note(f"{_CONTEXT_MARK}{context}")
+
+
+_CONTEXT_MARK = "numgrad: "

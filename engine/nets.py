@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from .functions import softmax
+from .gradient import Gradient
 from .layers import Affine, SoftmaxCrossEntropy
 from .model import ModelLoss, Sequential, init_params, mlp
-from .parallel import parallel_numerical_gradient
 
 __all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP"]
 
@@ -26,6 +26,11 @@ class Net:
     def __init__(self, model: Sequential, params: dict[str, np.ndarray]):
         self.model = model
         self.params = params
+        self._gradients: dict[str, Gradient] = {}   # one resident Gradient per settings
+
+    def __getstate__(self) -> dict:
+        # A net travels (in the book's closure, say) without its gradients' workers.
+        return {**self.__dict__, "_gradients": {}}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (B, C) (B = 1 for a 1-D `x`)."""
@@ -45,15 +50,22 @@ class Net:
         return ModelLoss(self.model, self.params, x, t)
 
     def numerical_gradient(self, x: np.ndarray, t: Any, workers: int | None = None,
-                           **engine_options: Any) -> dict[str, np.ndarray]:
-        """Gradient of `loss` by finite differences, through `parallel_numerical_gradient`.
+                           **options: Any) -> dict[str, np.ndarray]:
+        """Gradient of `loss` by finite differences, through a `engine.Gradient` kept per settings.
 
-        `engine_options` are passed on (``h``, ``backend``, ``scheme``,
-        ``evaluator``...). The default evaluator, ``"auto"``, evaluates perturbations in
-        blocks (see `engine.batched`); ``evaluator="loop"`` does it the book's way.
+        `options` are those of `engine.Gradient` (``h``, ``scheme``, ``evaluator``,
+        ``backend``, ``dispatch``...). The default evaluator, ``"auto"``, evaluates
+        perturbations in blocks (see `engine.batched`); ``evaluator="loop"`` does it the
+        book's way. The net keeps one `Gradient` for each set of options, so later calls
+        reuse its workers and ship only the new values of `params` and the batch.
         """
-        return parallel_numerical_gradient(self.loss_function(x, t), self.params,
-                                           workers=workers, **engine_options)
+        key = repr((workers, sorted(options.items())))
+        gradient = self._gradients.get(key)
+        if gradient is None:
+            gradient = Gradient(self.model.loss, workers=workers, **options)
+            gradient._resources.shared = True   # worker processes shared with other nets
+            self._gradients[key] = gradient
+        return gradient(self.params, x, t)
 
     def gradient(self, x: np.ndarray, t: Any) -> dict[str, np.ndarray]:
         """Gradient of `loss` by backpropagation: exact up to rounding."""

@@ -21,8 +21,8 @@ from .errors import PayloadError
 __all__ = ["dumps_bundle", "loads_bundle"]
 
 
-def dumps_bundle(f: Callable, x: Any, views: list[np.ndarray]) -> bytes:
-    """Pickle ``(f, x)`` as one stream.
+def dumps_bundle(f: Callable, x: Any, views: list[np.ndarray], args: tuple = ()) -> bytes:
+    """Pickle ``(f, x, args)`` as one stream.
 
     Parameters
     ----------
@@ -30,8 +30,10 @@ def dumps_bundle(f: Callable, x: Any, views: list[np.ndarray]) -> bytes:
         The loss and its parameters, as passed by the caller.
     views : list of ndarray
         The parameter arrays of `x`. Every array in the stream that is a view of the
-        same C-contiguous base as one of them is pickled as (base, offset, strides),
+        same contiguous (C or Fortran) base as one of them is pickled as (base, offset, strides),
         so the worker's copies are again views into one copy of that base.
+    args : tuple
+        Extra arguments of `f` (``f(x, *args)``), shipped in the same stream.
 
     Raises
     ------
@@ -40,7 +42,7 @@ def dumps_bundle(f: Callable, x: Any, views: list[np.ndarray]) -> bytes:
     """
     buffer = io.BytesIO()
     try:
-        _BundlePickler(buffer, {id(_owner(v)) for v in views}).dump((f, x))
+        _BundlePickler(buffer, {id(_owner(v)) for v in views}).dump((f, x, tuple(args)))
     except Exception as exc:  # pickling raises many types: PicklingError, TypeError...
         raise PayloadError(
             f"`f` cannot be pickled to give each worker its own copy of (f, x) "
@@ -52,8 +54,8 @@ def dumps_bundle(f: Callable, x: Any, views: list[np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def loads_bundle(data: bytes) -> tuple[Callable, Any]:
-    """Unpickle ``(f, x)``: a private, writable copy for one worker."""
+def loads_bundle(data: bytes) -> tuple[Callable, Any, tuple]:
+    """Unpickle ``(f, x, args)``: a private, writable copy for one worker."""
     return pickle.loads(data)
 
 
@@ -79,10 +81,12 @@ def _is_view_of_plain_base(array: Any) -> bool:
     return (
         type(array) is np.ndarray
         and type(base) is np.ndarray
-        and base.flags.c_contiguous
+        and (base.flags.c_contiguous or base.flags.f_contiguous)
         and base.dtype != object
     )
 
 
 def _rebuild_view(base, offset, shape, strides, dtype):
-    return np.ndarray(shape, dtype=dtype, buffer=base, offset=offset, strides=strides)
+    # A Fortran-ordered base has the same memory as its C-contiguous transpose.
+    memory = base if base.flags.c_contiguous else base.T
+    return np.ndarray(shape, dtype=dtype, buffer=memory, offset=offset, strides=strides)

@@ -5,14 +5,14 @@ from typing import Any, Callable
 
 from ._threads import one_blas_thread
 from .evaluators import loop_evaluate
-from .schemes import get_scheme, resolve_steps
+from .schemes import DEFAULT_STEP, get_scheme, resolve_steps
 from .space import ParamSpace
 
 __all__ = ["numerical_gradient"]
 
 
 def numerical_gradient(
-    f: Callable[[Any], Any], x: Any, h: float | dict = 1e-4, *, scheme: str = "central"
+    f: Callable[[Any], Any], x: Any, h: float | dict = DEFAULT_STEP, *, scheme: str = "central"
 ) -> Any:
     """Numerical gradient of `f` at `x`, one entry at a time, in this process.
 
@@ -30,7 +30,8 @@ def numerical_gradient(
         ``f(x) -> scalar``, the loss.
     x : ndarray, or dict / list / tuple of ndarray
         Writable floating-point arrays of any shape (0-d included), perturbed in place
-        during the call and bit-identical to before it afterwards.
+        during the call and bit-identical to before it afterwards (also when `f` raises
+        or writes into them).
     h : float or dict, default 1e-4
         Step size; for a dict `x`, a dict of per-array steps is also accepted.
     scheme : {"central", "forward", "central4"}, default "central"
@@ -62,6 +63,12 @@ def numerical_gradient(
         raise TypeError(f"`f` must be callable, got {type(f).__name__}")
     space = ParamSpace(x)
     steps = resolve_steps(h, space.keys, space.labels)
-    with one_blas_thread():   # so that no result depends on a BLAS thread count
-        values = loop_evaluate(f, space, steps, get_scheme(scheme), 0, space.size)
+    the_scheme = get_scheme(scheme)
+    saved = [a.copy() for a in space.arrays]
+    try:
+        with one_blas_thread():   # so that no result depends on a BLAS thread count
+            values = loop_evaluate(f, space, steps, the_scheme, 0, space.size)
+    finally:   # an `f` that writes into `x` must not leave the caller's arrays changed
+        for array, before in zip(space.arrays, saved):
+            array[...] = before
     return space.assemble(values)

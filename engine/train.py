@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends import resolve_workers
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
                          load_checkpoint, lock_folder, new_numbered_folder, point_link,
                          remove_temporaries, save_checkpoint, save_npz_atomic)
 from .data import DataError, Dataset, load_embedded_mnist, load_mnist_dir, read_mnist_csv
+from .execution import Execution, check_backend
 from .plots import plot_training
 from .training import TrainConfig, Trainer, TrainingState
 
@@ -137,17 +137,17 @@ def main(argv: list[str] | None = None) -> int:
 # -- preparing a run: validate everything before anything is written ---------------------------
 
 def _prepare(args) -> dict[str, Any]:
-    workers = resolve_workers(args.workers)
     backend = _given_or(args.backend, _BACKEND)
     _check_backend(backend, args.scheduler)
+    execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.resume is not None:
         run = _resumed_run(args)
     else:
         run = _fresh_run(args)
-    run.update(workers=workers, backend=backend, scheduler=args.scheduler,
-               progress=not args.no_progress)
+    run.update(execution=execution, workers=execution.n_workers, backend=backend,
+               scheduler=args.scheduler, progress=not args.no_progress)
     return run
 
 
@@ -156,12 +156,10 @@ def _given_or(value, default):
 
 
 def _check_backend(backend: str, scheduler: str | None) -> None:
-    from joblib.parallel import BACKENDS   # joblib's registered backends, at this moment
-
-    known = {"loky", "threading", "dask", *BACKENDS}
-    if backend not in known:
-        raise UsageError(f"--backend {backend!r} is not a backend; choose one of "
-                         f"{', '.join(sorted(known))}")
+    try:
+        check_backend(backend)   # the engine's own check: its backends and joblib's registry
+    except ValueError as exc:
+        raise UsageError(f"--backend: {exc}") from None
     if backend == "dask" and importlib.util.find_spec("distributed") is None:
         raise UsageError("--backend dask needs Dask's distributed package: "
                          "pip install 'numgrad-engine[dask]'")
@@ -384,8 +382,8 @@ def _state_from_checkpoint(saved, params, config, n_train, folder) -> TrainingSt
 
 def _train(run: dict[str, Any], args) -> int:
     config, out = run["config"], run["out"]
-    trainer = Trainer(config, run["train"], run["test"], workers=run["workers"],
-                      backend=run["backend"], scheduler=run["scheduler"], state=run["state"])
+    trainer = Trainer(config, run["train"], run["test"], execution=run["execution"],
+                      state=run["state"])
     if trainer.state.step == 0:
         _checkpoint(trainer, run)   # from here on, a killed run can always be resumed
     print(_headline(run, trainer), flush=True)
@@ -403,6 +401,7 @@ def _train(run: dict[str, Any], args) -> int:
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+        trainer.close()
     bar.close()
     return _finish(trainer, run, time.perf_counter() - started)
 

@@ -15,10 +15,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .data import Dataset
+from .execution import Execution
+from .gradient import Gradient, Plan
 from .model import init_params, mlp
 from .nets import Net
+from .schemes import DEFAULT_STEP
 
-__all__ = ["TrainConfig", "TrainingState", "Trainer", "RESULT_FIELDS"]
+__all__ = ["TrainConfig", "TrainingState", "Trainer"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class TrainConfig:
     lr: float = 0.1
     batch_size: int = 1
     steps: int = 100
-    h: float = 1e-4
+    h: float = DEFAULT_STEP
     scheme: str = "central"
     seed: int = 0
     shuffle: bool = False
@@ -40,9 +43,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sizes": list(self.sizes)}
-
-
-RESULT_FIELDS = tuple(TrainConfig.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -67,26 +67,41 @@ class Trainer:
     ----------
     config : TrainConfig
     train, test : Dataset
-    workers, backend, scheduler
-        Where the numerical gradient runs (see `parallel_numerical_gradient`); they
-        change the speed, never the numbers.
+    execution : Execution, optional
+        Where the numerical gradient runs (workers, backend...): the speed, never the
+        numbers. The trainer keeps one `engine.Gradient` for the whole run (``f`` the
+        model's loss, the mini-batch its arguments); `close` releases its workers.
     state : TrainingState, optional
         Resume from here instead of a fresh initialisation.
     """
 
     def __init__(self, config: TrainConfig, train: Dataset, test: Dataset, *,
-                 workers: int | None = None, backend: str = "loky",
-                 scheduler: str | None = None, state: TrainingState | None = None):
+                 execution: Execution | None = None, state: TrainingState | None = None):
         self.config, self.train, self.test = config, train, test
-        self.engine_options = {"workers": workers, "backend": backend, "scheduler": scheduler,
-                               "h": config.h, "scheme": config.scheme,
-                               "evaluator": config.evaluator}
         self.net = Net(mlp(config.sizes), {})   # the structure; its params are the state's
+        self.gradient = None
+        if config.gradient != "backprop":
+            self.gradient = Gradient(self.net.model.loss, h=config.h, scheme=config.scheme,
+                                     evaluator=config.evaluator, execution=execution)
         self.state = state if state is not None else self._initial_state()
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.train) // self.config.batch_size)
+    def close(self) -> None:
+        """Release the gradient's workers."""
+        if self.gradient is not None:
+            self.gradient.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def calibrate(self) -> Plan | None:
+        """Decide where the gradient runs, on the next batch (the state does not move)."""
+        if self.gradient is None:
+            return None
+        x, t = self._batch(self.state)
+        return self.gradient.calibrate(self.state.params, x, t)
 
     @property
     def done(self) -> bool:
@@ -115,11 +130,10 @@ class Trainer:
     def _next_state(self, state: TrainingState) -> TrainingState:
         c = self.config
         started = time.perf_counter()
-        batch = state.order[state.position: state.position + c.batch_size]
-        x, t = self.train.images[batch], self.train.labels[batch]
+        x, t = self._batch(state)
         loss, grads = self._loss_and_gradient(state.params, x, t)
         params = {name: p - c.lr * grads[name] for name, p in state.params.items()}
-        position, epoch, order, rng_state = state.position + batch.size, state.epoch, state.order, state.rng_state
+        position, epoch, order, rng_state = state.position + len(x), state.epoch, state.order, state.rng_state
         if position >= len(self.train):
             position, epoch = 0, epoch + 1
             order, rng_state = self._next_order(order, rng_state)
@@ -133,12 +147,15 @@ class Trainer:
                        seconds=state.seconds + (time.perf_counter() - started,),
                        evaluations=evaluations)
 
+    def _batch(self, state: TrainingState):
+        batch = state.order[state.position: state.position + self.config.batch_size]
+        return self.train.images[batch], self.train.labels[batch]
+
     def _loss_and_gradient(self, params, x, t):
+        if self.gradient is not None:
+            return self.gradient.value_and_grad(params, x, t)
         self.net.params = params
-        loss = self.net.loss(x, t)
-        if self.config.gradient == "backprop":
-            return loss, self.net.gradient(x, t)
-        return loss, self.net.numerical_gradient(x, t, **self.engine_options)
+        return self.net.loss(x, t), self.net.gradient(x, t)
 
     def _next_order(self, order, rng_state):
         if not self.config.shuffle:

@@ -16,9 +16,8 @@ import pytest
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
 
-import engine.parallel  # noqa: E402
+import engine._dask  # noqa: E402
 from engine import WorkerLostError, numerical_gradient, parallel_numerical_gradient  # noqa: E402
-from engine.backends import make_runner  # noqa: E402
 from engine.data import load_embedded_mnist  # noqa: E402
 from engine.nets import ThreeLayerNet  # noqa: E402
 
@@ -265,16 +264,18 @@ class TestFailures:
     @pytest.mark.timeout(90)
     def test_killed_worker_error_makes_the_engine_retry(self, cluster, book, tmp_path, monkeypatch):
         net, image, label, _, expected = book
-        runners = []
-        monkeypatch.setattr(engine.parallel, "make_runner",
-                            lambda *args: runners.append(args) or make_runner(*args))
+        attempts = []
+        run_once = engine._dask.DaskPool.run_once
+        monkeypatch.setattr(engine._dask.DaskPool, "run_once",
+                            lambda self, *args: attempts.append(args) or run_once(self, *args))
         f = self_killing_loss(net, image, label, tmp_path / "killed", at_call=500)
         with allowed_failures(cluster, 0):   # the first death of a chunk's worker: KilledWorker
             got = parallel_numerical_gradient(f, net.params, workers=2, backend="dask",
                                               scheduler=cluster, evaluator="loop")
         assert_exactly_equal(got, expected)
         assert (tmp_path / "killed").exists(), "no worker was killed: the test proved nothing"
-        assert len(runners) == 2, "the lost chunks were not re-run on a fresh runner"
+        assert len(attempts) == 2, "the lost chunks were not re-run"
+        assert len(attempts[1][2]) < len(attempts[0][2]), "finished chunks were re-run too"
         wait_until_restarted(cluster)
 
     @pytest.mark.timeout(30)

@@ -9,7 +9,9 @@ import engine
 
 EXPORTS = {
     "numerical_gradient": "serial", "parallel_numerical_gradient": "parallel",
-    "plan_chunks": "parallel", "gradient_check": "gradcheck", "GradientDifference": "gradcheck",
+    "jacobian": "parallel", "Gradient": "gradient", "Jacobian": "gradient", "Plan": "gradient",
+    "Failure": "gradient", "plan_chunks": "gradient", "Execution": "execution",
+    "WorkerError": "errors", "NumericalFallbackWarning": "errors", "StepSizeWarning": "errors", "gradient_check": "gradcheck", "GradientDifference": "gradcheck",
     "SimpleNet": "nets", "ThreeLayerNet": "nets", "MLP": "nets", "Dataset": "data",
     "DataError": "data", "load_embedded_mnist": "data", "read_mnist_csv": "data",
     "write_mnist_csv": "data", "PayloadError": "errors", "StateNotShippedError": "errors",

@@ -107,7 +107,7 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, flags, message):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--backend", "nosuch"], "--backend 'nosuch' is not a backend; choose one of "),
+    (["--backend", "nosuch"], "--backend: `backend` must be one of"),
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
     (["--eval-every", "-2"], "--eval-every must be >= 0, got -2"),

@@ -26,7 +26,7 @@ def run_recording_orders(data, **config):
     initial weights."""
     config = TrainConfig(sizes=(784, 3, 10), batch_size=BATCH, steps=EPOCHS * N_TRAIN // BATCH,
                          gradient="backprop", **config)
-    trainer = Trainer(config, *data, workers=1)
+    trainer = Trainer(config, *data)   # backprop: no workers
     initial, orders = trainer.state.params, [trainer.state.order.copy()]
 
     def record(t):
