@@ -392,6 +392,10 @@ def _train(run: dict[str, Any], args) -> int:
     started = time.perf_counter()
     try:
         with _cluster(run):
+            plan = trainer.calibrate()   # where the gradient runs: decided before step 1
+            if plan is not None:
+                bar.write(f"gradient: {plan}")
+                run["plan"] = str(plan)
             trainer.run(on_step=lambda t: _after_step(t, run, bar))
     except (KeyboardInterrupt, Terminated) as stop:
         bar.close()
@@ -443,7 +447,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     correct = int(round(test_accuracy * len(test)))
     metrics = {
         "config": {**run["config"].to_dict(), "data": run["data"], "workers": run["workers"],
-                   "backend": run["backend"]},
+                   "backend": run["backend"], "plan": run.get("plan")},
         "loss": list(state.losses), "seconds": list(state.seconds),
         "evaluations": list(state.evaluations),
         "train_accuracy": trainer.accuracy(trainer.train), "test_accuracy": test_accuracy,
