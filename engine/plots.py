@@ -6,7 +6,13 @@ from typing import BinaryIO, Sequence
 
 import numpy as np
 
-__all__ = ["plot_training"]
+__all__ = ["plot_training", "plots_available"]
+
+
+def plots_available() -> bool:
+    """Whether matplotlib (the ``[train]`` extra) is installed."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot_training(losses: Sequence[float], evaluations: Sequence[dict],

@@ -33,7 +33,8 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atom
                          remove_temporaries, save_checkpoint, save_npz_atomic)
 from .data import DataError, Dataset, load_embedded_mnist, load_mnist_dir, read_mnist_csv
 from .execution import Execution, check_backend
-from .plots import plot_training
+from .data import EXTRA_HINT
+from .plots import plot_training, plots_available
 from .training import TrainConfig, Trainer, TrainingState
 
 __all__ = ["main", "build_parser", "OUTPUTS", "RUNS_FOLDER", "LATEST_LINK"]
@@ -456,11 +457,16 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     _write_json_atomic(out / "metrics.json", metrics)
     title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
              f"gradients, {state.step} steps")
-    atomic_write(out / "training.png",
-                 lambda file: plot_training(state.losses, state.evaluations, file, title=title))
+    written = list(OUTPUTS[1:])
+    if plots_available():
+        atomic_write(out / "training.png",
+                     lambda file: plot_training(state.losses, state.evaluations, file, title=title))
+    else:
+        written.remove("training.png")
+        print(f"training.png not written: plots need matplotlib, {EXTRA_HINT}", file=sys.stderr)
     seconds = np.asarray(state.seconds)
     print(f"median seconds per step: {np.median(seconds):.4f}; training wall time: {wall:.1f} s")
-    print(f"wrote {', '.join(str(out / name) for name in OUTPUTS[1:])}")
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
     print(f"train accuracy: {metrics['train_accuracy']:.4f}")
     print(f"test accuracy: {test_accuracy:.4f} ({correct}/{len(test)})")
     return 0

@@ -3,6 +3,7 @@ import importlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import engine
@@ -43,3 +44,31 @@ def test_modules_run_as_commands_without_a_runtime_warning(command):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr and "usage:" in done.stdout
+
+
+WITHOUT_TRAIN_EXTRA = ("import sys; sys.modules['mlxtend'] = None; sys.modules['matplotlib'] = None; "
+                       "from engine.train import main; raise SystemExit(main(sys.argv[1:]))")
+
+
+def test_without_the_train_extra_the_embedded_data_exits_2_naming_it(tmp_path):
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "--out", str(tmp_path / "run"),
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "numgrad-engine[train]" in done.stderr and "--train-csv" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path):
+    from engine.data import Dataset, write_mnist_csv
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((20, 784)), np.arange(20) % 10)
+    write_mnist_csv(tmp_path / "train.csv", data)
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "--out", str(tmp_path / "run"),
+                           "--train-csv", str(tmp_path / "train.csv"), "--test-csv",
+                           str(tmp_path / "train.csv"), "--iters", "3", "--hidden", "4",
+                           "--workers", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "training.png not written" in done.stderr and "numgrad-engine[train]" in done.stderr
+    assert (tmp_path / "run" / "params.npz").exists() and not (tmp_path / "run" / "training.png").exists()
