@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "resolve_steps"]
 
 
@@ -97,7 +99,9 @@ def resolve_steps(h: Any, keys: list, labels: list[str]) -> list[float]:
 
 
 def _checked_step(h: Any, name: str) -> float:
-    if isinstance(h, bool) or not isinstance(h, (int, float)) and not hasattr(h, "__float__"):
+    is_number = isinstance(h, (int, float)) or hasattr(h, "__float__")
+    # A boolean, Python's or NumPy's, would quietly become a step of 1.0.
+    if isinstance(h, (bool, np.bool_)) or not is_number:
         raise TypeError(f"`{name}` must be a positive finite number, got {type(h).__name__}")
     value = float(h)
     if not (math.isfinite(value) and value > 0):
