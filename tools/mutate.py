@@ -3,7 +3,7 @@ see whether the given tests catch each.
 
     nice -n 15 python tools/mutate.py engine/space.py tests/test_space.py tests/test_serial.py
 
-Each mutant is one single-point change to the module's syntax tree (see `OPERATORS` below):
+Each mutant is one single-point change to the module's syntax tree (see `_mutations`):
 an arithmetic or comparison operator swapped, `and`/`or` swapped, a `not` or a minus sign
 dropped, an `if`/`while` condition negated, a number moved by one, a boolean flipped,
 `min`/`max` swapped, a call statement or a `raise` replaced by `pass`, a returned value
@@ -149,7 +149,11 @@ def _left_alone(tree: ast.Module) -> set[int]:
 
 
 def generate(source: str) -> list[tuple[Mutant, str]]:
-    """Every mutant of `source`, each with the whole mutated module's source."""
+    """Every mutant of `source`, each with the whole mutated module's source.
+
+    Mutants are numbered in the order of a breadth-first walk of the tree, so a mutant's
+    id stays the same while the module does.
+    """
     tree = ast.parse(source)
     skip = _left_alone(tree)
     targets = [n for n in ast.walk(tree) if id(n) not in skip and _mutations(n)]
@@ -169,9 +173,9 @@ def generate(source: str) -> list[tuple[Mutant, str]]:
 
 def _swap_in(tree: ast.AST, old: ast.AST, new: ast.AST) -> None:
     for parent in ast.walk(tree):
-        for field, value in ast.iter_fields(parent):
+        for name, value in ast.iter_fields(parent):
             if value is old:
-                setattr(parent, field, new)
+                setattr(parent, name, new)
                 return
             if isinstance(value, list) and any(item is old for item in value):
                 value[[i for i, item in enumerate(value) if item is old][0]] = new
