@@ -367,7 +367,10 @@ class Gradient:
         return value, values, shipping + more
 
     def _run(self, space: ParamSpace, args: tuple, job: Job, tasks: dict[int, Any]):
-        """Run `tasks` on the workers, re-running those lost with dead workers; (results, seconds shipping)."""
+        """Run `tasks` on the workers, re-running those lost with dead workers.
+
+        Returns ``(results, seconds spent shipping)``.
+        """
         pending, results = dict(tasks), {}
         bar = _progress_bar(len(tasks)) if self.execution.progress else None
         # The BLAS limit is also set here: OpenBLAS (0.3.31) ignores one set by a thread
@@ -380,7 +383,7 @@ class Gradient:
                 bar.close()
 
     def _attempts(self, space, args, job, pending: dict, results: dict, bar):
-        """Run `pending` to completion on the pool, on fresh workers after a loss; (results, seconds shipping)."""
+        """Run `pending` to completion, on fresh workers after a loss; (results, seconds shipping)."""
         shipping, retries = 0.0, self.execution.retries
         for attempt in range(retries + 1):
             pool = self._pool(space, job.evaluator)

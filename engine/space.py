@@ -58,7 +58,7 @@ class ParamSpace:
 
     def segments(self, start: int, stop: int) -> Iterator[Segment]:
         """Yield the per-array pieces of the flat range ``[start, stop)``."""
-        for position, size in enumerate(self.sizes):
+        for position in range(len(self.sizes)):
             first, end = int(self.offsets[position]), int(self.offsets[position + 1])
             lo, hi = max(start, first), min(stop, end)
             if lo < hi:

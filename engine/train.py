@@ -86,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", metavar="N", type=int, help="seed of the weight initialisation and the --shuffle orders: "
         "one generator, default_rng(seed), draws the weights, then each epoch's order"
         + _default(d["seed"]))
-    add("--weight-init-std", metavar="STD", type=float, help="std of the initial weights" + _default(d["weight_init_std"]))
+    add("--weight-init-std", metavar="STD", type=float,
+        help="std of the initial weights" + _default(d["weight_init_std"]))
     add("--train-size", metavar="N", type=int, help=f"first N training images [default: {d['train_size']} of "
         "the embedded 4,000; with --train-csv or --mnist-dir, all]")
     add("--test-size", metavar="N", type=int, help=f"first N test images [default: {d['test_size']} of the "
         "embedded 1,000; with --test-csv or --mnist-dir, all]")
-    add("--train-csv", metavar="FILE", type=Path, help="train on this file in the text's CSV format (label, 784 pixels)")
+    add("--train-csv", metavar="FILE", type=Path,
+        help="train on this file in the text's CSV format (label, 784 pixels)")
     add("--test-csv", metavar="FILE", type=Path, help="test on this file in the text's CSV format")
     add("--mnist-dir", metavar="DIR", type=Path, help="train and test on the MNIST IDX files in this folder "
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "

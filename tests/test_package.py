@@ -12,7 +12,8 @@ EXPORTS = {
     "numerical_gradient": "serial", "parallel_numerical_gradient": "parallel",
     "jacobian": "parallel", "Gradient": "gradient", "Jacobian": "gradient", "Plan": "gradient",
     "Failure": "gradient", "plan_chunks": "gradient", "Execution": "execution",
-    "WorkerError": "errors", "NumericalFallbackWarning": "errors", "StepSizeWarning": "errors", "gradient_check": "gradcheck", "GradientDifference": "gradcheck",
+    "WorkerError": "errors", "NumericalFallbackWarning": "errors", "StepSizeWarning": "errors",
+    "gradient_check": "gradcheck", "GradientDifference": "gradcheck",
     "SimpleNet": "nets", "ThreeLayerNet": "nets", "MLP": "nets", "Dataset": "data",
     "DataError": "data", "load_embedded_mnist": "data", "read_mnist_csv": "data",
     "write_mnist_csv": "data", "PayloadError": "errors", "StateNotShippedError": "errors",
@@ -32,7 +33,7 @@ def test_every_export_is_its_modules_object():
 
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_name"):
-        engine.no_such_name
+        engine.no_such_name  # noqa: B018  the attribute access is the test
 
 
 @pytest.mark.parametrize("command", [
