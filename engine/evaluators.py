@@ -189,8 +189,9 @@ class _Entries:
                                                       relative, flat, m)
             failed = any(v is None for v in values.values())
             if failed and self.loop.on_failure == "one-sided":
-                for m in (-1, 1):   # the side a forward scheme lacks
-                    if m not in values and values.get(-m, 0) is None:
+                for m in (-1, 1):   # the side a forward scheme (or a bound) left out
+                    inside = bounds is None or bounds[0][index] <= base + m * h <= bounds[1][index]
+                    if m not in values and values.get(-m, 0) is None and inside:
                         values[m], stored[m] = self._evaluate(array, index, original, base,
                                                               m * h, relative, flat, m)
         finally:
