@@ -20,6 +20,7 @@ import time
 import uuid
 import warnings
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple
 
@@ -373,10 +374,11 @@ class Gradient:
         """
         pending, results = dict(tasks), {}
         bar = _progress_bar(len(tasks)) if self.execution.progress else None
-        # The BLAS limit is also set here: OpenBLAS (0.3.31) ignores one set by a thread
-        # other than the main one, so worker threads rely on their caller's.
+        # Threads: the BLAS limit is set here too, since OpenBLAS (0.3.31) ignores one set by
+        # a thread other than the main one, so worker threads rely on their caller's.
+        limit = one_blas_thread() if self.execution.backend == "threading" else nullcontext()
         try:
-            with one_blas_thread():
+            with limit:
                 return self._attempts(space, args, job, pending, results, bar)
         finally:
             if bar is not None:
