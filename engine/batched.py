@@ -9,23 +9,27 @@ element-wise activation keeps the change in column j; the next affine layer turn
 into a rank-one update of its output. Layers before the perturbed one are computed
 once per call and never again.
 
-The work is done per (entry, sample) *row*, and only where the sample can move:
+The work is done per (entry, sample) *row*, and only where the sample's loss can move:
 
-- a sample whose input ``z_prev[b, i]`` is exactly zero is not evaluated for ``W[i, j]``:
-  its loss is the one every such sample gets (a table computed once per call). An entry
-  whose input is zero for every sample is exactly 0, as the loop evaluator finds too,
-  and is not evaluated at all;
+- for ``W[i, j]``, a sample whose input ``z_prev[b, i]`` is exactly zero is not evaluated:
+  its column is ``(z @ W)[b, j] + delta * 0 (+ b[j])``, the forward pass's own value, so
+  its loss is the unperturbed one. An entry whose input is zero for every sample is
+  exactly 0, as the loop evaluator finds too (up to the rounding of the scheme's
+  combination of equal losses), and is not evaluated at all;
 - a row whose column comes out exactly unchanged where it meets the next affine layer
-  (a ReLU that stays off, a saturated sigmoid) keeps the unchanged loss;
-- the batch loss of a perturbation is the mean of the full per-sample vector, the rows
-  evaluated scattered into a copy of the kept values, reduced by the same
-  ``per_sample.mean(axis=-1)`` call as when every sample was computed.
+  (a ReLU that stays off, a saturated sigmoid) keeps the unperturbed loss too;
+- the batch loss of a perturbation is the mean of the full per-sample vector: the rows
+  evaluated are scattered into a copy of the unperturbed losses, which is reduced by
+  the same ``per_sample.mean(axis=-1)`` call as when every sample was computed.
 
-Every row is computed by the same element-wise operations as the evaluator that
-computed every sample (kept in the tests as the reference), and where a matrix product
-follows, each row sits at its own sample's place in a ``(batch, width)`` block of the
-same shape, because a BLAS product's rounding depends on the shape and on the row's
-place in it. The results are identical to that evaluator's, bit for bit.
+Both shortcuts are exact because the forward pass runs in float64 whatever the
+parameters' dtype (`ModelLoss` keeps `x` in float64), so the unchanged rows compute
+exactly what the forward pass did. Every evaluated row goes through the same
+element-wise operations as in the evaluator that computed every sample (kept in the
+tests as the reference), and where a matrix product follows, each row sits at its own
+sample's place in a ``(batch, width)`` block of the same shape, because a BLAS
+product's rounding depends on the shape and on the row's place in it. The results are
+identical to that evaluator's, bit for bit.
 
 `delta` is the change the loop evaluator makes, ``dtype(x_i + m*h) - x_i``, so the
 only difference from the loop evaluator is rounding inside the loss (relative
@@ -167,7 +171,7 @@ class _Forward:
             else:
                 block = self._weight_rows(k, rows[sel], columns[sel], counts[sel])
                 originals = array[rows[sel], columns[sel]]
-            losses = [self._mean_losses(k, block, columns[sel], originals, m * h, most)
+            losses = [self._mean_losses(k, block, columns[sel], originals, m * h)
                       for m in scheme.multiples]
             out[sel] = scheme.combine(losses, self.center, h)
 
@@ -193,18 +197,17 @@ class _Forward:
         sample = np.tile(np.arange(self.batch), columns.size)
         return _Rows(entry, sample, columns[entry], self.products[k].shape[1])
 
-    def _mean_losses(self, k, rows, columns, originals, step, most):
+    def _mean_losses(self, k, rows, columns, originals, step):
         """Mean losses (E,) with each entry moved from `originals` to ``dtype(originals + step)``."""
         exact = originals.astype(np.float64)
         moved = (exact + step).astype(originals.dtype)
         base = rows.once("product", lambda: rows.at(self.products[k]))
         if rows.inputs is None:   # a bias entry: the column is (z @ W)[:, j] + b'[j], as in the loop
             per_row = self._row_losses(k + 1, rows, base + moved[rows.entry])
-            per_sample = np.empty((columns.size, self.batch), dtype=per_row.dtype)
         else:                     # a weight entry: (z @ W')[:, j] = (z @ W)[:, j] + delta * z[:, i]
             value = self._add_bias(k, rows, base + (moved - exact)[rows.entry] * rows.inputs)
             per_row = self._row_losses(k + 1, rows, value)
-            per_sample = self.still(k, most)[columns]   # the samples whose input is zero
+        per_sample = np.repeat(self.unchanged[None], columns.size, axis=0)   # the rows not evaluated
         scatter = rows.once("scatter", lambda: rows.entry * self.batch + rows.sample)
         per_sample.reshape(-1)[scatter] = per_row
         return per_sample.mean(axis=-1)
@@ -214,28 +217,6 @@ class _Forward:
         if bias is None:
             return value
         return value + rows.once("bias", lambda: self.params[bias][rows.column])
-
-    def still(self, k, most):
-        """Per-sample losses (n_out, B) when a weight of layer `k` moves a sample whose input is 0.
-
-        What every evaluation of such a sample computes, ``(z @ W)[b, j] + delta * 0`` and on,
-        done once for every (j, b), at most `most` columns at a time: in float64 it is the
-        unperturbed loss; in float32 the column is rounded differently from the forward pass.
-        """
-        def make():
-            n_out = self.products[k].shape[1]
-            step = max(1, min(most, _BLOCK_ROWS // self.batch))
-            return np.concatenate([self._still_columns(k, np.arange(lo, min(lo + step, n_out)))
-                                   for lo in range(0, n_out, step)])
-        return self._once(("still", k), make)
-
-    def _still_columns(self, k, columns):
-        column = np.repeat(columns, self.batch)
-        rows = _Rows(column, np.tile(np.arange(self.batch), columns.size), column,
-                     self.products[k].shape[1])
-        nothing = np.zeros(len(rows))   # delta * 0, in float64 as delta is
-        value = self._add_bias(k, rows, rows.at(self.products[k]) + nothing)
-        return self._row_losses(k + 1, rows, value).reshape(columns.size, self.batch)
 
     def _row_losses(self, index, rows, value):
         """Losses (R,) when output column ``rows.column`` of layer ``index - 1`` is `value`."""
@@ -249,7 +230,7 @@ class _Forward:
         moved = np.flatnonzero(change)          # the other rows keep the unchanged loss
         if moved.size == len(rows):
             return self._rank_one_losses(index, rows, change)
-        losses = self.kept(index, change.dtype)[rows.sample]
+        losses = self.unchanged[rows.sample]
         if moved.size:
             losses[moved] = self._rank_one_losses(index, rows.subset(moved), change[moved])
         return losses
@@ -267,14 +248,6 @@ class _Forward:
             by_class[part.column, np.arange(moved.size)] = value[moved]
             losses[moved] = self._losses(by_class, part)
         return losses
-
-    def kept(self, index, dtype):
-        """Per-sample losses (B,) when the column meeting affine layer `index` is unchanged."""
-        def make():
-            sample = np.arange(self.batch)
-            rows = _Rows(sample, sample, np.zeros_like(sample), 1)
-            return self._rank_one_losses(index, rows, np.zeros(self.batch, dtype=dtype))
-        return self._once(("kept", index, dtype), make)
 
     def _rank_one_losses(self, index, rows, change):
         """Losses (R,) when input column ``rows.column`` of affine layer `index` moves by `change`.

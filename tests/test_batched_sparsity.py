@@ -4,6 +4,8 @@ The reference is the batched evaluator as it was before (`_batched_reference.py`
 computes the loss of every sample for every perturbation. The evaluator now computes
 only the samples whose loss can move; everything here is compared with ``np.array_equal``.
 """
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -158,16 +160,62 @@ class TestZeroInputsAreNeverEvaluated:
         assert len(rows) == len(expected) and set(rows) == expected
 
 
-def test_float64_divides_by_the_change_actually_stored(digits):
-    """In float64, ``(w + h) - w`` is rarely exactly h; the evaluator must use the change
-    it stored, as the loop evaluator does (the float32 test catches this too, this one in
-    the dtype most nets use)."""
-    f = model_loss("784-100-10 sigmoid", np.float64, digits, 10)
-    ranges = windows(f, first_rows=6)
-    w = np.concatenate([f.params["w1"].reshape(-1)[lo:hi] for lo, hi in ranges[:2]])
-    assert np.mean((w + H) - w != H) > 0.9
-    assert np.array_equal(evaluate(batched, f, "central", ranges),
-                          evaluate(reference, f, "central", ranges))
+def test_rows_whose_relu_stays_off_skip_the_next_layer(digits, monkeypatch):
+    """Perturbing w1[i, j] cannot move a sample whose hidden unit j stays at 0 after the
+    ReLU: such rows keep the unperturbed loss and never reach the rank-one update."""
+    f = model_loss("784-60-40-10 relu", np.float64, digits, 10)
+    reached = []
+    original = batched._Forward._rank_one_losses
+
+    def recording(self, index, rows, change):
+        if index == 2:
+            reached.extend(zip(rows.sample.tolist(), rows.column.tolist()))
+        return original(self, index, rows, change)
+    monkeypatch.setattr(batched._Forward, "_rank_one_losses", recording)
+    evaluate(batched, f, "central", [(0, f.params["w1"].size)])
+    pre = f.model.trace(f.params, f.x)[1]             # hidden pre-activation (B, 60)
+    reached = np.array(reached)
+    assert np.all(pre[reached[:, 0], reached[:, 1]] > -1e-3)   # a step of 1e-4 * x <= 1e-4
+    pixels_on = np.count_nonzero(f.x, axis=1)         # rows a sample takes per hidden unit
+    assert len(reached) == 2 * np.sum(pixels_on[:, None] * (pre > 0))   # 2 steps each
+    assert len(reached) < 0.8 * 2 * np.sum(pixels_on) * 60
+
+
+def test_temporaries_stay_within_block_memory(digits):
+    """What a block allocates grows with `block_memory` and stays below it (measured
+    against one entry a block, on 600 entries of w1 in the middle of the digits)."""
+    f = model_loss("784-100-10 sigmoid", np.float64, digits, 100)
+    middle = (14 * 28 + 11) * 100
+    peaks = {}
+    for block_memory in [1, 2 * 2**20, 8 * 2**20]:
+        cache = {"forward": batched._Forward(f)}
+        tracemalloc.start()
+        evaluate(batched, f, "central", [(middle, middle + 600)], cache=cache,
+                 block_memory=block_memory)
+        peaks[block_memory] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    for block_memory in [2 * 2**20, 8 * 2**20]:
+        assert 0 < peaks[block_memory] - peaks[1] <= block_memory
+
+
+def test_float64_divides_by_the_change_actually_stored():
+    """In float64 ``(w + h) - w`` is rarely h; the evaluator must use the change it stored,
+    as the loop evaluator does. With weights near 1000 (spacing 1.1e-13) in pairs that
+    cancel, the column ``z @ W`` is near 1 and its last bits see the difference."""
+    rng = np.random.default_rng(11)
+    big = rng.uniform(999, 1001, (6, 4))
+    params = {"w1": np.concatenate([big, rng.normal(0, 0.5, (6, 4)) - big]),
+              "b1": rng.normal(0, 0.1, 4), "w2": rng.normal(0, 1, (4, 3)), "b2": rng.normal(0, 0.1, 3)}
+    half = rng.uniform(0.5, 1, (5, 6))
+    f = ModelLoss(mlp([12, 4, 3]), params, np.hstack([half, half]), [0, 2, 1, 1, 0])
+    w = params["w1"]
+    # delta * z differs from h * z by several units in the last place of the column
+    ulp = np.spacing(np.abs(f.x @ w).max())
+    assert np.mean(np.abs(((w + H) - w) - H) * f.x.min() > 4 * ulp) > 0.5
+    ranges = [(0, w.size)]
+    for scheme in sorted(SCHEMES):
+        assert np.array_equal(evaluate(batched, f, scheme, ranges),
+                              evaluate(reference, f, scheme, ranges)), scheme
 
 
 class TestReductionOrder:
