@@ -2,13 +2,11 @@
 import pytest
 
 from measuring import record, timed
-from workloads import TOTAL_ENTRIES, batched_gradient, net_problem, relative_error
-
-GROUPS = {1: "2 one image: batched vs loop vs backprop",
-          100: "2 batch of 100: batched vs loop vs backprop"}
+from workloads import (BATCH_GROUPS as GROUPS, BATCHES, TOTAL_ENTRIES, batched_gradient,
+                       net_problem, relative_error)
 
 
-@pytest.mark.parametrize("batch", [1, 100])
+@pytest.mark.parametrize("batch", BATCHES)
 def test_backprop(benchmark, batch):
     benchmark.group = GROUPS[batch]
     problem = net_problem(batch)

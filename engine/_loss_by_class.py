@@ -50,7 +50,9 @@ def softmax_cross_entropy_by_class(by_class, labels):
     The same operations in the same order, where numpy sums a contiguous row as
     `pairwise_sum` does (checked by :func:`losses_by_class` before it calls this).
     """
-    top = functools.reduce(np.maximum, by_class)
+    top = np.maximum(by_class[0], by_class[-1])
+    for row in by_class[1:-1]:
+        np.maximum(top, row, out=top)
     shifted = by_class - top
     np.exp(shifted, out=shifted)
     size = by_class.shape[1]
@@ -59,23 +61,39 @@ def softmax_cross_entropy_by_class(by_class, labels):
 
 
 def pairwise_sum(parts):
-    """The element-wise sum of the arrays `parts`, in the order numpy sums a contiguous row."""
+    """The element-wise sum of the arrays `parts`, in the order numpy sums a contiguous row.
+
+    A fresh array; `parts` are not modified.
+    """
     n = len(parts)
+    if n == 1:
+        return parts[0].copy()
     if n < 8:
-        return functools.reduce(np.add, parts)
+        return _added(parts[0] + parts[1], parts[2:])
     if n > _PAIRWISE_BLOCK:
         half = n // 2
         half -= half % 8
-        return pairwise_sum(parts[:half]) + pairwise_sum(parts[half:])
-    partial = list(parts[:8])
+        total = pairwise_sum(parts[:half])
+        total += pairwise_sum(parts[half:])
+        return total
+    partial = [p.copy() for p in parts[:8]] if n >= 16 else list(parts[:8])
     done = 8
     while done < n - n % 8:
-        partial = [p + q for p, q in zip(partial, parts[done:done + 8])]
+        for p, q in zip(partial, parts[done:done + 8]):
+            p += q
         done += 8
-    total = (((partial[0] + partial[1]) + (partial[2] + partial[3]))
-             + ((partial[4] + partial[5]) + (partial[6] + partial[7])))
-    for part in parts[done:]:
-        total = total + part
+    total = partial[0] + partial[1]
+    total += partial[2] + partial[3]
+    right = partial[4] + partial[5]
+    right += partial[6] + partial[7]
+    total += right
+    return _added(total, parts[done:])
+
+
+def _added(total, parts):
+    """`total` with each of `parts` added in turn, in place."""
+    for part in parts:
+        total += part
     return total
 
 

@@ -227,9 +227,9 @@ class _Forward:
         if index == len(layers):
             return self._logit_column_losses(rows, value)
         change = value - rows.once(("input", index), lambda: rows.at(self.trace[index]))
-        moved = np.flatnonzero(change)          # the other rows keep the unchanged loss
-        if moved.size == len(rows):
+        if np.count_nonzero(change) == len(rows):
             return self._rank_one_losses(index, rows, change)
+        moved = np.flatnonzero(change)          # the other rows keep the unchanged loss
         losses = self.unchanged[rows.sample]
         if moved.size:
             losses[moved] = self._rank_one_losses(index, rows.subset(moved), change[moved])
