@@ -25,6 +25,10 @@ SIZES = (784, 100, 10)         # the seed net
 TOTAL_ENTRIES = 784 * 100 + 100 + 100 * 10 + 10   # 79,510 parameters
 CENTRE_PIXEL = 14 * 28 + 14    # row 14, column 14 of the 28x28 image
 POOL_SIZE = 2                  # plain process pool: SciPy's workers, the hand-rolled ceiling
+BATCH_GROUPS = {1: "2 one image: batched vs loop vs backprop",     # suites 2 and 4, by batch
+                10: "2 batch of 10: batched vs loop vs backprop",
+                100: "2 batch of 100: batched vs loop vs backprop"}
+BATCHES = sorted(BATCH_GROUPS)
 
 
 def available_cores() -> int:
