@@ -1,0 +1,446 @@
+"""Resident gradients (issue 11): `engine.Gradient` timed interleaved against the alternatives.
+
+A `Gradient` ships `f` and the structure of `x` to its workers once and then only the new
+values of `x` and the call's arguments. These groups measure what that buys, each against
+what a user would otherwise run, with every case of a group timed once per round in an
+order that rotates from round to round (so drift over minutes cannot favour one case),
+medians over rounds, ratios from the same run:
+
+- ``overhead``: per-call cost at 2 workers of a trivial `f` closing over the seed net
+  (0.64 MB): `Gradient`, the one-shot `parallel_numerical_gradient`, serial
+  `numerical_gradient`. Each round times `--calls` calls per case (their median).
+- ``one-image``: the seed net's full gradient on one image, batched evaluator,
+  ``Gradient(net.model.loss)`` at 1 worker, at 2 (``dispatch="parallel"`` and
+  ``"auto"``, whose `plan` is recorded) and the one-shot call.
+- ``small-batch`` / ``large-batch``: the same on 10 and 100 images, 1 vs 2 workers.
+- ``loop-window``: the loop evaluator on a window of w1 (the book's closure): serial
+  reference, `Gradient` and one-shot at 2 workers, and the book's loop split over 2 plain
+  processes (the machine's ceiling).
+- ``black-box``: ``scipy.optimize.minimize(method="L-BFGS-B")`` on the ~1 ms,
+  400-parameter `OscillatorFit` from the same start: our `Gradient` (forward differences,
+  SciPy's step) as ``jac=True``, SciPy's ``jac="2-point"`` with ``workers=pool.map``, and
+  serial SciPy; wall time, iterations, evaluations, and the ideal (evaluations x time per
+  evaluation / workers). Every evaluation runs with one BLAS thread, in any process.
+
+Every case checks its result on every round (exactly, with ``np.array_equal``, where the
+engine claims identity). The JSON (``--out``) is also readable by ``report.py``.
+
+    python benchmarks/resident.py --rounds 15 --box-rounds 3 --out benchmarks/results/local/resident.json
+    python benchmarks/resident.py --quick --out /tmp/resident.json    # every case once, small (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+
+import engine
+from measuring import Interference, describe_machine
+from workloads import (H, OscillatorFit, hand_rolled_parallel, limit_blas_threads, net_problem,
+                       prepare_processes, relative_error)
+
+GROUPS = ("overhead", "one-image", "small-batch", "large-batch", "loop-window", "black-box")
+BACKPROP_TOLERANCE = 1e-6         # numerical vs backprop, relative to max |g| per array
+SCIPY_STEP = np.finfo(float).eps ** 0.5   # SciPy's 2-point relative step; |x| < 1 here
+UNLIMITED_EVALUATIONS = 10 ** 9   # SciPy counts its difference quotients against `maxfun`
+LBFGSB_FTOL = 2.2204460492503131e-09   # L-BFGS-B's default `ftol`
+TRIVIAL_EXPECTED = np.array([1.0] + [0.0] * 7)
+
+
+# --- the cases --------------------------------------------------------------------------------
+
+def _case(key, label, run, check, *, workers=1, backend="serial", evaluator="loop",
+          role="case", entries=1, calls=1, **more) -> dict:
+    return {"key": key, "case": label, "run": run, "check": check, "workers": workers,
+            "backend": backend, "evaluator": evaluator, "role": role, "entries": entries,
+            "total_entries": entries, "scale": 1.0, "calls": calls, "times": [],
+            "others_cpu": [], "checked": True, **more}
+
+
+def overhead_group(stack, settings) -> dict:
+    net = net_problem(1).net
+    x = net.params["b1"][:8]
+    f = lambda w: float(net.params["b1"][0])   # noqa: E731 - the book's closure, trivially
+    workers, calls = settings.workers, settings.calls
+    g = stack.enter_context(engine.Gradient(f, workers=workers, dispatch="parallel",
+                                            evaluator="loop"))
+    exact = lambda grad: bool(np.array_equal(grad, TRIVIAL_EXPECTED))   # noqa: E731
+    common = dict(entries=x.size, calls=calls)
+    return {"title": f"per-call overhead: trivial f closing over the seed net (0.64 MB), "
+                     f"8 entries, {workers} workers",
+            "cases": [
+                _case("gradient", f"Gradient, {workers} workers", lambda: g(x), exact,
+                      workers=workers, backend="loky", **common),
+                _case("one-shot", f"one-shot parallel_numerical_gradient, {workers} workers",
+                      lambda: engine.parallel_numerical_gradient(f, x, workers=workers,
+                                                                 evaluator="loop"),
+                      exact, workers=workers, backend="loky", **common),
+                _case("serial", "serial numerical_gradient",
+                      lambda: engine.numerical_gradient(f, x, H), exact, role="baseline",
+                      **common)]}
+
+
+def batched_group(stack, settings, batch: int, title: str, auto: bool) -> dict:
+    """The seed net's full gradient on `batch` images, batched evaluator, 1 vs n workers."""
+    problem = net_problem(batch)
+    net, images, labels = problem.net, problem.x, problem.t
+    backprop = net.gradient(images, labels)
+    workers = settings.workers
+
+    def gradient(**options):
+        return stack.enter_context(engine.Gradient(net.model.loss, **options))
+
+    one = gradient(workers=1)
+    reference = one(net.params, images, labels)
+    if not all(relative_error(reference[k], backprop[k]) <= BACKPROP_TOLERANCE for k in backprop):
+        raise AssertionError(f"{title}: batched gradient at 1 worker disagrees with backprop")
+    exact = lambda grad: all(np.array_equal(grad[k], reference[k]) for k in reference)  # noqa: E731
+    size = sum(a.size for a in net.params.values())
+    common = dict(evaluator="batched", entries=size, batch=batch)
+    parallel = gradient(workers=workers, dispatch="parallel")
+    cases = [
+        _case("workers-1", "Gradient, 1 worker", lambda: one(net.params, images, labels),
+              exact, role="baseline", **common),
+        _case(f"workers-{workers}", f"Gradient, {workers} workers, dispatch='parallel'",
+              lambda: parallel(net.params, images, labels), exact, workers=workers,
+              backend="loky", **common)]
+    if auto:
+        chosen = gradient(workers=workers, dispatch="auto")
+        chosen.calibrate(net.params, images, labels)
+        cases.append(_case("auto", f"Gradient, {workers} workers, dispatch='auto'",
+                           lambda: chosen(net.params, images, labels), exact, workers=workers,
+                           backend="loky", plan=str(chosen.plan), **common))
+        loss = net.loss_function(images, labels)   # the book's pattern: a new f per call
+        cases.append(_case("one-shot", f"one-shot parallel_numerical_gradient, {workers} workers",
+                           lambda: engine.parallel_numerical_gradient(loss, net.params,
+                                                                      workers=workers),
+                           exact, workers=workers, backend="loky", **common))
+    return {"title": f"{title}: seed net, batched evaluator, full gradient ({size:,} entries)",
+            "cases": cases}
+
+
+def loop_window_group(stack, settings, pool) -> dict:
+    rows, workers = settings.rows, settings.workers
+    problem = net_problem(1, rows)
+    reference = engine.numerical_gradient(problem.f, problem.window, H)
+    exact = lambda grad: bool(np.array_equal(grad, reference))   # noqa: E731
+    g = stack.enter_context(engine.Gradient(problem.f, workers=workers, dispatch="parallel",
+                                            evaluator="loop"))
+    prepare_processes(pool, 1, rows)
+    common = dict(entries=problem.entries)
+    return {"title": f"loop evaluator, seed net, one image, window of {rows} rows of w1 "
+                     f"({problem.entries:,} entries)",
+            "cases": [
+                _case("serial", "serial numerical_gradient (reference)",
+                      lambda: engine.numerical_gradient(problem.f, problem.window, H), exact,
+                      role="baseline", **common),
+                _case("gradient", f"Gradient, {workers} workers",
+                      lambda: g(problem.window), exact, workers=workers, backend="loky",
+                      **common),
+                _case("one-shot", f"one-shot parallel_numerical_gradient, {workers} workers",
+                      lambda: engine.parallel_numerical_gradient(
+                          problem.f, problem.window, workers=workers, evaluator="loop"),
+                      exact, workers=workers, backend="loky", **common),
+                _case("ceiling", f"ceiling: the book's loop in {workers} plain processes",
+                      lambda: hand_rolled_parallel(pool, 1, rows, workers), exact,
+                      workers=workers, backend="multiprocessing.Pool", **common)]}
+
+
+def black_box_group(stack, settings, pool) -> dict:
+    fit = OscillatorFit(n=settings.box_size, steps=settings.box_steps)
+    x0 = fit.start.ravel().copy()
+    workers, size = settings.workers, fit.size
+    g = stack.enter_context(engine.Gradient(fit, workers=workers, dispatch="parallel",
+                                            evaluator="loop", scheme="forward", h=SCIPY_STEP))
+    options = {"maxfun": UNLIMITED_EVALUATIONS}
+    value0 = fit(x0)
+
+    def solved(result) -> bool:
+        return bool(result.success) and result.fun < 1e-3 * value0
+
+    common = dict(entries=size, evaluations_per_gradient=size + 1)
+    return {"title": f"black box: L-BFGS-B on OscillatorFit ({size} parameters), same start",
+            "fit": fit, "x0": x0,
+            "cases": [
+                _case("evaluation", "one evaluation of f (for the ideal)", lambda: fit(x0),
+                      lambda value: value == value0, role="reference", calls=8 * settings.calls,
+                      **common),
+                _case("ours", f"ours: Gradient, {workers} workers, value_and_grad, jac=True",
+                      lambda: minimize(g.value_and_grad, x0, jac=True, method="L-BFGS-B",
+                                       options=options),
+                      solved, workers=workers, backend="loky", **common),
+                _case("scipy-pool", f"SciPy jac='2-point', workers=pool.map ({workers})",
+                      lambda: minimize(fit, x0, jac="2-point", method="L-BFGS-B",
+                                       options={**options, "workers": pool.map}),
+                      solved, workers=workers, backend="multiprocessing.Pool",
+                      evaluator="scipy", **common),
+                _case("scipy-serial", "SciPy jac='2-point', serial",
+                      lambda: minimize(fit, x0, jac="2-point", method="L-BFGS-B",
+                                       options=options),
+                      solved, role="baseline", evaluator="scipy", **common)]}
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+def run_rounds(name: str, group: dict, rounds: int) -> None:
+    """An untimed warm-up call of every case, then `rounds` rounds in rotating order."""
+    cases = group["cases"]
+    for case in cases:
+        case["checked"] = bool(case["check"](case["run"]()))
+    for number in range(rounds):
+        shift = number % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            with Interference() as meter:
+                times, result = [], None
+                for _ in range(case["calls"]):
+                    start = time.perf_counter()
+                    result = case["run"]()
+                    times.append(time.perf_counter() - start)
+            case["times"].append(statistics.median(times))
+            case["others_cpu"].append(meter.share)
+            case["checked"] = case["checked"] and bool(case["check"](result))
+            if hasattr(result, "nit"):   # an optimizer's result
+                case.setdefault("nit", []).append(int(result.nit))
+                case.setdefault("nfev", []).append(int(result.nfev))
+                case["solution"] = result
+        line = ", ".join(f"{c['key']} {_ms(c['times'][-1])}" for c in cases)
+        print(f"  {name} round {number + 1}/{rounds}: {line}", flush=True)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def median(group: dict, key: str) -> float:
+    return statistics.median(_find(group, key)["times"])
+
+
+def _find(group: dict, key: str) -> dict:
+    return next(case for case in group["cases"] if case["key"] == key)
+
+
+def paired_ratio(group: dict, slow: str, fast: str) -> float:
+    """Median over rounds of slow / fast timed in the same round (drift cancels)."""
+    pairs = zip(_find(group, slow)["times"], _find(group, fast)["times"])
+    return statistics.median(a / b for a, b in pairs)
+
+
+# --- summary: the goals -----------------------------------------------------------------------
+
+def black_box_summary(group: dict, workers: int) -> dict:
+    """Evaluations, the ideal, and whether the three solutions agree.
+
+    The ideal of a run is its evaluations x the median time of one evaluation of `f`
+    (timed alone, in this process) / the processes evaluating. The solutions agree when
+    their minima differ by no more than L-BFGS-B's own stopping test on `f` allows
+    (``ftol * max(|f|, 1)``, ftol = 2.2e-9).
+    """
+    evaluation = median(group, "evaluation")
+    size = group["fit"].size
+    out = {"seconds_per_evaluation": evaluation}
+    for key in ("ours", "scipy-pool", "scipy-serial"):
+        case = _find(group, key)
+        nfev = statistics.median(case["nfev"])
+        # ours: each call of value_and_grad is f(x) and `size` forward quotients
+        evaluations = nfev * (size + 1) if key == "ours" else nfev
+        parallel = workers if key != "scipy-serial" else 1
+        ideal = evaluations * evaluation / parallel
+        out[key] = {"seconds": median(group, key), "nit": statistics.median(case["nit"]),
+                    "nfev": nfev, "evaluations": evaluations, "ideal_seconds": ideal,
+                    "vs_ideal": median(group, key) / ideal}
+    serial = out["scipy-serial"]
+    out["seconds_per_evaluation_in_serial_run"] = serial["seconds"] / serial["evaluations"]
+    solutions = {key: _find(group, key)["solution"] for key in ("ours", "scipy-pool", "scipy-serial")}
+    values = [float(s.fun) for s in solutions.values()]
+    spread, allowed = max(values) - min(values), LBFGSB_FTOL * max(max(map(abs, values)), 1.0)
+    ours, theirs = solutions["ours"].x, solutions["scipy-pool"].x
+    out["agreement"] = {
+        "fun": dict(zip(solutions, values)), "start_fun": float(group["fit"](group["x0"])),
+        "fun_spread": spread, "allowed_spread": allowed, "agree": spread <= allowed,
+        "max_abs_x_difference_ours_vs_scipy": float(np.max(np.abs(ours - theirs))),
+        "max_abs_x": float(np.max(np.abs(theirs))),
+    }
+    return out
+
+
+def goals(groups: dict, workers: int) -> list[dict]:
+    """Each goal of issue 11 with the figure measured in this run."""
+    out = []
+
+    def goal(name, figure, met, text):
+        out.append({"goal": name, "figure": figure, "met": bool(met), "text": text})
+
+    if "overhead" in groups:
+        t = median(groups["overhead"], "gradient")
+        goal("per-call overhead <= 0.5 ms", t, t <= 0.5e-3, f"Gradient {t * 1e3:.3f} ms per call")
+    if "one-image" in groups:
+        r = median(groups["one-image"], f"workers-{workers}") / median(groups["one-image"], "workers-1")
+        goal("one image: workers=2 <= 0.75x workers=1", r, r <= 0.75, f"{r:.2f}x")
+    for key in ("small-batch", "large-batch"):
+        if key in groups:
+            r = median(groups[key], "workers-1") / median(groups[key], f"workers-{workers}")
+            batch = groups[key]["cases"][0]["batch"]
+            goal(f"batch of {batch}: 2 workers >= 1.8x 1 worker", r, r >= 1.8, f"{r:.2f}x")
+    if "loop-window" in groups:
+        r = median(groups["loop-window"], "serial") / median(groups["loop-window"], "gradient")
+        goal("loop evaluator: 2 workers >= 1.8x serial", r, r >= 1.8, f"{r:.2f}x")
+    if "black-box" in groups:
+        box = groups["black-box"]["summary"]
+        r = box["scipy-pool"]["seconds"] / box["ours"]["seconds"]
+        goal("black box: ours >= 1.2x faster than SciPy, same pool", r, r >= 1.2, f"{r:.2f}x")
+        v = box["ours"]["vs_ideal"]
+        goal("black box: ours within 10% of the ideal", v, v <= 1.1, f"{v:.2f}x the ideal")
+    return out
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def to_json(groups: dict, settings, machine: dict, loads: dict) -> dict:
+    results = []
+    for name, group in groups.items():
+        for case in group["cases"]:
+            kept = {k: v for k, v in case.items() if k not in ("run", "check", "solution")}
+            results.append({"group": f"{name}: {group['title']}", "group_key": name,
+                            "median": statistics.median(case["times"]), **kept})
+    summary = {name: group["summary"] for name, group in groups.items() if "summary" in group}
+    return {"interleaved": 1, "resident": 1, "machine": machine,
+            "when": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "settings": vars(settings) | {"out": str(settings.out), "table": None}, "load_average": loads,
+            "results": results, "summary": summary, "goals": goals(groups, settings.workers)}
+
+
+def markdown(data: dict) -> str:
+    """The run as Markdown tables: every group, the black box's counts, the goals."""
+    lines, groups = [], {}
+    for result in data["results"]:
+        groups.setdefault(result["group"], []).append(result)
+    for title, results in groups.items():
+        base = next((r for r in results if r["role"] == "baseline"), None)
+        lines += ["", f"**{title}**", "",
+                  "| case | median | min .. max | speed-up vs baseline | others' CPU | checked |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in results:
+            ratio = ("baseline" if r is base else "" if base is None or r["role"] == "reference"
+                     else f"{base['median'] / r['median']:.2f}x")
+            shares = [v for v in r["others_cpu"] if v is not None]
+            others = f"{max(shares):.0%}" if shares else ""
+            plan = f" (plan: {r['plan']})" if "plan" in r else ""
+            lines.append(f"| {r['case']}{plan} | {_ms(r['median'])} | {_ms(min(r['times']))} .. "
+                         f"{_ms(max(r['times']))} | {ratio} | {others} | {r['checked']} |")
+    box = data["summary"].get("black-box")
+    if box:
+        lines += ["", f"black box: one evaluation of f {box['seconds_per_evaluation'] * 1e3:.3f} ms "
+                      f"alone ({box['seconds_per_evaluation_in_serial_run'] * 1e3:.3f} ms per "
+                      "evaluation in the serial SciPy run)", "",
+                  "| run | wall (median) | nit | nfev | evaluations of f | ideal | wall / ideal |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for key in ("ours", "scipy-pool", "scipy-serial"):
+            b = box[key]
+            lines.append(f"| {key} | {_ms(b['seconds'])} | {b['nit']:g} | {b['nfev']:g} | "
+                         f"{b['evaluations']:,.0f} | {_ms(b['ideal_seconds'])} | {b['vs_ideal']:.2f}x |")
+        agreement = box["agreement"]
+        lines += ["", f"minima: {', '.join(f'{k} {v:.6g}' for k, v in agreement['fun'].items())} "
+                      f"(start {agreement['start_fun']:.4g}); spread {agreement['fun_spread']:.2g}, "
+                      f"allowed {agreement['allowed_spread']:.2g}: agree {agreement['agree']}; "
+                      f"max |x_ours - x_scipy| {agreement['max_abs_x_difference_ours_vs_scipy']:.2g} "
+                      f"(max |x| {agreement['max_abs_x']:.2g})"]
+    lines += ["", "| goal | measured | met |", "| --- | ---: | --- |"]
+    lines += [f"| {g['goal']} | {g['text']} | {'yes' if g['met'] else 'no'} |" for g in data["goals"]]
+    loads = data["load_average"]
+    lines += ["", "load average (1, 5, 15 min) at the start of each group and after: " + "; ".join(
+        f"{name} {', '.join(f'{v:.2f}' for v in value)}" for name, value in loads.items())]
+    return "\n".join(lines)
+
+
+# --- the script -------------------------------------------------------------------------------
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="where to write the JSON (required to measure)")
+    parser.add_argument("--table", type=Path, metavar="JSON",
+                        help="print the Markdown tables of a saved run, measure nothing")
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="rounds of every group but the black box (default 15)")
+    parser.add_argument("--box-rounds", type=int, default=3,
+                        help="rounds of the black-box minimizations (default 3)")
+    parser.add_argument("--calls", type=int, default=25,
+                        help="calls per round of the overhead cases (default 25; f alone: 8x)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="workers of every parallel case and of SciPy's pool (default 2)")
+    parser.add_argument("--batches", type=int, nargs=2, default=(10, 100), metavar=("SMALL", "LARGE"))
+    parser.add_argument("--rows", type=int, default=50,
+                        help="rows of w1 (100 entries each) in the loop-window group (default 50)")
+    parser.add_argument("--only", choices=GROUPS, nargs="+", default=list(GROUPS))
+    parser.add_argument("--quick", action="store_true",
+                        help="every case once, on small problems: checks, not figures (CI)")
+    settings = parser.parse_args(argv)
+    if settings.out is None and settings.table is None:
+        parser.error("--out is required (or --table JSON to print a saved run)")
+    settings.box_size, settings.box_steps = 20, 200   # the 400-parameter OscillatorFit
+    if settings.quick:
+        settings.rounds = settings.box_rounds = 1
+        settings.calls, settings.batches, settings.rows = 3, (2, 3), 1
+        settings.box_size, settings.box_steps = 4, 20
+    for name in ("rounds", "box_rounds", "calls", "workers", "rows"):
+        if getattr(settings, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return settings
+
+
+def build(name: str, stack, settings, pool) -> dict:
+    small, large = settings.batches
+    if name == "overhead":
+        return overhead_group(stack, settings)
+    if name == "one-image":
+        return batched_group(stack, settings, 1, "one image", auto=True)
+    if name == "small-batch":
+        return batched_group(stack, settings, small, f"batch of {small}", auto=False)
+    if name == "large-batch":
+        return batched_group(stack, settings, large, f"batch of {large}", auto=False)
+    if name == "loop-window":
+        return loop_window_group(stack, settings, pool)
+    return black_box_group(stack, settings, pool)
+
+
+def main(argv=None) -> int:
+    settings = parse(argv)
+    if settings.table is not None:
+        print(markdown(json.loads(settings.table.read_text())))
+        return 0
+    loads = {"before": os.getloadavg()}
+    context = multiprocessing.get_context("spawn")
+    groups = {}
+    with context.Pool(settings.workers, initializer=limit_blas_threads) as pool:
+        for name in (g for g in GROUPS if g in settings.only):
+            with contextlib.ExitStack() as stack:
+                if name == "black-box":   # every evaluation with one BLAS thread, as workers do
+                    stack.enter_context(threadpool_limits(limits=1))
+                group = groups[name] = build(name, stack, settings, pool)
+                loads[name] = os.getloadavg()
+                rounds = settings.box_rounds if name == "black-box" else settings.rounds
+                run_rounds(name, group, rounds)
+                if name == "black-box":
+                    group["summary"] = black_box_summary(group, settings.workers)
+    loads["after"] = os.getloadavg()
+    data = to_json(groups, settings, describe_machine(), loads)
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    settings.out.write_text(json.dumps(data, indent=1, default=float))
+    print(markdown(data))
+    print(f"\nwrote {settings.out}")
+    agreed = all(summary["agreement"]["agree"] for summary in data["summary"].values())
+    return 0 if agreed and all(result["checked"] for result in data["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
