@@ -139,18 +139,19 @@ def fit_cases(rod: HeatRod, close_later: list) -> list[Case]:
 
 
 def _fit_case(name: str, workers: int, rod: HeatRod, jac, calls_per_jacobian: int) -> Case:
-    case = Case(name, workers, lambda: None)
+    """A least_squares fit from `rod.start`; `f_calls` counts the solver's calls of `f` plus
+    `calls_per_jacobian` per Jacobian (SciPy's `nfev` leaves the Jacobian's calls out)."""
+    info: dict = {}
 
     def run():
         fit = least_squares(rod.residuals, rod.start, jac=jac)
-        case.info.update(nfev=int(fit.nfev), njev=int(fit.njev), status=int(fit.status),
-                         cost=float(fit.cost), x=fit.x.tolist(),
-                         f_calls=int(fit.nfev + fit.njev * calls_per_jacobian),
-                         error_vs_truth=float(np.max(np.abs(fit.x - rod.truth))))
+        info.update(nfev=int(fit.nfev), njev=int(fit.njev), status=int(fit.status),
+                    cost=float(fit.cost), x=fit.x.tolist(),
+                    f_calls=int(fit.nfev + fit.njev * calls_per_jacobian),
+                    error_vs_truth=float(np.max(np.abs(fit.x - rod.truth))))
         return fit
 
-    case.run = run
-    return case
+    return Case(name, workers, run, info=info)
 
 
 def same_fit(got, want) -> tuple[bool, float, float]:
@@ -181,7 +182,6 @@ def check_fits(cases: list[Case]) -> None:
 def run_rounds(groups: dict[str, list[Case]], rounds: int) -> None:
     """`rounds` rounds; each times every case once, each group's order rotated by one per round."""
     for number in range(rounds):
-        line = []
         for cases in groups.values():
             shift = number % len(cases)
             for case in cases[shift:] + cases[:shift]:
@@ -190,8 +190,8 @@ def run_rounds(groups: dict[str, list[Case]], rounds: int) -> None:
                     case.run()
                     case.times.append(time.perf_counter() - start)
                 case.others_cpu.append(meter.share)
-                line.append(f"{case.times[-1]:.3f}")
-        print(f"  round {number + 1}/{rounds}: {' '.join(line)} s", flush=True)
+        line = " | ".join(" ".join(f"{c.times[-1]:.3f}" for c in cases) for cases in groups.values())
+        print(f"  round {number + 1}/{rounds} (s, cases in listed order): {line}", flush=True)
 
 
 def ratios(cases: list[Case], slower: str, faster: str) -> dict:
