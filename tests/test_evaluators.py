@@ -179,7 +179,7 @@ def test_raise_ends_the_call_with_the_users_error_and_a_note_naming_the_side():
     assert np.array_equal(x, [1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("nan", [False, True], ids=["raises", "returns NaN"])
+@pytest.mark.parametrize("nan", [False, True], ids=["raises", "returns-nan"])
 def test_one_sided_takes_the_other_side_with_f_of_x_and_records_each_failure(nan):
     x = np.array([1.0, 2.0, 3.0, 4.0])
     f = failing(x, {0: "-", 1: "+", 3: "+-"}, nan)
@@ -253,7 +253,7 @@ def test_a_scalar_f_is_checked_as_a_scalar_by_default():
     (np.array([True, False]), TypeError, "must return real numbers, got bool at here"),
     (np.array([1 + 2j]), TypeError, "must return real numbers, got complex128 at here"),
     ("abc", TypeError, "array of real numbers, got str at here"),
-])
+], ids=["nan", "bool", "complex", "str"])
 def test_checked_output_refuses_what_is_not_finite_real_numbers(value, error, match):
     with pytest.raises(error, match=match):
         checked_output(value, "here")
@@ -274,7 +274,7 @@ def test_checked_output_gives_float64():
     (1j, TypeError, "got complex at here"),
     (None, TypeError, "got None at here"),
     (np.float32(np.inf), FloatingPointError, r"non-finite loss \(inf\) at here"),
-])
+], ids=["array", "str", "bool", "numpy-bool", "complex", "None", "inf"])
 def test_checked_loss_refuses_what_is_not_a_finite_real_scalar(value, error, match):
     with pytest.raises(error, match=match):
         checked_loss(value, "here")
@@ -322,9 +322,12 @@ def test_points_exactly_on_the_bounds_keep_the_scheme():
     (0.5, 0.4375, 0.625, (cube_sum([0.625]) - cube_sum([0.5])) / 0.125),  # forward, step = room
     (0.5, 0.375, 0.5625, (cube_sum([0.375]) - cube_sum([0.5])) / -0.125),  # backward, room
     (0.5, 0.375, 0.625, (cube_sum([0.625]) - cube_sum([0.5])) / 0.125),   # a tie goes forward
-], ids=["lower", "upper", "tight, more room above", "tight, more room below", "tie"])
-def test_near_a_bound_the_difference_is_one_sided_and_stays_inside(x, lower, upper, expected):
-    got, inside = bounded(np.array([x]), lower, upper)
+    (0.5, 0.0, 0.75, (cube_sum([0.75]) - cube_sum([0.5])) / 0.25),      # central4 at x + h = upper
+], ids=["lower", "upper", "tight-more-room-above", "tight-more-room-below", "tie", "central4-edge"])
+def test_near_a_bound_the_difference_is_one_sided_and_stays_inside(x, lower, upper, expected,
+                                                                   request):
+    scheme = "central4" if "central4" in request.node.name else "central"
+    got, inside = bounded(np.array([x]), lower, upper, scheme=scheme)
     assert inside and got[0] == expected
 
 
