@@ -3,6 +3,7 @@ and the temporary names of atomic writes."""
 import fcntl
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,15 @@ def open_descriptors():
 # --- the lock ----------------------------------------------------------------------------------
 
 def test_the_lock_holds_the_owners_pid_and_a_second_taker_is_refused_naming_it(tmp_path):
+    fd = lock_folder(tmp_path)
+    os.close(fd)
     (tmp_path / LOCK_NAME).write_text("a much longer stale text\n")
     fd = lock_folder(tmp_path)
     try:
         assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        plain = tmp_path / "plain"
+        plain.write_text("")   # the lock file gets the mode any new file gets
+        assert stat.S_IMODE((tmp_path / LOCK_NAME).stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
         before = open_descriptors()
         with pytest.raises(FolderBusyError, match=rf"{tmp_path} is in use by another run "
                                                   rf"\(pid {os.getpid()}\)") as caught:
@@ -60,10 +66,10 @@ def test_the_next_number_is_one_more_than_the_largest_of_that_prefix(tmp_path):
 
 
 def test_a_number_taken_meanwhile_is_skipped(tmp_path, monkeypatch):
-    for name in ["run-1", "run-2"]:
+    for name in ["run-1", "run-2", "run-3"]:
         (tmp_path / name).mkdir()
     monkeypatch.setattr(Path, "iterdir", lambda self: iter([]))   # as if made since the listing
-    assert new_numbered_folder(tmp_path) == tmp_path / "run-3"
+    assert new_numbered_folder(tmp_path) == tmp_path / "run-4"
 
 
 # --- the `latest` link -----------------------------------------------------------------------
@@ -107,6 +113,7 @@ def test_a_taken_temporary_name_is_never_reused_or_overwritten(tmp_path, monkeyp
     seen = []
     atomic_write(tmp_path / "out.bin", lambda file: seen.append(file.name) or file.write(b"new"))
     assert orphan.read_bytes() == b"someone else's"
+    assert seen == [str(tmp_path / ".out.bin.bbbb.tmp")]
     assert (tmp_path / "out.bin").read_bytes() == b"new"
 
 
