@@ -111,8 +111,12 @@ def test_a_taken_temporary_name_is_never_reused_or_overwritten(tmp_path, monkeyp
     orphan = tmp_path / ".out.bin.aaaa.tmp"
     orphan.write_bytes(b"someone else's")
     seen = []
-    atomic_write(tmp_path / "out.bin", lambda file: seen.append(os.readlink(f"/proc/self/fd/{file.fileno()}"))
-                 or file.write(b"new"))
+
+    def write(file):
+        seen.append(os.readlink(f"/proc/self/fd/{file.fileno()}"))
+        file.write(b"new")
+
+    atomic_write(tmp_path / "out.bin", write)
     assert orphan.read_bytes() == b"someone else's"
     assert seen == [str(tmp_path / ".out.bin.bbbb.tmp")]
     assert (tmp_path / "out.bin").read_bytes() == b"new"
