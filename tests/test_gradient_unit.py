@@ -1,13 +1,15 @@
 """`engine.gradient` in this process: choosing the evaluator, chunking, bounds, the planner,
 warnings, and `Gradient` with workers=1 or on two threads (no worker processes)."""
 import math
+import threading
+import time
 import warnings
 
 import numpy as np
 import pytest
 
 from engine import numerical_gradient
-from engine.errors import NumericalFallbackWarning, StepSizeWarning
+from engine.errors import NumericalFallbackWarning, StateNotShippedError, StepSizeWarning
 from engine.execution import Execution
 from engine.gradient import (Gradient, Jacobian, Plan, _bounds_per_array,
                              _default_chunks_per_worker, _lost_message, _Planner, _Resources,
@@ -155,9 +157,11 @@ def test_the_lost_message_counts_chunks_and_entries():
                               "after 2 retries on fresh workers (pid 7 died)")
 
 
-def test_plans_print_where_and_why():
+def test_plans_print_where_and_why_and_cannot_be_changed():
     assert str(Plan("parallel", 3, "dispatch='parallel'")) == "3 workers (dispatch='parallel')"
     assert str(Plan("in-process", 3, "measured")) == "in-process (measured)"
+    with pytest.raises(AttributeError):
+        Plan("parallel", 3, "dispatch='parallel'").where = "in-process"
 
 
 # --- the planner -----------------------------------------------------------------------------
@@ -185,7 +189,9 @@ def test_a_loop_f_is_estimated_first_and_a_costly_one_goes_parallel_at_once():
     assert q.plan.where == "measuring"
 
 
-def test_measuring_takes_two_in_process_calls_then_two_parallel_ones_and_keeps_the_faster():
+def test_measuring_takes_two_in_process_calls_then_two_parallel_ones_and_keeps_the_faster(
+        caplog):
+    caplog.set_level("INFO", logger="engine")
     p = planner(2)
     signature = ("sig", None, "batched")
     steps = []
@@ -197,6 +203,8 @@ def test_measuring_takes_two_in_process_calls_then_two_parallel_ones_and_keeps_t
     assert p.plan.where == "parallel" and p.plan.in_process_seconds == 0.02
     assert p.plan.parallel_seconds == 0.01
     assert p.plan.reason == "measured 10 ms per call on 2 workers vs 20 ms in-process"
+    assert caplog.messages == ["numerical gradient plan: 2 workers (measured 10 ms per call on "
+                               "2 workers vs 20 ms in-process)"]
     assert p.where(signature, 10) == "parallel"
     p.record("in-process", 0.0001)            # decided: no more samples
     assert p.samples["in-process"] == [0.02, 0.03]
@@ -385,3 +393,261 @@ def test_two_threads_report_failures_like_one():
     with Gradient(f, workers=1, on_failure="one-sided") as serial:
         with pytest.warns(NumericalFallbackWarning):
             assert np.array_equal(got, serial(x.copy()))
+
+
+class LogsCalls:
+    """f(x) = sum(x**2), appending one line per call to a file (threads get copies of `f`)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, v):
+        with open(self.path, "a") as log:
+            log.write("call\n")
+        return squares(v)
+
+    def calls(self):
+        count = len(self.path.read_text().splitlines()) if self.path.exists() else 0
+        self.path.write_text("")
+        return count
+
+
+@pytest.mark.parametrize("options, calls", [
+    ({"scheme": "central"}, 2 * 4),                         # f(x) is never needed
+    ({"scheme": "forward"}, 4 + 1),                         # f(x) once, first, for every chunk
+    ({"scheme": "central", "on_failure": "one-sided"}, 2 * 4 + 1),   # ready for a fallback
+])
+def test_on_threads_f_of_x_is_evaluated_once_first_where_the_chunks_need_it(tmp_path, options,
+                                                                            calls):
+    f = LogsCalls(tmp_path / "calls.log")
+    x = np.array([0.5, 1.0, 1.5, 2.0])
+    with Gradient(f, workers=2, backend="threading", dispatch="parallel", chunk_size=1,
+                  check_state=False, **options) as g:
+        got = g(x)
+        assert f.calls() == calls
+        assert np.array_equal(got, numerical_gradient(squares, x, scheme=options["scheme"]))
+
+
+def test_a_jacobian_on_threads_equals_the_one_in_process():
+    x = np.linspace(0.5, 2.0, 5)
+    f = lambda v: np.array([np.sum(v ** 2), v[0] * v[-1]])  # noqa: E731
+    with Jacobian(f, workers=2, backend="threading", dispatch="parallel", chunk_size=2) as J:
+        got = J(x)
+    with Jacobian(f, workers=1) as serial:
+        assert got.shape == (2, 5) and np.array_equal(got, serial(x))
+
+
+def test_a_model_loss_on_threads_is_batched_and_equals_the_one_in_process(model):
+    net, params, inputs, labels = model
+    params = {k: v.copy() for k, v in params.items()}
+    with Gradient(net.loss, workers=2, backend="threading", dispatch="parallel") as g:
+        got = g(params, inputs, labels)
+    with Gradient(net.loss, workers=1) as serial:
+        expected = serial(params, inputs, labels)
+    assert all(np.array_equal(got[k], expected[k]) for k in params)
+
+
+def test_a_models_loss_with_the_wrong_arguments_is_refused_before_any_worker_starts(model):
+    net, params, inputs, labels = model
+    g = Gradient(net.loss, workers=2, backend="threading", dispatch="parallel", check_state=False)
+    with pytest.raises(TypeError, match=r"got 1 argument\(s\) after the params"):
+        g(params, inputs)
+    assert g._resources.pool is None
+    g.close()
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda f: Gradient(f, evaluator="batched", workers=1, bounds=(-9.0, 9.0)), "bounds"),
+    (lambda f: Gradient(f, evaluator="batched", workers=1, on_failure="nan"), "on_failure='nan'"),
+    (lambda f: Gradient(f, evaluator="batched", workers=1, h="auto"), "h='auto'"),
+    (lambda f: Jacobian(f, evaluator="batched", workers=1), "a Jacobian"),
+])
+def test_options_only_the_loop_evaluator_supports_are_named_when_batched_is_asked(model, make,
+                                                                                  reason):
+    net, params, inputs, labels = model
+    with pytest.raises(ValueError, match=rf"evaluator='batched' does not support {reason}:"):
+        make(net.loss)(params, inputs, labels)
+
+
+def test_a_non_deterministic_f_on_threads_fails_the_state_check():
+    rng = np.random.default_rng(0)
+    noisy = lambda v: squares(v) + float(rng.random())  # noqa: E731
+    with Gradient(noisy, workers=2, backend="threading", dispatch="parallel") as g:
+        with pytest.raises(StateNotShippedError, match=r"but the same entry computed in this "
+                                                       r"process is"):
+            g(np.ones(4))
+    with Gradient(noisy, workers=2, backend="threading", dispatch="parallel",
+                  check_state=False) as g:
+        assert g(np.ones(4)).shape == (4,)
+
+
+def test_a_costly_f_is_sent_to_the_workers_from_the_first_call_and_a_cheap_one_measured():
+    x = np.zeros(200)
+
+    def costly_last_entry(v):   # 4 ms per evaluation of the last entry: about 1.6 s per call
+        if v[-1] != 0.0:
+            time.sleep(0.004)
+        return squares(v)
+
+    with Gradient(costly_last_entry, workers=2, backend="threading") as g:
+        assert g.plan.where == "measuring"
+        g(x)
+        assert g.plan.where == "parallel" and g.plan.reason.startswith("estimated ")
+    with Gradient(squares, workers=2, backend="threading") as g:
+        plan = g.calibrate(np.ones(4))
+        assert plan.where in ("in-process", "parallel") and plan.in_process_seconds is not None
+        assert plan.parallel_seconds is not None and g.plan == plan
+        assert 0 < plan.in_process_seconds < 5 and 0 < plan.parallel_seconds < 5   # durations
+
+
+def test_chunks_follow_chunk_size_then_chunks_per_worker_then_the_default():
+    space = ParamSpace(np.zeros(7))
+    with Gradient(squares, workers=2, backend="threading", chunk_size=3) as g:
+        assert g._chunks(space, "loop") == [(0, 3), (3, 6), (6, 7)]
+    with Gradient(squares, workers=2, backend="threading", chunks_per_worker=2) as g:
+        assert g._chunks(space, "loop") == split_range(7, 4)
+    with Gradient(squares, workers=2, backend="threading") as g:
+        assert g._chunks(space, "loop") == split_range(7, 8)
+        assert g._chunks(space, "batched") == split_range(7, 2)
+
+
+def test_an_empty_x_gives_an_empty_gradient():
+    with Gradient(squares, workers=1) as g:
+        assert g(np.empty(0)).shape == (0,)
+
+
+def test_leaving_the_with_block_closes_the_gradient():
+    with Gradient(squares, workers=2, backend="threading", dispatch="parallel") as g:
+        g(np.ones(3))
+    with pytest.raises(ValueError, match="closed"):
+        g(np.ones(3))
+
+
+def test_progress_shows_a_bar_named_gradient(capsys):
+    with Gradient(squares, workers=2, backend="threading", dispatch="parallel",
+                  progress=True) as g:
+        g(np.ones(3))
+    assert "gradient" in capsys.readouterr().err
+
+
+def test_a_new_structure_is_shipped_again_to_the_threads():
+    with Gradient(squares, workers=2, backend="threading", dispatch="parallel") as g:
+        for x in (np.ones(3), np.arange(5.0), np.ones(3)):
+            assert np.array_equal(g(x), numerical_gradient(squares, x))
+
+
+def test_a_per_call_backend_ships_the_bundle_with_every_call():
+    with Gradient(squares, workers=2, backend="sequential", dispatch="parallel") as g:
+        for x in (np.ones(3), np.arange(5.0)):
+            assert np.array_equal(g(x), numerical_gradient(squares, x))
+
+
+def test_closing_stops_the_threads():
+    before = threading.active_count()
+    g = Gradient(squares, workers=2, backend="threading", dispatch="parallel")
+    g(np.ones(3))
+    assert threading.active_count() > before
+    g.close()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
+
+
+def test_an_estimate_of_exactly_one_second_is_measured_not_decided():
+    p = planner(2)
+    p.where(("sig", None, "loop"), 10)
+    assert p.estimate(0.1, 10) == "in-process" and p.plan.where == "measuring"
+
+
+def test_after_a_cheap_call_each_worker_gets_one_chunk():
+    x = np.ones(100)
+    with Gradient(squares, workers=2, backend="threading", dispatch="parallel") as g:
+        g(x)
+        assert g._chunks(ParamSpace(x), "loop") == split_range(100, 2)
+
+
+def test_a_shipped_f_is_checked_once_then_only_the_values_travel(tmp_path):
+    f = LogsCalls(tmp_path / "calls.log")
+    with Gradient(f, workers=2, backend="threading", dispatch="parallel", chunk_size=1) as g:
+        g(np.ones(4))
+        assert f.calls() == 2 * 4 + 2        # the state probe: the last entry, here
+        g(np.full(4, 2.0))
+        assert f.calls() == 2 * 4
+
+
+def test_a_nan_entry_passes_the_state_check():
+    def f(v):
+        if v[-1] > 1.0:
+            raise ArithmeticError("up")
+        return squares(v)
+
+    with Gradient(f, workers=2, backend="threading", dispatch="parallel",
+                  on_failure="nan") as g:
+        with pytest.warns(NumericalFallbackWarning):
+            got = g(np.ones(3))
+    assert np.isnan(got[-1]) and not np.isnan(got[:-1]).any()
+
+
+@pytest.mark.parametrize("failed, ending", [(10, "x[9] at x_i + 1*h: ArithmeticError: up"),
+                                            (11, "ArithmeticError: up (and 1 more)")])
+def test_the_warning_names_ten_failures_then_counts_the_rest(failed, ending):
+    x = np.linspace(1.0, 2.0, failed)
+
+    def f(v):
+        if np.any(v > x + 1e-9):
+            raise ArithmeticError("up")
+        return squares(v)
+
+    with Gradient(f, workers=1, on_failure="nan") as g:
+        with pytest.warns(NumericalFallbackWarning) as caught:
+            g(x.copy())
+    assert str(caught[0].message).endswith(ending)
+
+
+def test_warnings_point_at_the_callers_line():
+    with Gradient(lambda v: squares(v) if v[0] <= 1.0 else math.nan, workers=1,
+                  on_failure="nan") as g:
+        with pytest.warns(NumericalFallbackWarning) as caught:
+            g(np.ones(2))
+    with Gradient(squares, workers=1, h=1e-6) as g:
+        with pytest.warns(StepSizeWarning) as stepped:
+            g(np.ones(1, dtype=np.float32))
+    assert caught[0].filename == stepped[0].filename == __file__
+
+
+def test_the_model_loss_warning_points_at_the_callers_line(model):
+    net, params, inputs, labels = model
+    loss = ModelLoss(net, params, inputs, labels)
+    with Gradient(loss, workers=1) as g:
+        with pytest.warns(UserWarning, match="pass x = f.params") as caught:
+            g({k: v.copy() for k, v in params.items()})
+    assert caught[0].filename == __file__
+
+
+def test_a_string_step_other_than_auto_is_refused_at_construction():
+    with pytest.raises((TypeError, ValueError), match="h"):
+        Gradient(squares, workers=1, h="fast")
+
+
+def test_no_more_threads_than_chunks():
+    with Gradient(squares, workers=3, backend="threading", dispatch="parallel",
+                  chunk_size=1) as g:
+        g(np.ones(2))
+        assert g.plan.workers == 2
+
+
+def test_two_entries_are_worth_estimating_and_one_slow_call_at_exactly_0_1_s_is_not():
+    p = planner(2)
+    assert p.where(("sig", None, "loop"), 2) == "estimate"
+    q = planner(2)
+    signature = ("sig", None, "batched")
+    q.where(signature, 10)
+    q.record("in-process", 0.1)
+    assert q.where(signature, 10) == "in-process"   # a second in-process sample
+
+
+def test_a_per_call_backend_measures_real_durations():
+    with Gradient(squares, workers=2, backend="sequential") as g:
+        plan = g.calibrate(np.ones(4))
+    assert 0 < plan.in_process_seconds < 5 and 0 < plan.parallel_seconds < 5
