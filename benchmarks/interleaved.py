@@ -16,7 +16,8 @@ over rounds are compared. Same workloads and checks as the suites (`workloads.py
   evaluator's full gradient at 1 and 2 workers.
 
     python benchmarks/interleaved.py --rounds 9 --out benchmarks/results/local/interleaved.json
-    python benchmarks/interleaved.py --only batches --rounds 9 --out benchmarks/results/local/batches_interleaved.json
+    python benchmarks/interleaved.py --only batches --rounds 9 \
+        --out benchmarks/results/local/batches_interleaved.json
     python benchmarks/report.py benchmarks/results/local/interleaved.json
 """
 from __future__ import annotations

@@ -137,7 +137,8 @@ class _Forward:
         for index in range(layer_index, len(layers)):
             layer = layers[index]
             if dense is not None:
-                dense = layer.forward(self.params, dense) if isinstance(layer, Affine) else layer.forward(dense)
+                dense = (layer.forward(self.params, dense) if isinstance(layer, Affine)
+                         else layer.forward(dense))
             elif isinstance(layer, Affine):
                 weight = self.params[layer.weight]
                 change = column - trace[index][:, columns].T             # (K, B)

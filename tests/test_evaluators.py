@@ -337,12 +337,11 @@ def test_a_forward_scheme_at_its_upper_bound_steps_backward():
 
 
 def test_a_point_with_no_room_is_an_error_naming_it():
-    with pytest.raises(ValueError, match=r"x\[0\] has no room to move within its bounds \[.*0\.5\)?, .*0\.5\)?\]"):
+    with pytest.raises(ValueError,
+                       match=r"x\[0\] has no room to move within its bounds \[.*0\.5\)?, .*0\.5\)?\]"):
         bounded(np.array([0.5]), 0.5, 0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with bounds, on_failure='one-sided' falls back to "
-                   "the side outside the bounds (evaluators.py, the `for m in (-1, 1)` fallback)")
 def test_one_sided_fallback_never_leaves_the_bounds():
     x = np.array([1.0])
     f = failing(x, {0: "-"})
