@@ -41,7 +41,7 @@ import numpy as np
 
 from ._loss_by_class import losses_by_class
 from .layers import Affine
-from .schemes import Scheme
+from .schemes import Scheme, auto_step
 from .space import ParamSpace
 
 __all__ = ["batched_evaluate", "DEFAULT_BLOCK_MEMORY"]
@@ -171,9 +171,16 @@ class _Forward:
             else:
                 block = self._weight_rows(k, rows[sel], columns[sel], counts[sel])
                 originals = array[rows[sel], columns[sel]]
-            losses = [self._mean_losses(k, block, columns[sel], originals, m * h)
-                      for m in scheme.multiples]
-            out[sel] = scheme.combine(losses, self.center, h)
+            step = h if h is not None else (  # h="auto": relative to each entry
+                auto_step(scheme, array.dtype) * np.maximum(1.0, np.abs(originals.astype(np.float64))))
+            moved = [self._mean_losses(k, block, columns[sel], originals, m * step)
+                     for m in scheme.multiples]
+            losses, stored = [loss for loss, _ in moved], [change for _, change in moved]
+            _check_moved(stored, name, array.shape, entries[sel], originals, step)
+            if h is None:
+                out[sel] = scheme.combine_stored(losses, self.center, stored)
+            else:
+                out[sel] = scheme.combine(losses, self.center, h)
 
     def support(self, k):
         """Samples with a non-zero input, per input unit i of layer `k`: CSR ``(starts, samples, values)``."""
@@ -198,7 +205,8 @@ class _Forward:
         return _Rows(entry, sample, columns[entry], self.products[k].shape[1])
 
     def _mean_losses(self, k, rows, columns, originals, step):
-        """Mean losses (E,) with each entry moved from `originals` to ``dtype(originals + step)``."""
+        """Mean losses (E,) with each entry moved from `originals` to ``dtype(originals + step)``,
+        and the change actually stored, ``moved - originals`` (E,), float64."""
         exact = originals.astype(np.float64)
         moved = (exact + step).astype(originals.dtype)
         base = rows.once("product", lambda: rows.at(self.products[k]))
@@ -210,7 +218,7 @@ class _Forward:
         per_sample = np.repeat(self.unchanged[None], columns.size, axis=0)   # the rows not evaluated
         scatter = rows.once("scatter", lambda: rows.entry * self.batch + rows.sample)
         per_sample.reshape(-1)[scatter] = per_row
-        return per_sample.mean(axis=-1)
+        return per_sample.mean(axis=-1), moved - exact
 
     def _add_bias(self, k, rows, value):
         bias = self.model.layers[k].bias
@@ -294,6 +302,20 @@ class _Forward:
         """Per-sample losses (R,) of the logits `by_class` (C, R) of `rows`."""
         labels = rows.once("labels", lambda: self.labels[rows.sample])
         return losses_by_class(self.model.loss_layer, by_class, labels)
+
+
+def _check_moved(stored, name, shape, entries, originals, step) -> None:
+    """Raise if an entry's stored change is zero: ``x_i + m*h`` rounded back to ``x_i``."""
+    for change in stored:
+        zero = np.flatnonzero(change == 0)
+        if zero.size:
+            first = zero[0]
+            index = ", ".join(map(str, np.unravel_index(int(entries[first]), shape)))
+            h = step if np.ndim(step) == 0 else step[first]
+            raise ValueError(
+                f"x[{name!r}][{index}] = {float(originals[first])!r} + {float(h)!r} rounds back "
+                f"to itself in {originals.dtype}: nothing would be perturbed. Use a larger `h`, "
+                "h='auto' (a step relative to |x_i| and the dtype), or float64")
 
 
 def _blocks(counts, most_entries, most_rows):

@@ -281,8 +281,6 @@ class Gradient:
             return f"on_failure={self.on_failure!r}"
         if self.bounds is not None:
             return "bounds"
-        if None in steps:
-            return "h='auto'"
         return None
 
     def _needs_center(self, job: Job) -> bool:

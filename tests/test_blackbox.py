@@ -225,3 +225,30 @@ class TestBounds:
             parallel_numerical_gradient(lambda v: calls.append(1) or 0.0, np.array([0.5, 2.0]),
                                         workers=2, bounds=(0.0, 1.0))
         assert not calls
+
+
+class TestAutoStepsOnTheBatchedEvaluator:
+    def setup_method(self):
+        from engine import MLP, load_embedded_mnist
+
+        train, _ = load_embedded_mnist()
+        self.x, self.t = train.images[:2], train.labels[:2]
+        self.net = MLP([784, 12, 10], seed=0, dtype=np.float32)
+
+    def test_same_bits_on_two_workers_and_close_to_the_loop(self):
+        net = self.net
+        with Gradient(net.model.loss, h="auto", workers=1) as serial, \
+                Gradient(net.model.loss, h="auto", workers=2, dispatch="parallel") as parallel:
+            batched = serial(net.params, self.x, self.t)
+            assert all(np.array_equal(batched[k], v)
+                       for k, v in parallel(net.params, self.x, self.t).items())
+        with Gradient(net.model.loss, h="auto", evaluator="loop", workers=2,
+                      dispatch="parallel") as loop:
+            looped = loop(net.params, self.x, self.t)
+        for name in batched:
+            scale = np.abs(looped[name]).max()
+            assert np.abs(batched[name] - looped[name]).max() <= 1e-8 * scale, name
+
+    def test_a_step_that_rounds_away_is_an_error_in_the_batched_evaluator_too(self):
+        with pytest.raises(ValueError, match=r"x\['w1'\]\[.*rounds back to itself in float32"):
+            self.net.numerical_gradient(self.x, self.t, workers=1, h=1e-12)

@@ -459,7 +459,6 @@ def test_a_models_loss_with_the_wrong_arguments_is_refused_before_any_worker_sta
 @pytest.mark.parametrize("make, reason", [
     (lambda f: Gradient(f, evaluator="batched", workers=1, bounds=(-9.0, 9.0)), "bounds"),
     (lambda f: Gradient(f, evaluator="batched", workers=1, on_failure="nan"), "on_failure='nan'"),
-    (lambda f: Gradient(f, evaluator="batched", workers=1, h="auto"), "h='auto'"),
     (lambda f: Jacobian(f, evaluator="batched", workers=1), "a Jacobian"),
 ])
 def test_options_only_the_loop_evaluator_supports_are_named_when_batched_is_asked(model, make,
