@@ -20,7 +20,7 @@ from .functions import to_labels
 from .layers import ACTIVATIONS
 from .nets import MLP, Net
 from .parallel import parallel_numerical_gradient
-from .schemes import SCHEMES
+from .schemes import AUTO, DEFAULT_STEP, SCHEMES
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
            "main", "LABEL_FORMS"]
@@ -52,7 +52,8 @@ class GradientDifference:
     max_grad: float   # max(max |g_num|, max |g_bp|)
 
 
-def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: float | dict = 1e-4,
+def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
+                   h: float | str | dict = DEFAULT_STEP,
                    workers: int | None = 1, evaluator: str = "auto", backend: str = "loky",
                    labels: str = "auto") -> dict[str, GradientDifference]:
     """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
@@ -72,7 +73,7 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
         Class labels, integers (B,) or one-hot rows (B, C), converted as `labels`
         says; anything else (regression targets, None) is passed on unchanged.
     scheme : {"central", "forward", "central4"}, default "central"
-    h : float or dict, default 1e-4
+    h : float, "auto" or dict, default 1e-4
         Step size, or a dict of per-array steps.
     workers : int or None, default 1
         Workers for the numerical gradient (``None`` or -1: all cores).
@@ -315,8 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--scheme", choices=list(SCHEMES), default="central",
         help="difference formula: central (error O(h^2)), forward (O(h)), central4 (O(h^4)) "
              "(default: central)")
-    add("--h", type=float, default=1e-4,
-        help="finite-difference step (default: 1e-4; with --dtype float32, --scheme central4 "
+    add("--h", type=_step, default=DEFAULT_STEP,
+        help="finite-difference step, or 'auto' (default: 1e-4; with --dtype float32, --scheme central4 "
              "--h 1e-2 is far more accurate, see docs/accuracy.md)")
     add("--workers", type=int, default=1,
         help="workers for the numerical gradient; -1 for all cores (default: 1)")
@@ -336,6 +337,11 @@ def _parser() -> argparse.ArgumentParser:
              f"for forward; {default_tol('central', 'float32'):g} for central and central4 with "
              "float32; see docs/accuracy.md)")
     return parser
+
+
+def _step(text: str) -> float | str:
+    """--h: a number, or 'auto'."""
+    return AUTO if text == AUTO else float(text)
 
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_images: int) -> None:
@@ -368,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}, "
           f"{args.dtype}, seed {args.seed}), {args.batch_size} MNIST image(s), "
-          f"scheme={args.scheme}, h={args.h:g}, evaluator={args.evaluator}")
+          f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, evaluator={args.evaluator}")
     print(format_table(results, tol))
     bad = failures(results, tol)
     if bad:

@@ -31,10 +31,11 @@ import numpy as np
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
                          load_checkpoint, lock_folder, new_numbered_folder, point_link,
                          remove_temporaries, save_checkpoint, save_npz_atomic)
-from .data import DataError, Dataset, load_embedded_mnist, load_mnist_dir, read_mnist_csv
+from .data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
+                   read_mnist_csv)
 from .execution import Execution, check_backend
-from .data import EXTRA_HINT
 from .plots import plot_training, plots_available
+from .schemes import DEFAULT_STEP
 from .training import TrainConfig, Trainer, TrainingState
 
 __all__ = ["main", "build_parser", "OUTPUTS", "RUNS_FOLDER", "LATEST_LINK"]
@@ -45,7 +46,7 @@ OUTPUTS = (CHECKPOINT_NAME, "params.npz", "metrics.json", "training.png")
 RUNS_FOLDER = Path("runs")          # without --out: runs/run-N, and runs/latest -> run-N
 LATEST_LINK = RUNS_FOLDER / "latest"
 # The one source of every default; flags default to None so a resume can tell given ones.
-_DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": 1e-4,
+_DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": DEFAULT_STEP,
              "scheme": "central", "seed": 0, "train_size": 100, "test_size": 10,
              "evaluator": "auto", "gradient": "numerical", "weight_init_std": 0.01,
              "eval_every": 0, "shuffle": False}
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="engine-train",
         description="Train the teaching text's 784-100-10 net on MNIST by numerical gradients "
-                    "(central differences, h=1e-4), in parallel. Defaults repeat the text's run.")
+                    f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
+                    "text's run.")
     add, d = p.add_argument, _DEFAULTS
     add("--workers", metavar="N", type=int, help="worker processes for the gradient [default: all cores]")
     add("--iters", metavar="N", type=int, help="SGD steps" + _default(d["iters"]))
