@@ -255,7 +255,7 @@ def _inside(base, h, multiples, lower, upper, space, flat):
     room = max(upper - base, base - lower)
     if room <= 0:
         raise ValueError(f"{space.describe(flat)} has no room to move within its bounds "
-                         f"[{lower!r}, {upper!r}]")
+                         f"[{float(lower)!r}, {float(upper)!r}]")
     return ((1,) if upper - base >= base - lower else (-1,)), room
 
 
