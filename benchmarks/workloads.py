@@ -1,4 +1,5 @@
-"""What the benchmark suites time: the seed net on real digits, a black-box ODE fit, SciPy adapters.
+"""What the benchmark suites time: the seed net on real digits, black boxes (an ODE fit, a heated
+rod's thermometers), SciPy adapters.
 
 Shared by the ``bench_*.py`` suites and the scripts (imported as ``workloads``: pytest, and
 Python for a script, put this folder on ``sys.path``); how they measure is in `measuring`.
@@ -317,10 +318,11 @@ class HeatRod:
     def __init__(self, zones: int = 200, cells_per_zone: int = 1, sensors: int = 20,
                  samples: int = 1, steps: int = 300, dt: float = 0.4, noise: float = 1e-3,
                  seed: int = SEED):
-        if not 1 <= samples <= steps or sensors > zones * cells_per_zone:
-            raise ValueError("need 1 <= samples <= steps and sensors <= cells")
-        rng = np.random.default_rng(seed)
         cells = zones * cells_per_zone
+        if not 1 <= samples <= steps or not 1 <= sensors <= cells:
+            raise ValueError(f"`samples` must be 1..steps ({steps}) and `sensors` 1..cells "
+                             f"({cells}), got samples={samples}, sensors={sensors}")
+        rng = np.random.default_rng(seed)
         self.zones, self.cells_per_zone, self.sensors = zones, cells_per_zone, sensors
         self.samples, self.steps, self.dt = samples, steps, dt
         centres = (np.arange(cells) + 0.5) / cells
