@@ -286,8 +286,7 @@ class Gradient:
     def _needs_center(self, job: Job) -> bool:
         """f(x) is computed once per call, before the chunks, when they all need it."""
         return job.evaluator == "loop" and (
-            self.scheme.uses_center or self._vector or self.bounds is not None
-            or self.on_failure == "one-sided")
+            self.scheme.uses_center or self.bounds is not None or self.on_failure == "one-sided")
 
     def _tell(self, space: ParamSpace, report: Report) -> None:
         """Warn once per call about replaced evaluations and steps that are not `h`."""
@@ -320,7 +319,7 @@ class Gradient:
             options["report"] = report
         with _restored(space), one_blas_thread():
             value = None
-            if want_value or self._needs_center(job):
+            if want_value or self._vector or self._needs_center(job):   # a Jacobian's shape
                 value = cache["center"] = loss_at(f, space, "the unperturbed x",
                                                   checked_output if self._vector else None)
             values = get_evaluator(job.evaluator)(f, space, list(job.steps), self.scheme, 0,
@@ -353,7 +352,7 @@ class Gradient:
             # f(x) first, once, so that every chunk uses the same centre: n + 1 calls of f
             results, shipping = self._run(space, args, job, {CENTER: None})
             job = replace(job, center=results[CENTER][0])
-        elif want_value:
+        elif want_value or self._vector:   # f(x), in the same batch (a Jacobian's shape)
             tasks[CENTER] = None
         results, more = self._run(space, args, job, tasks)
         value = job.center if job.center is not None else results.get(CENTER, (None,))[0]
