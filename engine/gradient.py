@@ -684,7 +684,7 @@ class Jacobian(Gradient):
     a 1-D `x` of n entries, an array of shape ``(m, n)``; in general, `x`'s structure
     with each member of shape ``out_shape + member.shape``. ``J.value_and_grad`` returns
     ``(f(x), jacobian)``. Use as ``scipy.optimize.least_squares(fun, x0, jac=J)``.
-    Always the loop evaluator; ``f(x)`` is evaluated once per call, first.
+    Always the loop evaluator; ``f(x)`` is evaluated once per call, with the perturbations.
 
     Examples
     --------
