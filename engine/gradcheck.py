@@ -374,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}, "
           f"{args.dtype}, seed {args.seed}), {args.batch_size} MNIST image(s), "
-          f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, evaluator={args.evaluator}")
+          f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, "
+          f"evaluator={args.evaluator}")
     print(format_table(results, tol))
     bad = failures(results, tol)
     if bad:
