@@ -11,8 +11,13 @@ over rounds are compared. Same workloads and checks as the suites (`workloads.py
   and ours at 2 workers on a 5,000-entry window of w1, the book's loop split over 2 plain
   processes (the machine's ceiling), and SciPy at 2 workers on the full parameter vector
   (first 100 entries), all scaled to 79,510 entries.
+- ``batches``: suites 2/4, the seed net on 1, 10 and 100 digits: backprop (the floor, one
+  BLAS thread, as the engine's evaluations have; 50 gradients a round) against the batched
+  evaluator's full gradient at 1 and 2 workers.
 
     python benchmarks/interleaved.py --rounds 9 --out benchmarks/results/local/interleaved.json
+    python benchmarks/interleaved.py --only batches --rounds 9 \
+        --out benchmarks/results/local/batches_interleaved.json
     python benchmarks/report.py benchmarks/results/local/interleaved.json
 """
 from __future__ import annotations
@@ -30,10 +35,11 @@ import numpy as np
 
 import engine
 from measuring import Interference, describe_machine
-from workloads import (H, POOL_SIZE, TOTAL_ENTRIES, FlatNetLoss, OscillatorFit,
-                       book_numerical_gradient, hand_rolled_parallel, limit_blas_threads,
-                       net_problem, prepare_processes, relative_error, scipy_gradient,
-                       scipy_leading_entries)
+from threadpoolctl import threadpool_limits
+from workloads import (BATCH_GROUPS, BATCHES, H, POOL_SIZE, TOTAL_ENTRIES, FlatNetLoss,
+                       OscillatorFit, batched_gradient, book_numerical_gradient,
+                       hand_rolled_parallel, limit_blas_threads, net_problem, prepare_processes,
+                       relative_error, scipy_gradient, scipy_leading_entries)
 
 SCIPY_TOLERANCE = 1e-9
 
@@ -88,6 +94,36 @@ def seed_net_cases(pool, rows: int) -> tuple[str, list[dict]]:
     ]
 
 
+def batch_cases(batch: int) -> tuple[str, list[dict]]:
+    problem = net_problem(batch)
+    f = problem.net.loss_function(problem.x, problem.t)
+    reference = batched_gradient(batch)
+    exact = lambda g: all(np.array_equal(g[k], reference[k]) for k in reference)
+    close = lambda g: all(relative_error(reference[k], g[k]) < 1e-6 for k in reference)
+    repeats = 50
+
+    def backprop():
+        # One BLAS thread, as the engine's evaluations: with two, OpenBLAS's idle threads
+        # keep spinning after each product and, on a busy 2-core machine, slow whatever
+        # runs next (backprop with two threads measured 4-25x slower than with one here).
+        with threadpool_limits(limits=1):
+            for _ in range(repeats):
+                grads = problem.net.gradient(problem.x, problem.t)
+        return grads
+
+    def batched(workers):
+        return lambda: engine.parallel_numerical_gradient(f, problem.net.params, workers=workers,
+                                                          evaluator="batched", h=H)
+    full = dict(entries=TOTAL_ENTRIES, total_entries=TOTAL_ENTRIES)
+    return BATCH_GROUPS[batch] + " (interleaved)", [
+        _case("backprop (the floor), one BLAS thread", "in-process", 1, "backprop", "baseline",
+              backprop, close, entries=repeats * TOTAL_ENTRIES, total_entries=TOTAL_ENTRIES),
+        _case("batched", "loky", 1, "batched", "case", batched(1), exact, **full),
+        _case("batched", "loky", POOL_SIZE, "batched", "case", batched(POOL_SIZE), exact,
+              series=f"batched evaluator, loky, batch {batch}", **full),
+    ]
+
+
 def _case(case, backend, workers, evaluator, role, run, check, *, entries, total_entries,
           series=None) -> dict:
     return {"case": case, "backend": backend, "workers": workers, "evaluator": evaluator,
@@ -127,7 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="timed calls of every case")
     parser.add_argument("--rows", type=int, default=50,
                         help="rows of w1 (100 entries each) for the seed-net comparison")
-    parser.add_argument("--only", choices=["black-box", "seed-net"], default=None)
+    parser.add_argument("--only", choices=["black-box", "seed-net", "batches"], default=None)
     args = parser.parse_args(argv)
     context = multiprocessing.get_context("spawn")
     with context.Pool(POOL_SIZE, initializer=limit_blas_threads) as pool:
@@ -136,6 +172,8 @@ def main(argv=None) -> int:
             groups.append(black_box_cases(pool))
         if args.only in (None, "seed-net"):
             groups.append(seed_net_cases(pool, args.rows))
+        if args.only in (None, "batches"):
+            groups += [batch_cases(batch) for batch in reversed(BATCHES)]
         for group, cases in groups:
             run_rounds(group, cases, args.rounds)
     data = to_json(groups, describe_machine())
@@ -146,8 +184,10 @@ def main(argv=None) -> int:
         print(f"\n{group}")
         for case in cases:
             full = statistics.median(case["times"]) * case["scale"]
-            print(f"  {case['case']}: median {statistics.median(case['times']):.3f} s, "
-                  f"full {full:.2f} s, {base / full:.2f}x vs baseline, checked {case['checked']}")
+            print(f"  {case['case']}, {case['workers']} worker(s): median "
+                  f"{statistics.median(case['times']):.4f} s, full {full:.4f} s, "
+                  f"{base / full:.3g}x vs baseline ({full / base:.3g}x its time), "
+                  f"checked {case['checked']}")
     print(f"\nwrote {args.out}")
     return 0 if all(c["checked"] for _, cases in groups for c in cases) else 1
 

@@ -88,7 +88,7 @@ def overhead_group(stack, settings) -> dict:
     workers, calls = settings.workers, settings.calls
     g = stack.enter_context(engine.Gradient(f, workers=workers, dispatch="parallel",
                                             evaluator="loop"))
-    exact = lambda grad: bool(np.array_equal(grad, TRIVIAL_EXPECTED)) 
+    exact = lambda grad: bool(np.array_equal(grad, TRIVIAL_EXPECTED))
     common = dict(entries=x.size, calls=calls)
     return {"title": f"per-call overhead: trivial f closing over the seed net (0.64 MB), "
                      f"8 entries, {workers} workers",
@@ -147,7 +147,7 @@ def loop_window_group(stack, settings, pool) -> dict:
     rows, workers = settings.rows, settings.workers
     problem = net_problem(1, rows)
     reference = engine.numerical_gradient(problem.f, problem.window, H)
-    exact = lambda grad: bool(np.array_equal(grad, reference)) 
+    exact = lambda grad: bool(np.array_equal(grad, reference))
     g = stack.enter_context(engine.Gradient(problem.f, workers=workers, dispatch="parallel",
                                             evaluator="loop"))
     prepare_processes(pool, 1, rows)
@@ -414,7 +414,8 @@ def to_json(groups: dict, settings, machine: dict, loads: dict) -> dict:
     return {"interleaved": 1, "resident": 1, "machine": machine,
             "when": datetime.datetime.now(datetime.UTC).isoformat(),
             "settings": vars(settings) | {"out": str(settings.out), "table": None}, "load_average": loads,
-            "results": results, "round_others_cpu": rounds_others, "summary": summary, "goals": goals(groups, settings.workers)}
+            "results": results, "round_others_cpu": rounds_others, "summary": summary,
+            "goals": goals(groups, settings.workers)}
 
 
 def _groups_of(data: dict) -> dict:

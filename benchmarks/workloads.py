@@ -1,4 +1,5 @@
-"""What the benchmark suites time: the seed net on real digits, a black-box ODE fit, SciPy adapters.
+"""What the benchmark suites time: the seed net on real digits, black boxes (an ODE fit, a heated
+rod's thermometers), SciPy adapters.
 
 Shared by the ``bench_*.py`` suites and the scripts (imported as ``workloads``: pytest, and
 Python for a script, put this folder on ``sys.path``); how they measure is in `measuring`.
@@ -25,6 +26,10 @@ SIZES = (784, 100, 10)         # the seed net
 TOTAL_ENTRIES = 784 * 100 + 100 + 100 * 10 + 10   # 79,510 parameters
 CENTRE_PIXEL = 14 * 28 + 14    # row 14, column 14 of the 28x28 image
 POOL_SIZE = 2                  # plain process pool: SciPy's workers, the hand-rolled ceiling
+BATCH_GROUPS = {1: "2 one image: batched vs loop vs backprop",     # suites 2 and 4, by batch
+                10: "2 batch of 10: batched vs loop vs backprop",
+                100: "2 batch of 100: batched vs loop vs backprop"}
+BATCHES = sorted(BATCH_GROUPS)
 
 
 def available_cores() -> int:
@@ -290,3 +295,68 @@ def scipy_leading_entries(fun: Callable, x0: np.ndarray, entries: int, workers) 
     jacobian, _ = _numdiff._dense_difference(wrapped, x0, f0, h, np.zeros(entries, dtype=bool),
                                              "3-point", workers)
     return np.asarray(jacobian)[:entries]
+
+
+# --- a black box with many outputs: the thermometers of a heated rod ---------------------------
+
+class HeatRod:
+    """What `sensors` thermometers on a rod read, as a function of the conductivity of its zones.
+
+    The rod has `zones` zones of `cells_per_zone` cells; zone i conducts heat with
+    ``k_i = 0.1 + 0.9 * sigmoid(p_i)``, in (0.1, 1) for any parameter p_i. From a fixed,
+    uneven start it cools through both ends (held at 0): the 1-D heat equation, explicit
+    finite-volume steps (cell width 1, dt = 0.4, faces conduct with the harmonic mean of
+    their cells, stable for any p as dt * k < 0.5). ``rod(p)`` returns the `sensors` readings
+    at `samples` evenly spaced times, flat, shape ``(samples * sensors,)``: one numpy step
+    costs about 3 us, so 300 steps take about 1 ms per call. Deterministic.
+
+    ``rod.residuals(p)`` is ``rod(p) - rod.observed``, for a least-squares fit: `observed`
+    are the readings of a hidden `truth` (one N(0, 1) parameter per zone) plus fixed noise
+    of standard deviation `noise`; the fit starts from `start`, all zeros.
+    """
+
+    def __init__(self, zones: int = 200, cells_per_zone: int = 1, sensors: int = 20,
+                 samples: int = 1, steps: int = 300, dt: float = 0.4, noise: float = 1e-3,
+                 seed: int = SEED):
+        cells = zones * cells_per_zone
+        if not 1 <= samples <= steps or not 1 <= sensors <= cells:
+            raise ValueError(f"`samples` must be 1..steps ({steps}) and `sensors` 1..cells "
+                             f"({cells}), got samples={samples}, sensors={sensors}")
+        rng = np.random.default_rng(seed)
+        self.zones, self.cells_per_zone, self.sensors = zones, cells_per_zone, sensors
+        self.samples, self.steps, self.dt = samples, steps, dt
+        centres = (np.arange(cells) + 0.5) / cells
+        self.u0 = 1.0 + np.sin(6 * np.pi * centres) + 0.3 * rng.standard_normal(cells)
+        self.where = (np.arange(sensors) * cells) // sensors + cells // (2 * sensors)
+        self.truth = rng.standard_normal(zones)
+        self.observed = self(self.truth) + noise * rng.standard_normal(samples * sensors)
+        self.start = np.zeros(zones)
+
+    @property
+    def size(self) -> int:
+        return self.zones
+
+    def conductivity(self, p: np.ndarray) -> np.ndarray:
+        """Conductivity of every cell, shape (cells,)."""
+        k = 0.1 + 0.9 / (1.0 + np.exp(-np.asarray(p, dtype=np.float64)))
+        return np.repeat(k, self.cells_per_zone)
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        k = self.conductivity(p)
+        faces = np.concatenate([k[:1], 2 * k[1:] * k[:-1] / (k[1:] + k[:-1]), k[-1:]])
+        faces *= self.dt
+        u = np.concatenate([[0.0], self.u0, [0.0]])   # the ends, held at 0
+        inner, flux = u[1:-1], np.empty(k.size + 1)
+        readings = np.empty((self.samples, self.sensors))
+        every = self.steps // self.samples
+        for step in range(1, every * self.samples + 1):
+            np.subtract(u[1:], u[:-1], out=flux)
+            flux *= faces
+            inner += flux[1:]
+            inner -= flux[:-1]
+            if step % every == 0:
+                readings[step // every - 1] = inner[self.where]
+        return readings.reshape(-1)
+
+    def residuals(self, p: np.ndarray) -> np.ndarray:
+        return self(p) - self.observed

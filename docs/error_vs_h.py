@@ -49,13 +49,23 @@ def worst_relative(net, x, t, scheme: str, h: float, evaluator: str = "batched",
     return report[name].relative, name
 
 
+def _worst_or_one(net, x, t, scheme: str, h: float) -> float:
+    """The worst relative error; 1 where x_i + h rounds back to x_i (the engine refuses it)."""
+    try:
+        return worst_relative(net, x, t, scheme, h)[0]
+    except ValueError as error:
+        if "rounds back" not in str(error):
+            raise
+        return 1.0
+
+
 def sweep(steps: np.ndarray, x, t) -> dict[tuple[str, str], np.ndarray]:
     """Worst relative error for every (scheme, dtype), one value per step."""
     curves = {}
     for dtype in DTYPES:
         net = make_net(dtype)
         for scheme in SCHEMES:
-            curves[scheme, dtype] = np.array([worst_relative(net, x, t, scheme, h)[0]
+            curves[scheme, dtype] = np.array([_worst_or_one(net, x, t, scheme, h)
                                               for h in steps])
     return curves
 
@@ -138,6 +148,21 @@ def survey(train) -> str:
     return "\n".join(lines)
 
 
+def auto_table(steps: np.ndarray, curves: dict, x, t) -> str:
+    """h="auto" (a relative step per entry, divided by the stored step) against the best fixed h."""
+    lines = ["h='auto' vs the best fixed h on the grid (worst array):",
+             f"{'dtype':8} {'scheme':9} {'auto':>9} {'best fixed':>11} {'at h':>9} {'ratio':>6}"]
+    for dtype in DTYPES:
+        net = make_net(dtype)
+        for scheme in SCHEMES:
+            auto = worst_relative(net, x, t, scheme, "auto")[0]
+            curve = curves[scheme, dtype]
+            best = int(np.argmin(curve))
+            lines.append(f"{dtype:8} {scheme:9} {auto:9.2e} {curve[best]:11.2e} {steps[best]:9.2e} "
+                         f"{auto / curve[best]:5.1f}x")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".png"),
@@ -163,6 +188,7 @@ def main(argv=None) -> int:
     print(minima_table(steps, curves))
     print(goals_table(x, t, "batched", 1))
     print(float32_table(x, t))
+    print(auto_table(steps, curves, x, t))
     if args.loop_check:
         print(goals_table(x, t, "loop", 2))
     if args.survey:

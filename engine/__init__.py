@@ -10,22 +10,36 @@ perturbed; `engine.evaluators` / `engine.batched`: how a chunk is evaluated;
 nets (`engine.nets`); the trainer and the command lines (`engine.training`,
 `engine.train`).
 """
-from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
-from .errors import PayloadError, StateNotShippedError, WorkerError, WorkerLostError
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
+                     StepSizeWarning, WorkerError, WorkerLostError)
 from .execution import Execution
-from .gradcheck import GradientDifference, gradient_check
-from .gradient import Gradient, Plan, plan_chunks
+from .gradient import Failure, Gradient, Jacobian, Plan, plan_chunks
 from .nets import MLP, SimpleNet, ThreeLayerNet
-from .parallel import parallel_numerical_gradient
+from .parallel import jacobian, parallel_numerical_gradient
 from .serial import numerical_gradient
+
+# engine.data and engine.gradcheck are also commands (python -m engine.data): imported here
+# eagerly, runpy would find them already in sys.modules and warn. Their names load on use.
+_LAZY = {"Dataset": "data", "DataError": "data", "load_embedded_mnist": "data",
+         "read_mnist_csv": "data", "write_mnist_csv": "data",
+         "gradient_check": "gradcheck", "GradientDifference": "gradcheck"}
+if TYPE_CHECKING:   # for type checkers and editors, which do not run __getattr__
+    from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
+    from .gradcheck import GradientDifference, gradient_check
 
 __all__ = [
     # gradients
     "numerical_gradient",
     "parallel_numerical_gradient",
     "Gradient",
+    "jacobian",
+    "Jacobian",
     "Execution",
     "Plan",
+    "Failure",
     "plan_chunks",
     # gradient check
     "gradient_check",
@@ -45,4 +59,19 @@ __all__ = [
     "StateNotShippedError",
     "WorkerError",
     "WorkerLostError",
+    # warnings
+    "NumericalFallbackWarning",
+    "StepSizeWarning",
 ]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value   # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

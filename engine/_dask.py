@@ -41,7 +41,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._worker import InlinePayload, Job, evaluate_chunk
+from ._worker import InlinePayload, Job, Task, evaluate_chunk
 from .errors import WorkerLost
 
 try:
@@ -57,7 +57,6 @@ except ImportError as _missing:  # an optional dependency: say which extra bring
 
 __all__ = ["DaskPool", "DaskRunner", "open_client"]
 
-Task = "tuple[int, int] | None"   # a chunk (start, stop), or None for f(x) itself
 _LOST = (distributed.KilledWorker, CancelledError)  # a chunk's worker died, not its f
 
 

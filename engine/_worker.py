@@ -12,7 +12,7 @@ chunks of the flat index space, or ``None`` for ``f(x)`` itself.
 - ``("ship", key, bundle, shared)``: unpickle ``(f, x)`` as the resident `key`; `shared`
   names a shared-memory file through which later values arrive (processes), or is None.
 - ``("task", call, key, number, job, task, update)``: evaluate; replies ``("done", call,
-  number, values)`` or ``("error", call, number, exception)``. The first task of a call
+  number, (values, report))`` or ``("error", call, number, exception)``. The first task of a call
   to each worker carries the call's update, ``(key, values, args)``: new values (None:
   read them from the shared memory) and pickled args (None: keep the last ones).
 - ``("drop", key)``, ``("stop",)``.
@@ -36,13 +36,15 @@ import numpy as np
 
 from ._threads import one_blas_thread
 from .errors import WorkerError
-from .evaluators import bind, get_evaluator, loss_at
+from .evaluators import Report, bind, checked_output, get_evaluator, loss_at
 from .payload import loads_bundle
 from .schemes import get_scheme
 from .space import ParamSpace
 
-__all__ = ["Job", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
+__all__ = ["Job", "Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
            "InlinePayload"]
+
+Task = "tuple[int, int] | None"    # a chunk (start, stop) of the flat index space, or None: f(x)
 
 _WATCH_PARENT_SECONDS = 0.25   # how often a worker process checks that its caller is alive
 
@@ -55,7 +57,8 @@ class Job:
     scheme: str
     steps: tuple[float, ...]
     options: tuple[tuple[str, Any], ...] = ()   # keyword arguments of the evaluator
-    center: float | None = None                 # f(x), when the caller already has it
+    center: Any = None                          # f(x), when the caller already has it
+    vector: bool = False                        # f returns an array (a Jacobian)
 
 
 class Resident:
@@ -87,30 +90,34 @@ class Resident:
             self.args = pickle.loads(args)
         self._reset()
 
-    def evaluate(self, job: Job, task: tuple[int, int] | None) -> np.ndarray:
-        """Derivatives for the chunk ``task = (start, stop)``, or ``[f(x)]`` for ``task=None``.
+    def evaluate(self, job: Job, task: tuple[int, int] | None):
+        """``(values, report)`` for the chunk ``task = (start, stop)``; ``(f(x), None)`` for None.
 
-        Returns
-        -------
-        ndarray, float64, shape (stop - start,) or (1,)
+        `values` is float64 of shape (stop - start,), or (stop - start, m) for a vector
+        `f`; `report` an `engine.evaluators.Report` from the loop evaluator, else None.
         """
         if self._bound is None:
             self._bound = bind(self.f, self.args, self.space.structure)
         with one_blas_thread():
             if task is None:
-                return np.array([self.center()])
+                return self.center(job.vector), None
             if job.center is not None:
                 self._cache["center"] = job.center
             evaluate = get_evaluator(job.evaluator)
-            return evaluate(self._bound, self.space, list(job.steps), get_scheme(job.scheme),
-                            task[0], task[1], self._cache, **dict(job.options))
+            options, report = dict(job.options), None
+            if job.evaluator == "loop":
+                report = options["report"] = Report()
+            values = evaluate(self._bound, self.space, list(job.steps), get_scheme(job.scheme),
+                              task[0], task[1], self._cache, **options)
+            return values, report
 
-    def center(self) -> float:
+    def center(self, vector: bool = False):
         """``f(x, *args)`` at the resident values, once per update."""
         if "center" not in self._cache:
             if self._bound is None:
                 self._bound = bind(self.f, self.args, self.space.structure)
-            self._cache["center"] = loss_at(self._bound, self.space, "the unperturbed x")
+            self._cache["center"] = loss_at(self._bound, self.space, "the unperturbed x",
+                                            checked_output if vector else None)
         return self._cache["center"]
 
     def close(self) -> None:
@@ -225,7 +232,7 @@ class InlinePayload:
 _per_thread = threading.local()   # per worker thread: (call id, Resident) of the current call
 
 
-def evaluate_chunk(job: Job, payload: InlinePayload, task: tuple[int, int] | None) -> np.ndarray:
+def evaluate_chunk(job: Job, payload: InlinePayload, task: tuple[int, int] | None):
     """A task of a per-call runner: unpickle the call's bundle once per thread, evaluate."""
     if getattr(_per_thread, "call_id", None) != payload.call_id:
         _per_thread.resident = None   # drop the previous call's copy before loading the next

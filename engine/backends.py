@@ -33,13 +33,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from ._threads import SINGLE_THREAD_ENVIRONMENT
-from ._worker import InlinePayload, evaluate_chunk, serve, serve_process
+from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
 from .errors import PayloadError, RemoteTraceback, WorkerLost
 from .execution import in_daemonic_process
 
-__all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool", "Task"]
+__all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]
 
-Task = "tuple[int, int] | None"    # a chunk (start, stop) of the flat index space, or None: f(x)
 _SHM_PREFIX = "numgrad-"
 _START_TIMEOUT = 120.0             # seconds for a worker process to start and answer
 

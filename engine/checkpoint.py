@@ -1,27 +1,35 @@
-"""Checkpoints: the whole training state in one `.npz`, written atomically, read without pickle.
+"""Checkpoints and run folders: the training state in one `.npz`, atomic files, folder locks.
 
 A checkpoint holds the parameters, the step and epoch, the position in the epoch's
 sample order (and that order), the random generator's state, the per-step history and
 the run's configuration. It is written to a temporary file in the same folder,
-flushed to disk with fsync, then renamed over the old one, so a crash at any moment
-leaves either the previous checkpoint or the new one, never half of one. It is read
-with ``allow_pickle=False``: loading a checkpoint never runs code.
+flushed to disk with fsync, then renamed over the old one (`atomic_write`), so a
+crash at any moment leaves either the previous checkpoint or the new one, never half
+of one. It is read with ``allow_pickle=False``: loading a checkpoint never runs code.
+
+A run folder is locked by the process that writes into it (`lock_folder`); fresh
+numbered folders (`new_numbered_folder`) and a ``latest`` link to the newest
+(`point_link`) let runs accumulate without overwriting one another.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointError", "save_npz_atomic", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "LOCK_NAME", "CheckpointError", "FolderBusyError", "atomic_write",
+           "remove_temporaries", "save_npz_atomic", "save_checkpoint", "load_checkpoint",
+           "lock_folder", "new_numbered_folder", "point_link"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
+LOCK_NAME = ".lock"
+_TEMPORARY_SUFFIX = ".tmp"
 _PARAM_PREFIX = "param/"
 
 
@@ -29,27 +37,74 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupted or does not fit the run."""
 
 
+class FolderBusyError(RuntimeError):
+    """Another process holds the lock on a run folder."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Create or replace the file `path` atomically, with the mode a plain new file gets.
+
+    ``write(file)`` fills a temporary file ``.{name}.{random}.tmp`` in the same folder,
+    which is then flushed and fsynced, renamed over `path`, and the folder fsynced: a
+    crash at any moment leaves either the old file or the complete new one (and at
+    worst an orphan temporary file, see `remove_temporaries`). The file is created with
+    mode 0o666 less the process's umask, like any file ``open(path, "w")`` creates.
+
+    Parameters
+    ----------
+    path : path-like
+        The file to write; its folder must exist.
+    write : callable
+        Called once with the temporary file, open for binary writing.
+
+    Returns
+    -------
+    Path
+        `path`, which now holds the complete file.
+
+    Raises
+    ------
+    OSError
+        If the folder is missing or not writable; the temporary file is removed.
+    """
+    path = Path(path)
+    tmp, file = _create_temporary(path)
+    try:
+        with file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def remove_temporaries(directory: str | os.PathLike, names) -> list[Path]:
+    """Delete the temporary files `atomic_write` left for `names` in `directory`.
+
+    Only a killed writer leaves them; call this while no other process writes into
+    `directory`. Returns the paths removed.
+    """
+    removed = []
+    for name in names:
+        for orphan in Path(directory).glob(f".{name}.*{_TEMPORARY_SUFFIX}"):
+            orphan.unlink(missing_ok=True)
+            removed.append(orphan)
+    return removed
+
+
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write `arrays` to `path` as an uncompressed `.npz`: temp file, fsync, rename.
+    """Write `arrays` to `path` as an uncompressed `.npz`, with `atomic_write`.
 
     Returns
     -------
     Path
         `path`, which now holds the complete file.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
+    return atomic_write(path, lambda file: np.savez(file, **arrays))
 
 
 def save_checkpoint(directory: str | os.PathLike, params: dict[str, np.ndarray],
@@ -98,6 +153,94 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray]
     if not params:
         raise CheckpointError(f"checkpoint {path} holds no parameters")
     return params, state
+
+
+def lock_folder(directory: str | os.PathLike) -> int:
+    """Take the exclusive lock of the run folder `directory`, without waiting.
+
+    The lock is an ``flock`` on ``directory/.lock`` (created if missing, holding the
+    owner's pid): the kernel drops it when the process ends, however it ends, so a
+    killed run never leaves a stale lock. POSIX only.
+
+    Returns
+    -------
+    int
+        The lock file's descriptor; ``os.close`` it to release the lock.
+
+    Raises
+    ------
+    FolderBusyError
+        If another process holds the lock (the message names the folder and that pid).
+    OSError
+        If the lock file cannot be created (e.g. the folder is not writable).
+    """
+    import fcntl   # POSIX; imported here so that the rest of the module works everywhere
+
+    path = Path(directory) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderBusyError(f"{directory} is in use by another run (pid {owner}); wait for it "
+                              "to end, or choose another folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def new_numbered_folder(parent: str | os.PathLike, prefix: str = "run-") -> Path:
+    """Create and return ``parent/{prefix}N``, N one more than the largest there (from 1).
+
+    Creation is exclusive: two processes calling this at once get different folders.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(prefix) + r"([0-9]+)")
+    taken = [int(m.group(1)) for p in parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    number = max(taken, default=0) + 1
+    while True:
+        folder = parent / f"{prefix}{number}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        return folder
+
+
+def point_link(link: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Make `link` a symbolic link to the sibling `target`, replacing an older link atomically.
+
+    Returns False, touching nothing, if `link` exists and is not a symbolic link (a
+    real folder or file: never replaced).
+    """
+    link, target = Path(link), Path(target)
+    if link.exists() and not link.is_symlink():
+        return False
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(6)}{_TEMPORARY_SUFFIX}")
+    os.symlink(target.name, tmp)   # relative: the pair can be moved together
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _create_temporary(path: Path) -> tuple[Path, BinaryIO]:
+    # os.open with 0o666 lets the umask decide the mode (tempfile.mkstemp would give 0o600,
+    # which the rename would then carry to the final file).
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMPORARY_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+        except FileExistsError:
+            continue
+        return tmp, os.fdopen(fd, "wb")
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def _fsync_directory(directory: Path) -> None:

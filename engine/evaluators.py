@@ -10,16 +10,17 @@ combine the losses.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from .model import ModelLoss, Sequential
-from .schemes import Scheme
+from .schemes import Scheme, auto_step
 from .space import ParamSpace
 
-__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "annotate_error", "bind",
-           "is_model_objective", "loss_at", "EVALUATOR_NAMES"]
+__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
+           "bind", "is_model_objective", "loss_at", "LoopOptions", "Report", "EVALUATOR_NAMES"]
 
 EVALUATOR_NAMES = ("loop", "batched")
 
@@ -73,14 +74,51 @@ def get_evaluator(name: str) -> Callable:
     raise ValueError(f"`evaluator` must be one of {EVALUATOR_NAMES} or 'auto', got {name!r}")
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """What the loop evaluator does beyond the teaching text's formula.
+
+    Attributes
+    ----------
+    on_failure : {"raise", "one-sided", "nan"}
+        What an evaluation of `f` that raises (an ``Exception``) or returns a non-finite
+        value does: end the call; leave the other side, combined with ``f(x)``; or make
+        the entry NaN.
+    bounds : list of (lower, upper) arrays, or None
+        Per parameter array, bounds broadcast to its shape: `f` is never evaluated
+        outside them, entries near a bound take the one-sided difference that stays
+        inside (SciPy's rule).
+    vector : bool
+        `f` returns an array (a Jacobian), not a scalar.
+    """
+
+    on_failure: str = "raise"
+    bounds: tuple | None = None
+    vector: bool = False
+
+
+@dataclass
+class Report:
+    """What one chunk's evaluation noticed: failed evaluations, the steps actually stored."""
+
+    failures: list = field(default_factory=list)   # (flat, multiple, type name, message)
+    step_deviation: float = 0.0                     # max |stored - m*h| / |m*h| with a numeric h
+
+    def merge(self, other: Report) -> None:
+        self.failures.extend(other.failures)
+        self.step_deviation = max(self.step_deviation, other.step_deviation)
+
+
 def loop_evaluate(
     f: Callable[[Any], Any],
     space: ParamSpace,
-    steps: list[float],
+    steps: list[float | None],
     scheme: Scheme,
     start: int,
     stop: int,
     cache: dict | None = None,
+    loop: LoopOptions = LoopOptions(),
+    report: Report | None = None,
 ) -> np.ndarray:
     """Derivatives of `f` for the flat entries ``start .. stop-1`` of `space`.
 
@@ -88,61 +126,196 @@ def loop_evaluate(
     is restored to its exact original value before the next, also when `f` raises.
     `cache` (a dict kept for one call) holds the unperturbed loss for schemes that
     use it, so it is evaluated once per worker and call, not once per chunk.
+    A step of None is ``h="auto"``: ``auto_step(scheme, dtype) * max(1, |x_i|)``, and
+    the difference is divided by the steps actually stored.
 
     Returns
     -------
-    ndarray, shape (stop - start,), float64
+    ndarray, float64, shape (stop - start,), or (stop - start, m) for a vector `f`
+
+    Raises
+    ------
+    ValueError
+        If ``x_i + m*h`` rounds back to ``x_i`` (nothing would be perturbed).
     """
-    values = np.empty(stop - start, dtype=np.float64)
-    center = None
-    if scheme.uses_center and stop > start:
-        center = _center_loss(f, space, {} if cache is None else cache)
+    cache = {} if cache is None else cache
+    report = Report() if report is None else report
+    loop_f = _Entries(f, space, scheme, cache, loop, report)
+    values = None
     for segment in space.segments(start, stop):
-        array, h = space.arrays[segment.position], steps[segment.position]
+        array = space.arrays[segment.position]
+        step = steps[segment.position]
+        if step is None:
+            step = auto_step(scheme, array.dtype)
+        bounds = None if loop.bounds is None else loop.bounds[segment.position]
         indices = space.multi_indices(segment.position, segment.start, segment.stop)
         for k, index in enumerate(indices):
             flat = segment.offset + k
-            losses = perturbed_losses(f, space, array, index, h, scheme.multiples, flat)
-            values[flat - start] = scheme.combine(losses, center, h)
-    return values
+            derivative = loop_f.derivative(array, index, step, steps[segment.position] is None,
+                                           flat, bounds)
+            if values is None:
+                values = np.empty((stop - start,) + np.shape(derivative), dtype=np.float64)
+            values[flat - start] = derivative
+    return np.empty(0) if values is None else values
 
 
-def _center_loss(f, space: ParamSpace, cache: dict) -> float:
-    if "center" not in cache:
-        cache["center"] = loss_at(f, space, "the unperturbed x")
-    return cache["center"]
+class _Entries:
+    """The loop evaluator's work on one entry: perturb, evaluate, restore, combine."""
+
+    def __init__(self, f, space: ParamSpace, scheme: Scheme, cache: dict, loop: LoopOptions,
+                 report: Report):
+        self.f, self.space, self.scheme, self.cache = f, space, scheme, cache
+        self.loop, self.report = loop, report
+        self.check = checked_output if loop.vector else None
+
+    def center(self):
+        if "center" not in self.cache:
+            self.cache["center"] = loss_at(self.f, self.space, "the unperturbed x", self.check)
+        return self.cache["center"]
+
+    def derivative(self, array, index, h, relative, flat, bounds):
+        original = array[index]
+        base = float(original)
+        if relative:
+            h = h * max(1.0, abs(base))
+        multiples = self.scheme.multiples
+        if bounds is not None:
+            multiples, h = _inside(base, h, multiples, bounds[0][index], bounds[1][index],
+                                   self.space, flat)
+        values, stored = {}, {}
+        try:
+            for m in multiples:
+                values[m], stored[m] = self._evaluate(array, index, original, base, m * h,
+                                                      relative, flat, m)
+            failed = any(v is None for v in values.values())
+            if failed and self.loop.on_failure == "one-sided":
+                for m in (-1, 1):   # the side a forward scheme (or a bound) left out
+                    inside = bounds is None or bounds[0][index] <= base + m * h <= bounds[1][index]
+                    if m not in values and values.get(-m, 0) is None and inside:
+                        values[m], stored[m] = self._evaluate(array, index, original, base,
+                                                              m * h, relative, flat, m)
+        finally:
+            array[index] = original
+        failed = any(v is None for v in values.values())
+        if failed and self.loop.on_failure == "nan":
+            return self._nan()
+        if multiples == self.scheme.multiples and not failed:
+            losses = [values[m] for m in multiples]
+            center = self.center() if self.scheme.uses_center else None
+            if relative:
+                return self.scheme.combine_stored(losses, center, [stored[m] for m in multiples])
+            return self.scheme.combine(losses, center, h)
+        return self._one_sided(values, stored, h, relative)
+
+    def _evaluate(self, array, index, original, base, offset, relative, flat, m):
+        array[index] = base + offset
+        stored = float(array[index]) - base
+        if stored == 0:
+            array[index] = original
+            raise ValueError(
+                f"{self.space.describe(flat)} = {base!r} + {offset!r} rounds back to "
+                f"{base!r} in {array.dtype}: nothing would be perturbed. Use a larger `h`, "
+                "h='auto' (a step relative to |x_i| and the dtype), or float64")
+        if not relative:
+            self.report.step_deviation = max(self.report.step_deviation,
+                                              abs(stored - offset) / abs(offset))
+        where = lambda: _describe(self.space, flat, m)  # noqa: E731
+        if self.loop.on_failure == "raise":
+            return loss_at(self.f, self.space, where, self.check), stored
+        try:
+            return loss_at(self.f, self.space, where, self.check, failures=True), stored
+        except _Failed as failed:
+            error = failed.__cause__
+            self.report.failures.append((flat, m, type(error).__name__, str(error)))
+            return None, stored
+
+    def _one_sided(self, values, stored, h, relative):
+        """A side that failed (or lies outside the bounds): the other side with f(x), else NaN."""
+        for m in (1, -1):
+            if values.get(m) is not None:
+                center = self.center()
+                step = stored[m] if relative else m * h
+                return (values[m] - center) / step
+        return self._nan()
+
+    def _nan(self):
+        if self.loop.vector:
+            return np.full(np.shape(self.center()), np.nan)
+        return math.nan
 
 
-def perturbed_losses(f, space, array, index, h, multiples, flat) -> list[float]:
-    """``f(x)`` with entry `index` of `array` set to ``float(x_i) + m*h`` for each m."""
-    original = array[index]
-    base = float(original)
-    losses = []
-    try:
-        for m in multiples:
-            array[index] = base + m * h
-            losses.append(loss_at(f, space, lambda: _describe(space, flat, m)))
-    finally:
-        array[index] = original
-    return losses
+def _inside(base, h, multiples, lower, upper, space, flat):
+    """The multiples (and step) whose points stay within ``[lower, upper]``."""
+    if all(lower <= base + m * h <= upper for m in multiples):
+        return multiples, h
+    if base + h <= upper:
+        return (1,), h
+    if base - h >= lower:
+        return (-1,), h
+    room = max(upper - base, base - lower)
+    if room <= 0:
+        raise ValueError(f"{space.describe(flat)} has no room to move within its bounds "
+                         f"[{float(lower)!r}, {float(upper)!r}]")
+    return ((1,) if upper - base >= base - lower else (-1,)), room
 
 
 def _describe(space: ParamSpace, flat: int, m: int) -> str:
     return f"{space.describe(flat)} (x_i {'+' if m > 0 else '-'} {abs(m)}*h)"
 
 
-def loss_at(f, space: ParamSpace, where: str | Callable[[], str]) -> float:
-    """``f(x)`` as a checked float; `where` names the perturbation (a callable: built only for errors)."""
+class _Failed(Exception):
+    """An evaluation of `f` failed (raised, or gave a non-finite value); the cause is its error."""
+
+
+def loss_at(f, space: ParamSpace, where: str | Callable[[], str],
+            check: Callable | None = None, failures: bool = False) -> Any:
+    """``f(x)`` as a checked float (or, with ``check=checked_output``, a float64 array).
+
+    `where` names the perturbation (a callable: built only for errors). With
+    `failures`, an exception raised by `f` or a non-finite value is raised as `_Failed`
+    (its ``__cause__`` the error), so the caller can fall back.
+    """
     try:
         value = f(space.structure)
     except Exception as exc:
         annotate_error(exc, f"raised by `f` while evaluating {_text(where)}")
+        if failures:
+            raise _Failed() from exc
         raise
-    # The fast path for what losses usually are; everything else gets the full check.
-    loss = float(value) if isinstance(value, float) else checked_loss(value, _text(where))
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {_text(where)}")
-    return loss
+    try:
+        if check is not None:
+            return check(value, _text(where))
+        # The fast path for what losses usually are; everything else gets the full check.
+        loss = float(value) if isinstance(value, float) else checked_loss(value, _text(where))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"`f` returned a non-finite loss ({loss}) at {_text(where)}")
+        return loss
+    except FloatingPointError as exc:
+        if failures:
+            raise _Failed() from exc
+        raise
+
+
+def checked_output(value: Any, where: str) -> np.ndarray:
+    """`value` as a float64 array of finite values (a vector `f`'s output).
+
+    Raises
+    ------
+    TypeError
+        If it is not real numbers.
+    FloatingPointError
+        If an element is NaN or infinite.
+    """
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"`f` must return an array of real numbers, got "
+                        f"{type(value).__name__} at {where}") from None
+    if np.iscomplexobj(value) or getattr(value, "dtype", None) == np.bool_:
+        raise TypeError(f"`f` must return real numbers, got {np.asarray(value).dtype} at {where}")
+    if not np.all(np.isfinite(array)):
+        raise FloatingPointError(f"`f` returned non-finite values at {where}")
+    return array
 
 
 def _text(where: str | Callable[[], str]) -> str:

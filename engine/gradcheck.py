@@ -16,13 +16,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data import load_embedded_mnist
+from .functions import to_labels
 from .layers import ACTIVATIONS
 from .nets import MLP, Net
 from .parallel import parallel_numerical_gradient
-from .schemes import SCHEMES
+from .schemes import AUTO, DEFAULT_STEP, SCHEMES
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
-           "main"]
+           "main", "LABEL_FORMS"]
+
+LABEL_FORMS = ("auto", "one-hot", "int")
 
 # Largest relative error accepted by default, at h = 1e-4 (docs/accuracy.md). A correct
 # backprop measured up to 2.8e-6 (central, central4; float64) and 1.8e-4 (float32) over
@@ -49,9 +52,10 @@ class GradientDifference:
     max_grad: float   # max(max |g_num|, max |g_bp|)
 
 
-def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: float | dict = 1e-4,
-                   workers: int | None = 1, evaluator: str = "auto",
-                   backend: str = "loky") -> dict[str, GradientDifference]:
+def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
+                   h: float | str | dict = DEFAULT_STEP,
+                   workers: int | None = 1, evaluator: str = "auto", backend: str = "loky",
+                   labels: str = "auto") -> dict[str, GradientDifference]:
     """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
 
     Parameters
@@ -66,15 +70,25 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     x : ndarray, shape (B, n_in) or (n_in,)
         Inputs.
     t : array_like
-        Labels (B,) or one-hot (B, C), as ``net.loss`` takes them.
+        Class labels, integers (B,) or one-hot rows (B, C), converted as `labels`
+        says; anything else (regression targets, None) is passed on unchanged.
     scheme : {"central", "forward", "central4"}, default "central"
-    h : float or dict, default 1e-4
+    h : float, "auto" or dict, default 1e-4
         Step size, or a dict of per-array steps.
     workers : int or None, default 1
         Workers for the numerical gradient (``None`` or -1: all cores).
     evaluator : {"auto", "loop", "batched"}, default "auto"
     backend : str, default "loky"
         See `engine.parallel_numerical_gradient`.
+    labels : {"auto", "one-hot", "int"}, default "auto"
+        The form of class labels ``net.loss`` and ``net.gradient`` are called with.
+        ``"one-hot"``: float rows (B, C), C from `t` or from ``net.predict(x)``;
+        ``"int"``: int64 (B,). ``"auto"``: an `engine.nets.Net` gets `t` as given
+        (it takes both); any other net gets one-hot labels, the form every one of the
+        book's ``TwoLayerNet`` classes takes (chapter 4's backprop ``(y - t) / batch``
+        needs it), and integer labels if one-hot ones make ``net.loss`` or
+        ``net.gradient`` raise. Both methods are called once with the chosen form
+        before the numerical gradient starts.
 
     Returns
     -------
@@ -87,8 +101,13 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     TypeError
         If `net` lacks ``params``, ``loss`` or ``gradient``.
     ValueError
-        If ``net.gradient`` does not return the arrays of ``net.params`` with their
-        shapes, or an engine option is bad (see `engine.parallel_numerical_gradient`).
+        If `labels` is unknown; if `t` cannot be given in the form `labels` asks (the
+        message says why); if ``net.loss`` or ``net.gradient`` raise ``ValueError``,
+        ``IndexError`` or ``TypeError`` with every form of the labels tried (the
+        message names each form, its shape, and the error); if ``net.gradient`` does
+        not return the arrays of ``net.params`` with their shapes; or if an engine
+        option is bad (see `engine.parallel_numerical_gradient`). All before the
+        numerical gradient starts.
 
     Examples
     --------
@@ -99,14 +118,98 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central", h: floa
     True
     """
     _check_net(net)
+    if labels not in LABEL_FORMS:
+        raise ValueError(f"`labels` must be one of {', '.join(map(repr, LABEL_FORMS))}, "
+                         f"got {labels!r}")
     options = dict(workers=workers, scheme=scheme, h=h, evaluator=evaluator, backend=backend)
-    exact = net.gradient(x, t)
+    t, exact = _labels_the_net_takes(net, x, t, labels)
     if isinstance(net, Net):   # its ModelLoss lets the batched evaluator in
         numerical = net.numerical_gradient(x, t, **options)
     else:                      # the book's f = lambda w: net.loss(x, t)
         numerical = parallel_numerical_gradient(lambda w: net.loss(x, t), net.params, **options)
     _check_same_arrays(numerical, exact)
     return {name: _difference(numerical[name], exact[name]) for name in numerical}
+
+
+def _labels_the_net_takes(net: Any, x: Any, t: Any, labels: str) -> tuple[Any, Any]:
+    """The labels to call `net` with, and ``net.gradient(x, t)`` computed with them."""
+    forms = None if labels == "auto" and isinstance(net, Net) else _label_forms(net, x, t, labels)
+    if forms is None:   # nothing to convert: the net's own errors reach the caller as they are
+        return t, net.gradient(x, t)
+    failed = []
+    for name, candidate in forms:
+        try:
+            exact = net.gradient(x, candidate)
+            net.loss(x, candidate)
+        except (ValueError, IndexError, TypeError) as error:
+            failed.append(f"with {name} labels of shape {np.shape(candidate)}: "
+                          f"{type(error).__name__}: {error}")
+            last = error
+            continue
+        return candidate, exact
+    hint = " Pass labels='int' or labels='one-hot' to choose the form." if labels == "auto" else ""
+    raise ValueError("`net.gradient(x, t)` or `net.loss(x, t)` raised " + "; and ".join(failed)
+                     + "." + hint) from last
+
+
+def _label_forms(net: Any, x: Any, t: Any, labels: str) -> list[tuple[str, Any]] | None:
+    """Forms of `t` to try, in order: [(name, labels)]; None when `t` is not class labels."""
+    given = _as_class_labels(x, t)
+    if given is None:
+        if labels == "auto":
+            return None
+        raise ValueError(f"labels={labels!r} needs `x` of shape (B, n_in) and `t` of B class "
+                         f"labels, integers (B,) or one-hot rows (B, C); got `x` of shape "
+                         f"{np.shape(x)} and `t` of shape {np.shape(t)}")
+    ints, n_classes = given
+    if n_classes is None:
+        n_classes = _n_classes_from_predict(net, x)
+    if n_classes is None:
+        if labels == "one-hot":
+            raise ValueError("labels='one-hot' needs the number of classes: give `t` as "
+                             "one-hot rows (B, C), or a net whose `predict(x)` returns (B, C)")
+        return [("integer", ints)]
+    if ints.size and ints.max() >= n_classes:
+        raise ValueError(f"`t` holds the label {ints.max()}, but `net.predict(x)` gives "
+                         f"{n_classes} classes")
+    one_hot = np.eye(n_classes)[ints]   # float64, as the book's load_mnist(one_hot_label=True)
+    return {"one-hot": [("one-hot", one_hot)], "int": [("integer", ints)],
+            "auto": [("one-hot", one_hot), ("integer", ints)]}[labels]
+
+
+def _as_class_labels(x: Any, t: Any) -> tuple[np.ndarray, int | None] | None:
+    """``(int64 labels (B,), C or None)`` if `t` holds class labels for the B rows of `x`.
+
+    None for anything else (no batch `x`, `t` None, non-integer 1-D targets, 2-D rows
+    that are not one-hot): such a `t` is not labels and is passed on as given.
+    """
+    if t is None or np.ndim(x) != 2:
+        return None
+    t = np.asarray(t)
+    if t.dtype.kind not in "biuf" or t.ndim not in (1, 2) or (t.ndim == 1 and t.dtype.kind not in "iu"):
+        return None
+    batch = np.shape(x)[0]
+    if len(t) != batch:
+        raise ValueError(f"`t` holds {len(t)} rows of labels but `x` has {batch} rows")
+    if t.ndim == 1:
+        if t.min(initial=0) < 0:
+            raise ValueError(f"integer labels `t` must be >= 0, got {t.min()}")
+        return t.astype(np.int64), None
+    try:
+        return to_labels(t, t.shape[1], batch_size=batch), t.shape[1]
+    except ValueError:   # rows that are not one-hot: targets of another kind
+        return None
+
+
+def _n_classes_from_predict(net: Any, x: Any) -> int | None:
+    predict = getattr(net, "predict", None)
+    if not callable(predict):
+        return None
+    try:
+        shape = np.shape(predict(x))
+    except Exception:   # a net whose predict needs more than x: no class count from it
+        return None
+    return int(shape[-1]) if len(shape) == 2 and shape[0] == np.shape(x)[0] else None
 
 
 def _check_net(net: Any) -> None:
@@ -213,8 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--scheme", choices=list(SCHEMES), default="central",
         help="difference formula: central (error O(h^2)), forward (O(h)), central4 (O(h^4)) "
              "(default: central)")
-    add("--h", type=float, default=1e-4,
-        help="finite-difference step (default: 1e-4; with --dtype float32, --scheme central4 "
+    add("--h", type=_step, default=DEFAULT_STEP,
+        help="finite-difference step, or 'auto' (default: 1e-4; with --dtype float32, --scheme central4 "
              "--h 1e-2 is far more accurate, see docs/accuracy.md)")
     add("--workers", type=int, default=1,
         help="workers for the numerical gradient; -1 for all cores (default: 1)")
@@ -234,6 +337,11 @@ def _parser() -> argparse.ArgumentParser:
              f"for forward; {default_tol('central', 'float32'):g} for central and central4 with "
              "float32; see docs/accuracy.md)")
     return parser
+
+
+def _step(text: str) -> float | str:
+    """--h: a number, or 'auto'."""
+    return AUTO if text == AUTO else float(text)
 
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_images: int) -> None:
@@ -266,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}, "
           f"{args.dtype}, seed {args.seed}), {args.batch_size} MNIST image(s), "
-          f"scheme={args.scheme}, h={args.h:g}, evaluator={args.evaluator}")
+          f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, "
+          f"evaluator={args.evaluator}")
     print(format_table(results, tol))
     bad = failures(results, tol)
     if bad:

@@ -18,9 +18,11 @@ import logging
 import pickle
 import time
 import uuid
+import warnings
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -28,15 +30,20 @@ from ._threads import one_blas_thread
 from ._worker import Job
 from .backends import make_pool, shared_pool
 from .batched import DEFAULT_BLOCK_MEMORY
-from .errors import StateNotShippedError, WorkerLost, WorkerLostError
-from .evaluators import EVALUATOR_NAMES, bind, get_evaluator, is_model_objective, loss_at
+from .errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
+                     WorkerLost, WorkerLostError)
+from .evaluators import (EVALUATOR_NAMES, LoopOptions, Report, bind, checked_output,
+                         get_evaluator, is_model_objective, loss_at)
 from .execution import Execution, check_positive_int
 from .model import ModelLoss
 from .payload import dumps_bundle
-from .schemes import DEFAULT_STEP, check_step, get_scheme, resolve_steps
+from .schemes import AUTO, DEFAULT_STEP, check_step, get_scheme, resolve_steps
 from .space import ParamSpace, split_range
 
-__all__ = ["Gradient", "Plan", "choose_evaluator", "plan_chunks"]
+__all__ = ["Gradient", "Jacobian", "Plan", "Failure", "choose_evaluator", "plan_chunks",
+           "ON_FAILURE"]
+
+ON_FAILURE = ("raise", "one-sided", "nan")
 
 log = logging.getLogger("engine")
 
@@ -45,6 +52,16 @@ _MIN_CHUNK_SECONDS = 0.01    # a chunk should carry at least this much work (a t
 _DEFAULT_CHUNKS_PER_WORKER = 4
 _SLOW_CALL_SECONDS = 0.1     # an in-process call this slow is measured once, not twice
 _CLEARLY_PARALLEL_SECONDS = 1.0   # an estimated in-process call this slow goes to the workers
+_STEP_TOLERANCE = 0.01       # warn when the stored step differs from h by more than this share
+
+
+class Failure(NamedTuple):
+    """An evaluation of `f` that failed and was replaced (see ``on_failure``)."""
+
+    entry: str      # e.g. "x['w1'][2, 3]"
+    side: str       # "x_i + 1*h" or "x_i - 1*h"
+    error: str      # the exception's type name (FloatingPointError for a non-finite value)
+    message: str
 
 
 @dataclass(frozen=True)
@@ -83,8 +100,13 @@ class Gradient:
         reads must come through `x` or `args` (or call `reship`). A model's own loss,
         ``model.loss`` (called as ``g(params, inputs, labels)``), is evaluated by the
         batched evaluator.
-    h : float or dict, default 1e-4
-        Step size, or a dict of per-array steps for a dict `x`.
+    h : float, "auto" or dict, default 1e-4
+        Step size (the teaching text's formula: ``(f(x+h) - f(x-h)) / 2h``); a call raises
+        `ValueError` naming the entry where ``x_i ± h`` rounds back to ``x_i``, and warns
+        (`StepSizeWarning`) where the step actually stored differs from `h` by more than
+        1%. ``"auto"``: a relative step per entry, ``eps ** (1/k) * max(1, |x_i|)`` (k = 2,
+        3, 5 for forward, central, central4; eps of `x`'s dtype), the difference divided
+        by the steps actually stored. A dict gives per-array steps for a dict `x`.
     scheme : {"central", "forward", "central4"}, default "central"
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`; ``"batched"``
@@ -95,6 +117,17 @@ class Gradient:
     check_state : bool, default True
         Whenever `f` and `x` are shipped, compute one entry in this process too and
         raise `StateNotShippedError` unless the workers' value is identical.
+    on_failure : {"raise", "one-sided", "nan"}, default "raise"
+        An evaluation of `f` that raises an ``Exception`` or returns a non-finite value:
+        ends the call (``"raise"``, with the error and where it happened); is replaced by
+        the other side's one-sided difference with ``f(x)`` (computed once per call), or
+        NaN where both sides failed (``"one-sided"``); makes the entry NaN (``"nan"``).
+        The non-raising modes warn once per call (`NumericalFallbackWarning`) and keep
+        the list in `failures`. Loop evaluator only.
+    bounds : (lower, upper), optional
+        `f` is never evaluated outside ``lower <= x <= upper`` (scalars, arrays
+        broadcastable to a bare array `x`, or structures like `x`); entries at or near a
+        bound take the one-sided difference that stays inside. Loop evaluator only.
     execution : Execution, optional
         Where chunks run; the keywords below replace its fields.
     **execution_options
@@ -131,14 +164,23 @@ class Gradient:
     array([ 6., 12.])
     """
 
-    def __init__(self, f: Callable, *, h: float | dict = DEFAULT_STEP, scheme: str = "central",
-                 evaluator: str = "auto", block_memory: int = DEFAULT_BLOCK_MEMORY,
-                 check_state: bool = True, execution: Execution | None = None,
-                 **execution_options: Any):
+    _vector = False   # a Jacobian: f returns an array
+
+    def __init__(self, f: Callable, *, h: float | str | dict = DEFAULT_STEP,
+                 scheme: str = "central", evaluator: str = "auto",
+                 block_memory: int = DEFAULT_BLOCK_MEMORY, check_state: bool = True,
+                 on_failure: str = "raise", bounds: tuple | None = None,
+                 execution: Execution | None = None, **execution_options: Any):
         if not callable(f):
             raise TypeError(f"`f` must be callable, got {type(f).__name__}")
-        if not isinstance(h, dict):
+        if not isinstance(h, dict) and not (isinstance(h, str) and h == AUTO):
             check_step(h)
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"`on_failure` must be one of {ON_FAILURE}, got {on_failure!r}")
+        if bounds is not None and not (isinstance(bounds, tuple) and len(bounds) == 2):
+            raise ValueError(f"`bounds` must be a pair (lower, upper), got {bounds!r}")
+        self.on_failure, self.bounds = on_failure, bounds
+        self.failures: list[Failure] = []   # the last call's replaced evaluations
         if evaluator not in ("auto",) + EVALUATOR_NAMES:
             raise ValueError(f"`evaluator` must be one of {('auto',) + EVALUATOR_NAMES}, "
                              f"got {evaluator!r}")
@@ -205,79 +247,142 @@ class Gradient:
         self._calls += 1
         space = ParamSpace(x)
         steps = resolve_steps(self.h, space.keys, space.labels)
-        evaluator = choose_evaluator(self.evaluator, self.f, x)
+        evaluator = choose_evaluator(self.evaluator, self.f, x, loop_only=self._loop_only(steps))
         bind(self.f, args, x)   # checks the arguments of a model's loss before any work
-        options = (("block_memory", self.block_memory),) if evaluator == "batched" else ()
-        job = Job(evaluator, self.scheme.name, tuple(steps), options)
+        if evaluator == "batched":
+            options = (("block_memory", self.block_memory),)
+        else:
+            loop = LoopOptions(self.on_failure, _bounds_per_array(self.bounds, space), self._vector)
+            options = (("loop", loop),)
+        job = Job(evaluator, self.scheme.name, tuple(steps), options, vector=self._vector)
         where = self._planner.where(_signature(space, evaluator), space.size)
         if where == "estimate":
             where = self._planner.estimate(self._time_one_entry(space, args, job), space.size)
         started = time.perf_counter()
+        report = Report()
         if where == "parallel":
-            value, values, shipping = self._on_workers(space, args, job, want_value)
+            value, values, shipping = self._on_workers(space, args, job, report, want_value)
         else:
-            (value, values), shipping = self._in_process(space, args, job, want_value), 0.0
+            (value, values), shipping = self._in_process(space, args, job, report, want_value), 0.0
         elapsed = time.perf_counter() - started
         self._planner.record(where, elapsed - shipping)
         if space.size:
             workers = self._planner.plan.workers if where == "parallel" else 1
             self._entry_seconds = (elapsed - shipping) * workers / space.size
-        return value, space.assemble(values)
+        self._tell(space, report)
+        out_shape = np.shape(value) if self._vector else ()
+        return (value if want_value else None), space.assemble(values, out_shape)
 
-    def _in_process(self, space: ParamSpace, args: tuple, job: Job, want_value: bool):
-        """Evaluate here, on the caller's arrays, which are restored afterwards whatever `f` does."""
+    def _loop_only(self, steps: list) -> str | None:
+        """Why this gradient needs the loop evaluator, if it does."""
+        if self._vector:
+            return "a Jacobian"
+        if self.on_failure != "raise":
+            return f"on_failure={self.on_failure!r}"
+        if self.bounds is not None:
+            return "bounds"
+        return None
+
+    def _needs_center(self, job: Job) -> bool:
+        """f(x) is computed once per call, before the chunks, when they all need it."""
+        return job.evaluator == "loop" and (
+            self.scheme.uses_center or self.bounds is not None or self.on_failure == "one-sided")
+
+    def _tell(self, space: ParamSpace, report: Report) -> None:
+        """Warn once per call about replaced evaluations and steps that are not `h`."""
+        self.failures = [Failure(space.describe(flat), f"x_i {'+' if m > 0 else '-'} {abs(m)}*h",
+                                 error, message)
+                         for flat, m, error, message in sorted(report.failures)]
+        if self.failures:
+            listed = "; ".join(f"{f.entry} at {f.side}: {f.error}: {f.message}"
+                               for f in self.failures[:10])
+            more = f" (and {len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
+            warnings.warn(f"{len(self.failures)} evaluation(s) of `f` failed and were replaced "
+                          f"(on_failure={self.on_failure!r}): {listed}{more}",
+                          NumericalFallbackWarning, stacklevel=4)
+        if report.step_deviation > _STEP_TOLERANCE:
+            warnings.warn(f"the step actually stored, dtype(x_i + h) - x_i, differs from `h` by "
+                          f"up to {report.step_deviation:.1%} of h: the difference is divided by "
+                          "the nominal h (the teaching text's formula). h='auto' divides by the "
+                          "stored step", StepSizeWarning, stacklevel=4)
+
+    def _in_process(self, space: ParamSpace, args: tuple, job: Job, report: Report,
+                    want_value: bool):
+        """Evaluate here, on the caller's arrays, which are restored afterwards whatever `f` does.
+
+        Returns ``(f(x), values)``; `f(x)` is computed once, first, where it is used.
+        """
         f = bind(self.f, args, space.structure)
         cache = {}
+        options = dict(job.options)
+        if job.evaluator == "loop":
+            options["report"] = report
         with _restored(space), one_blas_thread():
             value = None
-            if want_value or self.scheme.uses_center:
-                value = cache["center"] = loss_at(f, space, "the unperturbed x")
+            if want_value or self._vector or self._needs_center(job):   # a Jacobian's shape
+                value = cache["center"] = loss_at(f, space, "the unperturbed x",
+                                                  checked_output if self._vector else None)
             values = get_evaluator(job.evaluator)(f, space, list(job.steps), self.scheme, 0,
-                                                  space.size, cache, **dict(job.options))
-        return (value if want_value else None), values
+                                                  space.size, cache, **options)
+        return value, values
 
     def _time_one_entry(self, space: ParamSpace, args: tuple, job: Job) -> float:
-        f = bind(self.f, args, space.structure)
         started = time.perf_counter()
-        with _restored(space), one_blas_thread():
-            get_evaluator(job.evaluator)(f, space, list(job.steps), self.scheme,
-                                         space.size - 1, space.size, {}, **dict(job.options))
+        self._evaluate_here(space, args, job, space.size - 1)
         return time.perf_counter() - started
 
-    def _on_workers(self, space: ParamSpace, args: tuple, job: Job, want_value: bool):
+    def _evaluate_here(self, space: ParamSpace, args: tuple, job: Job, entry: int):
+        """One entry's derivative, computed in this process (the caller's arrays restored)."""
+        f = bind(self.f, args, space.structure)
+        cache = {} if job.center is None else {"center": job.center}
+        options = dict(job.options)
+        if job.evaluator == "loop":
+            options["report"] = Report()
+        with _restored(space), one_blas_thread():
+            return get_evaluator(job.evaluator)(f, space, list(job.steps), self.scheme, entry,
+                                                entry + 1, cache, **options)[0]
+
+    def _on_workers(self, space: ParamSpace, args: tuple, job: Job, report: Report,
+                    want_value: bool):
+        """Evaluate on the workers; ``(f(x) or None, values, seconds spent shipping)``."""
         chunks = self._chunks(space, job.evaluator)
         tasks: dict[int, Any] = dict(enumerate(chunks))
-        value, shipping = None, 0.0
-        if self.scheme.uses_center and job.evaluator == "loop":
-            # f(x) first, once, so that every chunk divides by the same centre: n + 1 calls of f
+        shipping = 0.0
+        if self._needs_center(job):
+            # f(x) first, once, so that every chunk uses the same centre: n + 1 calls of f
             results, shipping = self._run(space, args, job, {CENTER: None})
-            value = float(results[CENTER][0])
-            job = replace(job, center=value)
-        elif want_value:
+            job = replace(job, center=results[CENTER][0])
+        elif want_value or self._vector:   # f(x), in the same batch (a Jacobian's shape)
             tasks[CENTER] = None
         results, more = self._run(space, args, job, tasks)
-        if want_value and value is None:
-            value = float(results[CENTER][0])
-        values = np.concatenate([results[number] for number in range(len(chunks))])
+        value = job.center if job.center is not None else results.get(CENTER, (None,))[0]
+        for number in range(len(chunks)):
+            if results[number][1] is not None:
+                report.merge(results[number][1])
+        values = np.concatenate([results[number][0] for number in range(len(chunks))])
         if self._probe is not None:
             self._check_probe(space, values)
-        return (value if want_value else None), values, shipping + more
+        return value, values, shipping + more
 
     def _run(self, space: ParamSpace, args: tuple, job: Job, tasks: dict[int, Any]):
-        """Run `tasks` on the workers, re-running those lost with dead workers; (results, seconds shipping)."""
+        """Run `tasks` on the workers, re-running those lost with dead workers.
+
+        Returns ``(results, seconds spent shipping)``.
+        """
         pending, results = dict(tasks), {}
         bar = _progress_bar(len(tasks)) if self.execution.progress else None
-        # The BLAS limit is also set here: OpenBLAS (0.3.31) ignores one set by a thread
-        # other than the main one, so worker threads rely on their caller's.
+        # Threads: the BLAS limit is set here too, since OpenBLAS (0.3.31) ignores one set by
+        # a thread other than the main one, so worker threads rely on their caller's.
+        limit = one_blas_thread() if self.execution.backend == "threading" else nullcontext()
         try:
-            with one_blas_thread():
+            with limit:
                 return self._attempts(space, args, job, pending, results, bar)
         finally:
             if bar is not None:
                 bar.close()
 
     def _attempts(self, space, args, job, pending: dict, results: dict, bar):
-        """Run `pending` to completion on the pool, on fresh workers after a loss; (results, seconds shipping)."""
+        """Run `pending` to completion, on fresh workers after a loss; (results, seconds shipping)."""
         shipping, retries = 0.0, self.execution.retries
         for attempt in range(retries + 1):
             pool = self._pool(space, job.evaluator)
@@ -343,19 +448,14 @@ class Gradient:
 
     # -- the state probe -------------------------------------------------------------------------
 
-    def _probe_entry(self, space: ParamSpace, args: tuple, job: Job) -> tuple[int, float]:
+    def _probe_entry(self, space: ParamSpace, args: tuple, job: Job) -> tuple[int, Any]:
         entry = space.size - 1
-        f = bind(self.f, args, space.structure)
-        cache = {} if job.center is None else {"center": job.center}
-        with _restored(space), one_blas_thread():
-            value = get_evaluator(job.evaluator)(f, space, list(job.steps), self.scheme, entry,
-                                                 entry + 1, cache, **dict(job.options))[0]
-        return entry, value
+        return entry, self._evaluate_here(space, args, job, entry)
 
     def _check_probe(self, space: ParamSpace, values: np.ndarray) -> None:
         (entry, expected), self._probe = self._probe, None
         got = values[entry]
-        if expected == got or (np.isnan(expected) and np.isnan(got)):
+        if np.array_equal(expected, got, equal_nan=True):
             return
         self._shipped = None
         raise StateNotShippedError(
@@ -371,20 +471,28 @@ class Gradient:
         )
 
 
-def choose_evaluator(evaluator: str, f: Any, x: Any) -> str:
+def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = None) -> str:
     """Resolve ``"auto"`` to ``"batched"`` where `f` is a layered model's loss over `x`.
+
+    `loop_only` names an option that only the loop evaluator supports, if one is set.
 
     Raises
     ------
     ValueError
-        For an unknown name, or ``"batched"`` with an `f` it cannot evaluate.
+        For an unknown name, or ``"batched"`` with an `f` or option it cannot evaluate.
     """
     batched_ok = (isinstance(f, ModelLoss) and f.params is x) or (
         is_model_objective(f) and isinstance(x, dict))
     if evaluator == "auto":
-        return "batched" if batched_ok else "loop"
+        if isinstance(f, ModelLoss) and not batched_ok:
+            warnings.warn("`f` is a ModelLoss, but `x` is not its params dict, so evaluator='auto' "
+                          "uses the loop evaluator (about 1,000x slower on the book's net): pass "
+                          "x = f.params", stacklevel=4)
+        return "batched" if batched_ok and loop_only is None else "loop"
     if evaluator not in EVALUATOR_NAMES:
         raise ValueError(f"`evaluator` must be one of {('auto',) + EVALUATOR_NAMES}, got {evaluator!r}")
+    if evaluator == "batched" and loop_only is not None:
+        raise ValueError(f"evaluator='batched' does not support {loop_only}: use 'loop' or 'auto'")
     if evaluator == "batched" and not batched_ok:
         raise ValueError(
             "evaluator='batched' needs `f` to be a layered model's loss: `model.loss` with a "
@@ -415,6 +523,47 @@ def _default_chunks_per_worker(evaluator: str, entry_seconds: float | None, size
         return _DEFAULT_CHUNKS_PER_WORKER
     estimated = entry_seconds * size
     return int(np.clip(estimated / (workers * _MIN_CHUNK_SECONDS), 1, _DEFAULT_CHUNKS_PER_WORKER))
+
+
+def _bounds_per_array(bounds: tuple | None, space: ParamSpace) -> tuple | None:
+    """``(lower, upper)`` arrays per parameter array, checked to hold `x`; None without bounds.
+
+    Raises
+    ------
+    ValueError
+        If a bound does not fit `x`'s structure or shapes, or `x` lies outside.
+    """
+    if bounds is None:
+        return None
+    per_side = [_members_like(side, space, name) for side, name in zip(bounds, ("lower", "upper"))]
+    result = []
+    for position, array in enumerate(space.arrays):
+        lower, upper = (side[position] for side in per_side)
+        try:
+            lower, upper = (np.broadcast_to(np.asarray(b, dtype=np.float64), array.shape)
+                            for b in (lower, upper))
+        except ValueError:
+            raise ValueError(f"`bounds` for {space.labels[position]} do not broadcast to its "
+                             f"shape {array.shape}") from None
+        outside = np.flatnonzero(((array < lower) | (array > upper)).reshape(-1))
+        if outside.size:
+            flat = int(space.offsets[position]) + int(outside[0])
+            raise ValueError(f"{space.describe(flat)} lies outside `bounds` "
+                             f"({outside.size} entries of {space.labels[position]} do)")
+        result.append((lower, upper))
+    return tuple(result)
+
+
+def _members_like(side: Any, space: ParamSpace, name: str) -> list:
+    if isinstance(side, dict):
+        if set(side) != set(space.keys):
+            raise ValueError(f"`bounds` {name} must name exactly the keys of `x`")
+        return [side[key] for key in space.keys]
+    if isinstance(side, (list, tuple)) and not isinstance(space.structure, np.ndarray):
+        if len(side) != len(space.arrays):
+            raise ValueError(f"`bounds` {name} must have one entry per member of `x`")
+        return list(side)
+    return [side] * len(space.arrays)
 
 
 def _signature(space: ParamSpace, evaluator: str) -> tuple:
@@ -525,3 +674,25 @@ def _lost_message(pending: dict, retries: int, lost: Exception) -> str:
 def _progress_bar(total: int):
     from tqdm.auto import tqdm
     return tqdm(total=total, unit="chunk", desc="gradient", leave=False)
+
+
+class Jacobian(Gradient):
+    """The Jacobian of a vector-valued ``f(x, *args)`` with respect to `x`, on resident workers.
+
+    Everything as `Gradient` (options, exactness, lifetime), for an `f` that returns an
+    array of any shape (flattened in C order, m entries). ``J(x, *args)`` returns, for
+    a 1-D `x` of n entries, an array of shape ``(m, n)``; in general, `x`'s structure
+    with each member of shape ``out_shape + member.shape``. ``J.value_and_grad`` returns
+    ``(f(x), jacobian)``. Use as ``scipy.optimize.least_squares(fun, x0, jac=J)``.
+    Always the loop evaluator; ``f(x)`` is evaluated once per call, with the perturbations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> with Jacobian(lambda v: np.array([v[0] * v[1], v[0] ** 2]), workers=2) as J:
+    ...     np.round(J(np.array([2.0, 3.0])), 6)
+    array([[3., 2.],
+           [4., 0.]])
+    """
+
+    _vector = True

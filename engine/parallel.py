@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from .batched import DEFAULT_BLOCK_MEMORY
 from .execution import DEFAULT_RETRIES
-from .gradient import Gradient
+from .gradient import Gradient, Jacobian
 from .schemes import DEFAULT_STEP
 
-__all__ = ["parallel_numerical_gradient"]
+__all__ = ["parallel_numerical_gradient", "jacobian"]
 
 
 def parallel_numerical_gradient(
@@ -35,6 +35,8 @@ def parallel_numerical_gradient(
     scheduler: str | None = None,
     progress: bool = False,
     dispatch: str = "parallel",
+    on_failure: str = "raise",
+    bounds: tuple | None = None,
 ) -> Any:
     """Numerical gradient of `f` at `x`, computed by several workers, exactly.
 
@@ -57,8 +59,11 @@ def parallel_numerical_gradient(
     workers, backend, chunks_per_worker, chunk_size, retries, scheduler, progress, dispatch
         Where and how chunks run: see `engine.Execution`. Here ``dispatch`` defaults to
         ``"parallel"``: a one-shot call has no earlier calls to learn from.
-    h : float or dict, default 1e-4
-        Step size, or a dict of per-array steps for a dict `x`.
+    on_failure, bounds
+        See `engine.Gradient`.
+    h : float, "auto" or dict, default 1e-4
+        Step size, ``"auto"`` (relative, per entry), or a dict of per-array steps for a
+        dict `x`; see `engine.Gradient`.
     scheme : {"central", "forward", "central4"}, default "central"
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`;
@@ -99,10 +104,34 @@ def parallel_numerical_gradient(
            [6., 8.]])
     """
     gradient = Gradient(f, h=h, scheme=scheme, evaluator=evaluator, block_memory=block_memory,
-                        check_state=check_state, workers=workers, backend=backend,
-                        scheduler=scheduler, chunks_per_worker=chunks_per_worker,
-                        chunk_size=chunk_size, retries=retries, progress=progress,
-                        dispatch=dispatch)
+                        check_state=check_state, on_failure=on_failure, bounds=bounds,
+                        workers=workers, backend=backend, scheduler=scheduler,
+                        chunks_per_worker=chunks_per_worker, chunk_size=chunk_size,
+                        retries=retries, progress=progress, dispatch=dispatch)
+    return _one_shot(gradient, x)
+
+
+def jacobian(f: Callable[[Any], Any], x: Any, **options: Any) -> Any:
+    """The Jacobian of a vector-valued `f` at `x`, in one call: `engine.Jacobian`'s one-shot form.
+
+    `options` are `engine.Jacobian`'s (``h``, ``scheme``, ``on_failure``, ``bounds``,
+    ``workers``, ``backend``...); ``dispatch`` defaults to ``"parallel"``. For a 1-D `x`
+    of n entries and an `f` of m outputs the result has shape ``(m, n)``; parallel
+    results equal serial ones exactly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> np.round(jacobian(lambda v: np.array([v.sum(), v[0] * v[1]]), np.array([1.0, 2.0]),
+    ...                   workers=1), 6)
+    array([[1., 1.],
+           [2., 1.]])
+    """
+    options.setdefault("dispatch", "parallel")
+    return _one_shot(Jacobian(f, **options), x)
+
+
+def _one_shot(gradient: Gradient, x: Any) -> Any:
     gradient._resources.shared = True   # one-shot calls share their worker processes
     with gradient:
         return gradient(x)

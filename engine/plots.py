@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
-__all__ = ["plot_training"]
+__all__ = ["plot_training", "plots_available"]
 
 
-def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: str | os.PathLike,
-                  title: str = "") -> Path:
+def plots_available() -> bool:
+    """Whether matplotlib (the ``[train]`` extra) is installed."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot_training(losses: Sequence[float], evaluations: Sequence[dict],
+                  path: str | os.PathLike | BinaryIO, title: str = "") -> None:
     """Save a PNG: the loss of every step (and its running mean) and the test accuracy.
 
     Parameters
@@ -20,8 +25,9 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
         Training loss of each step, before that step's update.
     evaluations : sequence of dict
         ``{"step": int, "test_accuracy": float}`` for each test evaluation.
-    path : path-like
-        Where to write the PNG.
+    path : path-like or binary file
+        Where to write the PNG (a file open for binary writing, e.g. the temporary
+        file of `engine.checkpoint.atomic_write`).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -50,7 +56,7 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict], path: st
     fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     loss_axis.set_title(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))   # room for the legend below the axes
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)

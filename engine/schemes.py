@@ -13,24 +13,28 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Scheme", "SCHEMES", "DEFAULT_STEP", "get_scheme", "resolve_steps", "check_step"]
+__all__ = ["Scheme", "SCHEMES", "DEFAULT_STEP", "AUTO", "get_scheme", "resolve_steps",
+           "check_step", "auto_step"]
 
 DEFAULT_STEP = 1e-4   # the teaching text's h
 
 
 @dataclass(frozen=True)
 class Scheme:
-    """A difference formula: step multiples, whether f(x) itself is needed, and the combination."""
+    """A difference formula: step multiples, whether f(x) itself is needed, and the combination.
+
+    `combine` is the teaching text's formula with the nominal step h; `combine_stored`
+    divides by the steps actually stored instead (``h="auto"``): `stored` holds, per
+    multiple, ``dtype(x_i + m*h) - x_i``.
+    """
 
     name: str
     multiples: tuple[int, ...]
     uses_center: bool
-    combine: Callable[..., Any]   # combine(values, center, h) -> derivative
-    order: int
-
-    @property
-    def evaluations_per_entry(self) -> int:
-        return len(self.multiples)
+    combine: Callable[..., Any]          # combine(values, center, h) -> derivative
+    combine_stored: Callable[..., Any]   # combine_stored(values, center, stored) -> derivative
+    order: int                           # the error is O(h ** order)
+    auto_root: int                       # h="auto" takes eps ** (1 / auto_root), relative
 
 
 def _central(v, center, h):
@@ -45,11 +49,33 @@ def _central4(v, center, h):
     return (-v[0] + 8 * v[1] - 8 * v[2] + v[3]) / (12 * h)
 
 
+def _central_stored(v, center, s):
+    return (v[0] - v[1]) / (s[0] - s[1])
+
+
+def _forward_stored(v, center, s):
+    return (v[0] - center) / s[0]
+
+
+def _central4_stored(v, center, s):
+    return (-v[0] + 8 * v[1] - 8 * v[2] + v[3]) / (6 * (s[1] - s[2]))
+
+
 SCHEMES = {
-    "central": Scheme("central", (1, -1), False, _central, order=2),
-    "forward": Scheme("forward", (1,), True, _forward, order=1),
-    "central4": Scheme("central4", (2, 1, -1, -2), False, _central4, order=4),
+    "central": Scheme("central", (1, -1), False, _central, _central_stored, order=2,
+                      auto_root=3),
+    "forward": Scheme("forward", (1,), True, _forward, _forward_stored, order=1, auto_root=2),
+    "central4": Scheme("central4", (2, 1, -1, -2), False, _central4, _central4_stored,
+                       order=4, auto_root=5),
 }
+
+AUTO = "auto"   # h="auto": a relative step per entry, from the scheme and the dtype
+
+
+def auto_step(scheme: Scheme, dtype: Any) -> float:
+    """The relative step of ``h="auto"``: ``eps ** (1 / root)`` of `dtype` (root 2, 3, 5 for
+    forward, central, central4), to be multiplied by ``max(1, |x_i|)``."""
+    return float(np.finfo(dtype).eps) ** (1.0 / scheme.auto_root)
 
 
 def get_scheme(scheme: str | Scheme) -> Scheme:
@@ -75,9 +101,10 @@ def resolve_steps(h: Any, keys: list, labels: list[str]) -> list[float]:
 
     Parameters
     ----------
-    h : float or dict
-        A positive finite step for every array, or (for dict inputs) a dict mapping
-        each key of `x` to its own step.
+    h : float, "auto" or dict
+        A positive finite step for every array, ``"auto"`` (returned as None: a
+        relative step per entry), or (for dict inputs) a dict mapping each key of `x`
+        to its own step.
     keys, labels : list
         The keys of `x`'s members (``None`` for a bare array) and their labels.
 
@@ -95,7 +122,10 @@ def resolve_steps(h: Any, keys: list, labels: list[str]) -> list[float]:
                 f"`h` as a dict must name exactly the keys of `x`: missing {missing}, "
                 f"unknown {sorted(map(repr, unknown))}"
             )
-        return [check_step(h[k], f"h[{k!r}]") for k in keys]
+        return [None if isinstance(h[k], str) and h[k] == AUTO else check_step(h[k], f"h[{k!r}]")
+                for k in keys]
+    if isinstance(h, str) and h == AUTO:
+        return [None] * len(keys)
     step = check_step(h, "h")
     return [step] * len(keys)
 

@@ -58,7 +58,7 @@ class ParamSpace:
 
     def segments(self, start: int, stop: int) -> Iterator[Segment]:
         """Yield the per-array pieces of the flat range ``[start, stop)``."""
-        for position, size in enumerate(self.sizes):
+        for position in range(len(self.sizes)):
             first, end = int(self.offsets[position]), int(self.offsets[position + 1])
             lo, hi = max(start, first), min(stop, end)
             if lo < hi:
@@ -87,15 +87,29 @@ class ParamSpace:
         """One gradient array per parameter array, same shape and dtype, C order."""
         return [np.zeros(a.shape, dtype=a.dtype) for a in self.arrays]
 
-    def assemble(self, values: np.ndarray) -> Any:
-        """Pour flat gradient values (float64, length `size`) into `x`'s structure.
+    def assemble(self, values: np.ndarray, out_shape: tuple[int, ...] = ()) -> Any:
+        """Pour flat derivatives into `x`'s structure.
 
-        Each value is cast to its array's dtype on assignment, exactly as the serial
-        reference stores ``grad[idx] = value``.
+        Parameters
+        ----------
+        values : ndarray, float64, shape (size,), or (size, m) for a vector `f`
+        out_shape : tuple of int
+            The shape of `f`'s output (m entries); () for a scalar `f`.
+
+        Returns
+        -------
+        The structure of `x`, each member of shape ``out_shape + member.shape`` and the
+        member's dtype: each value is cast on assignment, exactly as the serial reference
+        stores ``grad[idx] = value``.
         """
-        grads = self.zeros_like()
+        outputs = int(np.prod(out_shape, dtype=np.int64))
+        grads = [np.zeros(tuple(out_shape) + a.shape, dtype=a.dtype) for a in self.arrays]
         for grad, first, last in zip(grads, self.offsets[:-1], self.offsets[1:]):
-            grad.reshape(-1)[...] = values[first:last]
+            block = values[first:last]
+            if out_shape:
+                grad.reshape(outputs, -1)[...] = block.reshape(last - first, outputs).T
+            else:
+                grad.reshape(-1)[...] = block
         return self.rebuild(grads)
 
     def rebuild(self, arrays: list[np.ndarray]) -> Any:

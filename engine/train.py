@@ -3,14 +3,21 @@
 With no flags it repeats the teaching text's run: a 784-100-10 net (sigmoid hidden
 layer, softmax cross-entropy, weights drawn with std 0.01), lr 0.1, 100 steps of one
 image each, taken in order from the first 100 training images of the embedded MNIST
-split, tested on the first 10 test images. Exit status: 0 done, 2 bad flags, data
-or checkpoint (nothing written), 130 / 143 interrupted by SIGINT / SIGTERM (a
-checkpoint is written first; resume with ``--resume DIR``).
+split, tested on the first 10 test images. It writes into a new folder
+``runs/run-N`` and points ``runs/latest`` to it, so no run ever replaces another; an
+explicit ``--out DIR`` that holds a run is refused (``--resume DIR`` continues it,
+``--force`` replaces it). One process at a time writes into a folder (a lock).
+
+Exit status: 0 done; 2 bad flags, data, checkpoint or output folder, or the folder
+is in use (nothing written, apart from the folder and its lock file once the flags
+and data are known good); 130 / 143 interrupted by SIGINT / SIGTERM (a checkpoint is
+written first; resume with ``--resume DIR``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -21,65 +28,97 @@ from typing import Any
 
 import numpy as np
 
-from .execution import resolve_workers
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
-                         save_npz_atomic)
-from .data import DataError, Dataset, load_embedded_mnist, read_mnist_csv
-from .plots import plot_training
-from .execution import Execution
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
+                         load_checkpoint, lock_folder, new_numbered_folder, point_link,
+                         remove_temporaries, save_checkpoint, save_npz_atomic)
+from .data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
+                   read_mnist_csv)
+from .execution import Execution, check_backend
+from .plots import plot_training, plots_available
+from .schemes import DEFAULT_STEP
 from .training import TrainConfig, Trainer, TrainingState
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "OUTPUTS", "RUNS_FOLDER", "LATEST_LINK"]
 
 EXIT_BAD_INPUT = 2
-_DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": 1e-4,
+# What a run writes into its folder, in the order it first writes them.
+OUTPUTS = (CHECKPOINT_NAME, "params.npz", "metrics.json", "training.png")
+RUNS_FOLDER = Path("runs")          # without --out: runs/run-N, and runs/latest -> run-N
+LATEST_LINK = RUNS_FOLDER / "latest"
+# The one source of every default; flags default to None so a resume can tell given ones.
+_DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": DEFAULT_STEP,
              "scheme": "central", "seed": 0, "train_size": 100, "test_size": 10,
              "evaluator": "auto", "gradient": "numerical", "weight_init_std": 0.01,
              "eval_every": 0, "shuffle": False}
+_CHECKPOINT_EVERY = 100
+_BACKEND = "loky"
 
 
 class UsageError(Exception):
-    """A flag, data file or checkpoint that the run cannot use; exit status 2."""
+    """A flag, data file, checkpoint or output folder that the run cannot use; exit status 2."""
 
 
 class Terminated(BaseException):
     """SIGTERM, raised where the program is, like KeyboardInterrupt for SIGINT."""
 
 
+def _default(value) -> str:
+    shown = " ".join(map(str, value)) if isinstance(value, list) else value
+    return f" [default: {shown}]"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; every flag documented for ``--help``."""
+    """The command line; every flag documented for ``--help``, each default shown once."""
     p = argparse.ArgumentParser(
         prog="engine-train",
         description="Train the teaching text's 784-100-10 net on MNIST by numerical gradients "
-                    "(central differences, h=1e-4), in parallel. Defaults repeat the text's run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
-    add = p.add_argument
-    add("--workers", type=int, help="worker processes for the gradient; -1 or omitted: all cores")
-    add("--iters", type=int, help="SGD steps [default: 100]")
-    add("--epochs", type=int, help="full passes over the training images; overrides --iters")
-    add("--lr", type=float, help="learning rate [default: 0.1]")
-    add("--hidden", type=int, nargs="+", help="hidden layer width(s), e.g. 100 or 100 50 [default: 100]")
-    add("--batch-size", type=int, help="images per step [default: 1]")
-    add("--h", type=float, help="finite-difference step [default: 1e-4]")
-    add("--scheme", choices=["central", "forward", "central4"], help="difference formula [default: central]")
-    add("--seed", type=int, help="seed of the weight initialisation and shuffling [default: 0]")
-    add("--weight-init-std", type=float, help="std of the initial weights [default: 0.01]")
-    add("--train-size", type=int, help="first N images of the embedded train split (4,000) [default: 100]")
-    add("--test-size", type=int, help="first N images of the embedded test split (1,000) [default: 10]")
-    add("--train-csv", type=Path, help="train on this file in the text's CSV format (label, 784 pixels)")
-    add("--test-csv", type=Path, help="test on this file in the text's CSV format")
-    add("--shuffle", action="store_true", default=None, help="reshuffle the images every epoch")
+                    f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
+                    "text's run.")
+    add, d = p.add_argument, _DEFAULTS
+    add("--workers", metavar="N", type=int, help="worker processes for the gradient [default: all cores]")
+    add("--iters", metavar="N", type=int, help="SGD steps" + _default(d["iters"]))
+    add("--epochs", metavar="N", type=int, help="full passes over the training images; overrides --iters")
+    add("--lr", metavar="LR", type=float, help="learning rate" + _default(d["lr"]))
+    add("--hidden", metavar="N", type=int, nargs="+",
+        help="hidden layer width(s), e.g. 100 or 100 50" + _default(d["hidden"]))
+    add("--batch-size", metavar="N", type=int, help="images per step" + _default(d["batch_size"]))
+    add("--h", metavar="H", type=float, help="finite-difference step" + _default(d["h"]))
+    add("--scheme", choices=["central", "forward", "central4"],
+        help="difference formula" + _default(d["scheme"]))
+    add("--seed", metavar="N", type=int, help="seed of the weight initialisation and the --shuffle orders: "
+        "one generator, default_rng(seed), draws the weights, then each epoch's order"
+        + _default(d["seed"]))
+    add("--weight-init-std", metavar="STD", type=float,
+        help="std of the initial weights" + _default(d["weight_init_std"]))
+    add("--train-size", metavar="N", type=int, help=f"first N training images [default: {d['train_size']} of "
+        "the embedded 4,000; with --train-csv or --mnist-dir, all]")
+    add("--test-size", metavar="N", type=int, help=f"first N test images [default: {d['test_size']} of the "
+        "embedded 1,000; with --test-csv or --mnist-dir, all]")
+    add("--train-csv", metavar="FILE", type=Path,
+        help="train on this file in the text's CSV format (label, 784 pixels)")
+    add("--test-csv", metavar="FILE", type=Path, help="test on this file in the text's CSV format")
+    add("--mnist-dir", metavar="DIR", type=Path, help="train and test on the MNIST IDX files in this folder "
+        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte; each may be gzipped, .gz)")
+    add("--shuffle", action="store_true", default=None,
+        help="a new random order of the images every epoch (see --seed)")
     add("--evaluator", choices=["auto", "batched", "loop"],
         help="how perturbations are evaluated: loop = the text's way, one forward pass each; "
-             "batched = blocks through the layers after the perturbed one [default: auto]")
+             "batched = blocks through the layers after the perturbed one" + _default(d["evaluator"]))
     add("--gradient", choices=["numerical", "backprop"],
-        help="numerical differences, or backprop for comparison [default: numerical]")
-    add("--backend", default="loky", help="where chunks run: loky, threading, dask, or a joblib backend")
-    add("--scheduler", help="with --backend dask: address of a running scheduler (tcp://host:port)")
-    add("--eval-every", type=int, help="also measure test accuracy every N steps (0: epoch ends only)")
-    add("--checkpoint-every", type=int, default=100, help="write a checkpoint every N steps (and at the end)")
-    add("--out", type=Path, default=Path("runs/latest"), help="folder for params.npz, metrics.json, training.png")
-    add("--resume", type=Path, help="continue the run whose checkpoint is in this folder (writes there)")
+        help="numerical differences, or backprop for comparison" + _default(d["gradient"]))
+    add("--backend", metavar="NAME", help="where chunks run: loky, threading, dask, or a registered joblib "
+        "backend" + _default(_BACKEND))
+    add("--scheduler", metavar="ADDRESS", help="with --backend dask: address of a running scheduler (tcp://host:port)")
+    add("--eval-every", metavar="N", type=int, help="also measure test accuracy every N steps; 0: at epoch "
+        "ends only" + _default(d["eval_every"]))
+    add("--checkpoint-every", metavar="N", type=int, help="write a checkpoint every N steps and at the end; "
+        "kept in the checkpoint for --resume" + _default(_CHECKPOINT_EVERY))
+    add("--out", metavar="DIR", type=Path, help=f"folder for {', '.join(OUTPUTS)} [default: a new "
+        f"{RUNS_FOLDER}/run-N, with {LATEST_LINK} pointing to it]")
+    add("--force", action="store_true", help="let --out replace the run it holds")
+    add("--resume", metavar="DIR", type=Path, help="continue the run whose checkpoint is in this folder, "
+        "writing there (--out cannot move it)")
     add("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -88,34 +127,59 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        run = _prepare(args)
-    except (UsageError, DataError, CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
+        run = _prepare(args)                # flags, data, checkpoint: nothing written yet
+        lock = _claim_folder(run, args)     # the folder: created, locked, checked
+    except (UsageError, DataError, CheckpointError, FileNotFoundError, FolderBusyError,
+            ValueError, TypeError) as exc:
         print(f"engine-train: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return _train(run, args)
+    try:
+        return _train(run, args)
+    finally:
+        os.close(lock)   # releases the folder
 
 
 # -- preparing a run: validate everything before anything is written ---------------------------
 
 def _prepare(args) -> dict[str, Any]:
-    workers = resolve_workers(args.workers)
-    if args.checkpoint_every < 1:
+    backend = _given_or(args.backend, _BACKEND)
+    _check_backend(backend, args.scheduler)
+    execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.resume is not None:
-        params, saved = load_checkpoint(args.resume)
-        run = _resumed_run(args, params, saved)
+        run = _resumed_run(args)
     else:
         run = _fresh_run(args)
-    run.update(workers=workers, backend=args.backend, scheduler=args.scheduler)
+    run.update(execution=execution, workers=execution.n_workers, backend=backend,
+               scheduler=args.scheduler, progress=not args.no_progress)
     return run
 
 
+def _given_or(value, default):
+    return default if value is None else value
+
+
+def _check_backend(backend: str, scheduler: str | None) -> None:
+    try:
+        check_backend(backend)   # the engine's own check: its backends and joblib's registry
+    except ValueError as exc:
+        raise UsageError(f"--backend: {exc}") from None
+    if backend == "dask" and importlib.util.find_spec("distributed") is None:
+        raise UsageError("--backend dask needs Dask's distributed package: "
+                         "pip install 'numgrad-engine[dask]'")
+    if backend != "dask" and scheduler is not None:
+        raise UsageError("--scheduler is only used with --backend dask")
+
+
 def _fresh_run(args) -> dict[str, Any]:
-    flags = {k: getattr(args, k) for k in _DEFAULTS}
-    flags = {k: (_DEFAULTS[k] if v is None else v) for k, v in flags.items()}
+    flags = {k: _given_or(getattr(args, k), v) for k, v in _DEFAULTS.items()}
     _check_flags(flags, args)
     data = _data_source(args, flags)
     train, test = _load_data(data)
+    if flags["batch_size"] > len(train):
+        raise UsageError(f"--batch-size {flags['batch_size']} is more than the {len(train)} "
+                         "training images")
     steps_per_epoch = -(-len(train) // flags["batch_size"])
     steps = args.epochs * steps_per_epoch if args.epochs is not None else flags["iters"]
     config = TrainConfig(
@@ -123,11 +187,8 @@ def _fresh_run(args) -> dict[str, Any]:
         lr=flags["lr"], batch_size=flags["batch_size"], steps=steps, h=flags["h"],
         scheme=flags["scheme"], seed=flags["seed"], shuffle=bool(flags["shuffle"]),
         gradient=flags["gradient"], evaluator=flags["evaluator"], eval_every=flags["eval_every"])
-    out = args.out
-    if (out / CHECKPOINT_NAME).exists():
-        _refuse_unfinished(out)
-    return {"config": config, "data": data, "train": train, "test": test, "out": out,
-            "state": None, "checkpoint_every": args.checkpoint_every, "progress": not args.no_progress}
+    return {"config": config, "data": data, "train": train, "test": test, "out": args.out,
+            "state": None, "checkpoint_every": _given_or(args.checkpoint_every, _CHECKPOINT_EVERY)}
 
 
 def _check_flags(flags: dict, args) -> None:
@@ -143,12 +204,18 @@ def _check_flags(flags: dict, args) -> None:
         raise UsageError(f"--hidden widths must be positive, got {flags['hidden']}")
     if flags["eval_every"] < 0:
         raise UsageError(f"--eval-every must be >= 0, got {flags['eval_every']}")
-    if args.backend != "dask" and args.scheduler is not None:
-        raise UsageError("--scheduler is only used with --backend dask")
+    if flags["seed"] < 0:
+        raise UsageError(f"--seed must be >= 0, got {flags['seed']}")
+    if args.mnist_dir is not None and (args.train_csv is not None or args.test_csv is not None):
+        raise UsageError("--mnist-dir gives both splits; it cannot be combined with "
+                         "--train-csv / --test-csv")
+    if args.force and args.out is None:
+        raise UsageError("--force replaces the run in --out; without --out every run gets "
+                         f"its own {RUNS_FOLDER}/run-N and nothing is replaced")
 
 
 def _data_source(args, flags) -> dict[str, Any]:
-    source = {"train_csv": None, "test_csv": None,
+    source = {"train_csv": None, "test_csv": None, "mnist_dir": None,
               "train_size": flags["train_size"], "test_size": flags["test_size"]}
     for key in ("train_csv", "test_csv"):
         path = getattr(args, key)
@@ -158,19 +225,31 @@ def _data_source(args, flags) -> dict[str, Any]:
             source[key] = str(path.resolve())
             size_flag = key.replace("csv", "size")
             source[size_flag] = getattr(args, size_flag)   # None: the whole file
+    if args.mnist_dir is not None:
+        source.update(mnist_dir=str(args.mnist_dir.resolve()), train_size=args.train_size,
+                      test_size=args.test_size)
     return source
 
 
 def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
-    embedded = None
+    if source.get("mnist_dir") is not None:
+        try:
+            splits = load_mnist_dir(source["mnist_dir"])
+        except FileNotFoundError as exc:
+            raise UsageError(f"--mnist-dir: {exc}") from exc
+    else:
+        embedded = None
+        splits = []
+        for kind in ("train", "test"):
+            csv = source[f"{kind}_csv"]
+            if csv is not None:
+                splits.append(read_mnist_csv(csv))
+            else:
+                embedded = embedded or load_embedded_mnist()
+                splits.append(embedded[0 if kind == "train" else 1])
     datasets = []
-    for kind in ("train", "test"):
-        csv, size = source[f"{kind}_csv"], source[f"{kind}_size"]
-        if csv is not None:
-            data = read_mnist_csv(csv)
-        else:
-            embedded = embedded or load_embedded_mnist()
-            data = embedded[0 if kind == "train" else 1]
+    for kind, data in zip(("train", "test"), splits):
+        size = source[f"{kind}_size"]
         if size is not None:
             if size > len(data):
                 raise UsageError(f"--{kind}-size {size} is more than the {len(data)} images available")
@@ -179,30 +258,102 @@ def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
     return datasets[0], datasets[1]
 
 
-def _refuse_unfinished(out: Path) -> None:
+# -- the output folder: created, locked, and never holding another run ---------------------------
+
+def _claim_folder(run: dict[str, Any], args) -> int:
+    """Create and lock the run's folder; returns the lock's descriptor. Sets ``run["out"]``."""
+    if run["state"] is None and run["out"] is None:
+        try:
+            run["out"] = new_numbered_folder(RUNS_FOLDER)
+            run["latest"] = point_link(LATEST_LINK, run["out"])
+        except OSError as exc:
+            raise UsageError(f"cannot create a run folder in {RUNS_FOLDER} ({exc}); "
+                             "choose one with --out") from None
+        return _lock(run["out"], "--out")
+    flag = "--resume" if run["state"] is not None else "--out"
+    out = run["out"]
     try:
-        _, saved = load_checkpoint(out)
-    except CheckpointError as exc:
-        raise UsageError(f"{out} holds a checkpoint that cannot be read ({exc}); it is kept: "
-                         "choose another --out") from exc
-    if saved["step"] < saved["config"]["steps"]:
-        raise UsageError(f"{out} holds an unfinished run (step {saved['step']} of "
-                         f"{saved['config']['steps']}): continue it with --resume {out}, or "
-                         "choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{flag} {out} exists and is not a folder") from None
+    except NotADirectoryError:
+        raise UsageError(f"{flag} {out}: part of that path is a file, not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {out}: cannot create the folder ({exc.strerror})") from None
+    lock = _lock(out, flag)
+    try:
+        remove_temporaries(out, OUTPUTS)   # left by a run killed while writing
+        if run["state"] is None:
+            _refuse_to_replace(out, args.force)
+        elif load_checkpoint(out)[1]["step"] != run["state"].step:
+            raise UsageError(f"the checkpoint in {out} changed while this run started; "
+                             "run the command again")
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
 
 
-def _resumed_run(args, params, saved) -> dict[str, Any]:
+def _lock(out: Path, flag: str) -> int:
+    try:
+        return lock_folder(out)
+    except PermissionError as exc:
+        raise UsageError(f"{flag} {out} is not writable ({exc.strerror})") from None
+    except OSError as exc:
+        raise UsageError(f"{flag} {out}: cannot write there ({exc.strerror})") from None
+
+
+def _refuse_to_replace(out: Path, force: bool) -> None:
+    """Refuse a fresh run into a folder holding a run, unless `force`: then clear it."""
+    held = _held_run(out)
+    if held is None:
+        return
+    if not force:
+        raise UsageError(f"{out} holds {held}; " + (
+            f"continue it with --resume {out}, " if held.startswith("an unfinished") else "")
+            + "choose another --out, or omit --out for a new "
+            f"{RUNS_FOLDER}/run-N, or pass --force to replace it")
+    print(f"engine-train: --force: replacing {held} in {out}", file=sys.stderr)
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+
+
+def _held_run(out: Path) -> str | None:
+    """What run `out` holds, in words, or None."""
+    if (out / CHECKPOINT_NAME).exists():
+        try:
+            _, saved = load_checkpoint(out)
+            step, steps = saved["step"], saved["config"]["steps"]
+        except (CheckpointError, KeyError, TypeError) as exc:
+            return f"a checkpoint that cannot be read ({type(exc).__name__}: {exc})"
+        if step < steps:
+            return f"an unfinished run (step {step} of {steps})"
+        return "a finished run"
+    outputs = [name for name in OUTPUTS[1:] if (out / name).exists()]
+    return f"a finished run's {', '.join(outputs)}" if outputs else None
+
+
+# -- resuming --------------------------------------------------------------------------------------
+
+def _resumed_run(args) -> dict[str, Any]:
+    folder = args.resume
+    if args.out is not None and args.out.resolve() != folder.resolve():
+        raise UsageError(f"--resume continues the run in its own folder, {folder}; --out "
+                         f"{args.out} cannot move it (copy the folder there and resume the copy)")
+    if args.force:
+        raise UsageError("--force is for a fresh run into --out; --resume replaces nothing")
+    params, saved = load_checkpoint(folder)
     try:
         config = TrainConfig(**{**saved["config"], "sizes": tuple(saved["config"]["sizes"])})
         data = saved["data"]
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint in {args.resume} lacks its configuration ({exc})") from exc
+        raise CheckpointError(f"checkpoint in {folder} lacks its configuration ({exc})") from exc
     _check_same_flags(args, config, data)
     train, test = _load_data(data)
-    state = _state_from_checkpoint(saved, params, config, len(train), args.resume)
-    return {"config": config, "data": data, "train": train, "test": test, "out": args.resume,
-            "state": state, "checkpoint_every": args.checkpoint_every,
-            "progress": not args.no_progress}
+    state = _state_from_checkpoint(saved, params, config, len(train), folder)
+    every = _given_or(args.checkpoint_every, saved.get("checkpoint_every", _CHECKPOINT_EVERY))
+    return {"config": config, "data": data, "train": train, "test": test, "out": folder,
+            "state": state, "checkpoint_every": every}
 
 
 def _check_same_flags(args, config: TrainConfig, data: dict) -> None:
@@ -210,8 +361,9 @@ def _check_same_flags(args, config: TrainConfig, data: dict) -> None:
     saved = {**config.to_dict(), **data, "hidden": list(config.sizes[1:-1]), "iters": config.steps}
     clashes = [f"--{k.replace('_', '-')} {v} (checkpoint: {saved[k]})"
                for k, v in given.items() if k in saved and saved[k] != v]
-    if args.epochs is not None or args.train_csv is not None or args.test_csv is not None:
-        clashes.append("--epochs/--train-csv/--test-csv (the checkpoint fixes the data and length)")
+    if any(getattr(args, k) is not None for k in ("epochs", "train_csv", "test_csv", "mnist_dir")):
+        clashes.append("--epochs/--train-csv/--test-csv/--mnist-dir (the checkpoint fixes the "
+                       "data and length)")
     if clashes:
         raise UsageError("--resume continues a run with its own settings; these flags differ: "
                          + "; ".join(clashes))
@@ -235,10 +387,8 @@ def _state_from_checkpoint(saved, params, config, n_train, folder) -> TrainingSt
 
 def _train(run: dict[str, Any], args) -> int:
     config, out = run["config"], run["out"]
-    execution = Execution(workers=run["workers"], backend=run["backend"],
-                          scheduler=run["scheduler"])
-    trainer = Trainer(config, run["train"], run["test"], execution=execution, state=run["state"])
-    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, run["train"], run["test"], execution=run["execution"],
+                      state=run["state"])
     if trainer.state.step == 0:
         _checkpoint(trainer, run)   # from here on, a killed run can always be resumed
     print(_headline(run, trainer), flush=True)
@@ -247,6 +397,10 @@ def _train(run: dict[str, Any], args) -> int:
     started = time.perf_counter()
     try:
         with _cluster(run):
+            plan = trainer.calibrate()   # where the gradient runs: decided before step 1
+            if plan is not None:
+                bar.write(f"gradient: {plan}")
+                run["plan"] = str(plan)
             trainer.run(on_step=lambda t: _after_step(t, run, bar))
     except (KeyboardInterrupt, Terminated) as stop:
         bar.close()
@@ -285,7 +439,8 @@ def _checkpoint(trainer: Trainer, run) -> Path:
     s = trainer.state
     state = {"config": run["config"].to_dict(), "data": run["data"], "step": s.step,
              "epoch": s.epoch, "position": s.position, "order": s.order, "rng_state": s.rng_state,
-             "losses": list(s.losses), "seconds": list(s.seconds), "evaluations": list(s.evaluations)}
+             "losses": list(s.losses), "seconds": list(s.seconds), "evaluations": list(s.evaluations),
+             "checkpoint_every": run["checkpoint_every"]}
     return save_checkpoint(run["out"], s.params, state)
 
 
@@ -297,31 +452,32 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     correct = int(round(test_accuracy * len(test)))
     metrics = {
         "config": {**run["config"].to_dict(), "data": run["data"], "workers": run["workers"],
-                   "backend": run["backend"]},
+                   "backend": run["backend"], "plan": run.get("plan")},
         "loss": list(state.losses), "seconds": list(state.seconds),
         "evaluations": list(state.evaluations),
         "train_accuracy": trainer.accuracy(trainer.train), "test_accuracy": test_accuracy,
         "test_correct": correct, "test_total": len(test), "wall_seconds_this_session": wall,
     }
     _write_json_atomic(out / "metrics.json", metrics)
-    plot_training(state.losses, state.evaluations, out / "training.png",
-                  title=f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
-                        f"gradients, {state.step} steps")
+    title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
+             f"gradients, {state.step} steps")
+    written = list(OUTPUTS[1:])
+    if plots_available():
+        atomic_write(out / "training.png",
+                     lambda file: plot_training(state.losses, state.evaluations, file, title=title))
+    else:
+        written.remove("training.png")
+        print(f"training.png not written: plots need matplotlib, {EXTRA_HINT}", file=sys.stderr)
     seconds = np.asarray(state.seconds)
     print(f"median seconds per step: {np.median(seconds):.4f}; training wall time: {wall:.1f} s")
-    print(f"wrote {out / 'params.npz'}, {out / 'metrics.json'}, {out / 'training.png'}")
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
     print(f"train accuracy: {metrics['train_accuracy']:.4f}")
     print(f"test accuracy: {test_accuracy:.4f} ({correct}/{len(test)})")
     return 0
 
 
 def _write_json_atomic(path: Path, document: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as file:
-        json.dump(document, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: file.write(json.dumps(document, indent=1).encode()))
 
 
 def _headline(run, trainer: Trainer) -> str:
@@ -330,8 +486,11 @@ def _headline(run, trainer: Trainer) -> str:
            f"numerical gradients ({c.scheme}, h={c.h:g}, {c.evaluator} evaluator) on "
            f"{run['workers']} worker(s), {run['backend']}")
     start = f", resuming at step {trainer.state.step}" if trainer.state.step else ""
+    where = {True: f" ({LATEST_LINK} points to it)", False: f" ({LATEST_LINK} is not a link: "
+             "left as it is)", None: ""}[run.get("latest")]
     return (f"training {'-'.join(map(str, c.sizes))} on {len(run['train'])} images, "
-            f"{c.steps} steps of {c.batch_size}, lr {c.lr:g}; {how}{start}")
+            f"{c.steps} steps of {c.batch_size}, lr {c.lr:g}; {how}{start}\n"
+            f"writing to {run['out']}{where}")
 
 
 def _progress_bar(trainer: Trainer, enabled: bool):

@@ -121,6 +121,9 @@ class Trainer:
         return self.net.accuracy(data.images, data.labels)
 
     def _initial_state(self) -> TrainingState:
+        """The order rule: ``rng = default_rng(seed)`` draws the weights first, then (with
+        `shuffle`) the first epoch's permutation; each later epoch draws the next
+        permutation from the same generator (`_next_order`). Without `shuffle`, file order."""
         c = self.config
         rng = np.random.default_rng(c.seed)
         params = init_params(c.sizes, c.weight_init_std, seed=rng)

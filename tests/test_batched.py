@@ -133,5 +133,6 @@ def test_float32_parameters(mnist):
     loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
     for name in batched:
         assert batched[name].dtype == np.float32
-        np.testing.assert_allclose(batched[name], loop[name], rtol=0, atol=1e-6 * np.abs(loop[name]).max() + 1e-9)
+        np.testing.assert_allclose(batched[name], loop[name], rtol=0,
+                                   atol=1e-6 * np.abs(loop[name]).max() + 1e-9)
     assert f(None) == net.loss(x, t)

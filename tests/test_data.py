@@ -6,10 +6,14 @@ import struct
 import numpy as np
 import pytest
 
+from _mnist_files import write_mnist_dir
 from engine.data import (
+    MNIST_IDX_FILES,
     DataError,
     Dataset,
+    find_mnist_idx,
     load_embedded_mnist,
+    load_mnist_dir,
     load_mnist_idx,
     materialise_book_csvs,
     read_idx_images,
@@ -321,3 +325,27 @@ def test_command_line_writes_the_texts_files(tmp_path):
     assert len(read_mnist_csv(tmp_path / "mnist_train_12.csv")) == 12
     assert len(read_mnist_csv(tmp_path / "mnist_test_3.csv")) == 3
     assert main(["--out", str(tmp_path), "--train-size", "0"]) == 2
+
+
+class TestMnistDir:
+    @pytest.mark.parametrize("gzipped", [(), ("train_images", "test_labels"),
+                                         ("train_images", "train_labels", "test_images",
+                                          "test_labels")])
+    def test_reads_the_four_files_plain_or_gzipped(self, tmp_path, gzipped):
+        written = write_mnist_dir(tmp_path, n_train=7, n_test=3, gzipped=gzipped)
+        train, test = load_mnist_dir(tmp_path)
+        for data, (pixels, labels) in [(train, written["train"]), (test, written["test"])]:
+            np.testing.assert_array_equal(data.images, pixels.reshape(len(pixels), 784) / 255.0)
+            np.testing.assert_array_equal(data.labels, labels)
+
+    @pytest.mark.parametrize("key", list(MNIST_IDX_FILES))
+    def test_a_missing_file_is_named(self, tmp_path, key):
+        write_mnist_dir(tmp_path, n_train=2, n_test=2)
+        (tmp_path / MNIST_IDX_FILES[key]).unlink()
+        with pytest.raises(FileNotFoundError,
+                           match=f"has no {MNIST_IDX_FILES[key]} \\(nor {MNIST_IDX_FILES[key]}.gz\\)"):
+            find_mnist_idx(tmp_path)
+
+    def test_not_a_folder(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="is not a folder"):
+            load_mnist_dir(tmp_path / "absent")

@@ -8,6 +8,7 @@ central h=1e-4 (measured <= 5e-9) we ask 1e-7, with central4 h=3e-3 (measured <=
 in docs/accuracy.md.
 """
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -192,6 +193,114 @@ class TestHandWrittenNet:
     def test_batched_needs_an_engine_net(self, batch):
         with pytest.raises(ValueError, match="batched"):
             gradient_check(BookNet(), *batch, evaluator="batched")
+
+
+class BookStyleNet:
+    """Written the way the teaching text's chapter-4 ``TwoLayerNet`` is: a sigmoid hidden
+    layer, softmax output, its own loss ``-sum(t * log(y + delta)) / B`` and its own backprop
+    ``dy = (y - t) / B``, both taking one-hot `t` only (integer labels broadcast wrongly or
+    raise). ``delta=1e-7`` is the book's; with it the backprop is not the loss's exact
+    gradient (it misses the factor y_t / (y_t + delta)), with ``delta=0`` it is."""
+
+    def __init__(self, sizes=(12, 7, 4), seed=0, delta=1e-7, weight_init_std=0.01):
+        rng = np.random.default_rng(seed)
+        n_in, n_hidden, n_out = sizes
+        self.params = {"W1": weight_init_std * rng.standard_normal((n_in, n_hidden)),
+                       "b1": np.zeros(n_hidden),
+                       "W2": weight_init_std * rng.standard_normal((n_hidden, n_out)),
+                       "b2": np.zeros(n_out)}
+        self.delta = delta
+
+    def _forward(self, x):
+        a1 = x @ self.params["W1"] + self.params["b1"]
+        z1 = 1 / (1 + np.exp(-a1))
+        a2 = z1 @ self.params["W2"] + self.params["b2"]
+        y = np.exp(a2 - a2.max(axis=1, keepdims=True))
+        return z1, y / y.sum(axis=1, keepdims=True)
+
+    def predict(self, x):
+        return self._forward(x)[1]
+
+    def loss(self, x, t):
+        return float(-np.sum(t * np.log(self.predict(x) + self.delta)) / x.shape[0])
+
+    def gradient(self, x, t):
+        z1, y = self._forward(x)
+        dy = (y - t) / x.shape[0]
+        da1 = (dy @ self.params["W2"].T) * z1 * (1 - z1)
+        return {"W1": x.T @ da1, "b1": da1.sum(axis=0), "W2": z1.T @ dy, "b2": dy.sum(axis=0)}
+
+
+class TestBookLabels:
+    """The book's nets take one-hot labels; gradient_check gives them what they take."""
+
+    @staticmethod
+    def batch(size, seed=4):
+        rng = np.random.default_rng(seed)
+        return rng.random((size, 12)), rng.integers(0, 4, size)
+
+    def test_one_hot_labels_through_the_public_api(self):
+        from engine import gradient_check as public_gradient_check
+
+        x, labels = self.batch(3)
+        report = public_gradient_check(BookStyleNet(), x, np.eye(4)[labels], workers=2)
+        assert list(report) == ["W1", "b1", "W2", "b2"]
+        # The book's `+ 1e-7`: its backprop is off by the factor y_t / (y_t + 1e-7), a
+        # relative ~1e-7 / y_t, with y_t ~ 1/4 here: measured 3.95e-7 to 3.99e-7.
+        assert all(3e-7 < d.relative < 5e-7 for d in report.values()), report
+        exact_loss = public_gradient_check(BookStyleNet(delta=0.0), x, np.eye(4)[labels])
+        assert worst(exact_loss) < 1e-8   # without it the same check gives central's 1e-9s
+
+    @pytest.mark.parametrize("size", [1, 3, 4])   # 1 and 4 (= classes): int labels broadcast
+    def test_integer_labels_are_given_to_it_as_one_hot(self, size):
+        x, labels = self.batch(size)
+        net = BookStyleNet()
+        assert gradient_check(net, x, labels) == gradient_check(net, x, np.eye(4)[labels])
+        assert worst(gradient_check(net, x, labels)) < 1e-6
+
+    def test_a_net_that_takes_integer_labels_gets_them(self):
+        x, labels = self.batch(5)
+        net = BookNet()   # indexes y[arange(B), t]: one-hot rows raise IndexError
+        assert gradient_check(net, x, np.eye(4)[labels]) == gradient_check(net, x, labels)
+        assert gradient_check(net, x, np.eye(4)[labels], labels="int") == \
+            gradient_check(net, x, labels)
+        with pytest.raises(ValueError, match=r"one-hot labels of shape \(5, 4\): IndexError"):
+            gradient_check(net, x, np.eye(4)[labels], labels="one-hot")
+
+    def test_labels_no_form_fits_fail_before_any_work(self, monkeypatch):
+        import engine.gradcheck as module
+
+        def no_work(*args, **kwargs):
+            raise AssertionError("the numerical gradient was started")
+
+        monkeypatch.setattr(module, "parallel_numerical_gradient", no_work)
+        net = BookStyleNet()
+        monkeypatch.setattr(net, "gradient", lambda x, t: np.zeros(3) + t)   # raises for both
+        x, labels = self.batch(3)
+        with pytest.raises(ValueError) as raised:
+            gradient_check(net, x, labels)
+        message = str(raised.value)
+        assert "one-hot labels of shape (3, 4): ValueError" in message
+        assert "integer labels of shape (3,): ValueError" in message
+        assert "labels='int' or labels='one-hot'" in message
+
+    @pytest.mark.parametrize("t, labels, message", [
+        (np.array([0, 1, 2, 3, 0]), "auto", "`t` holds 5 rows of labels but `x` has 3 rows"),
+        (np.array([0, 1, 4]), "auto", "label 4, but `net.predict(x)` gives 4 classes"),
+        (np.array([0, -1, 2]), "auto", "must be >= 0"),
+        (np.array([0.5, 1.0, 2.0]), "one-hot", "needs `x` of shape (B, n_in) and `t` of B"),
+        (np.array([0, 1, 2]), "onehot", "`labels` must be one of"),
+    ])
+    def test_bad_labels_are_named_before_any_work(self, t, labels, message):
+        x, _ = self.batch(3)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            gradient_check(BookStyleNet(), x, t, labels=labels)
+
+    def test_one_hot_needs_a_class_count(self):
+        net = BookNet()   # no predict()
+        x, labels = self.batch(3)
+        with pytest.raises(ValueError, match="needs the number of classes"):
+            gradient_check(net, x, labels, labels="one-hot")
 
 
 class TestParallelEqualsSerial:

@@ -50,7 +50,7 @@ def test_exact_call_after_call_and_shipped_once(tmp_path, backend):
             else:
                 w = rng.standard_normal(w.shape)               # a fresh array, same structure
             scale = 1.0 + call
-            assert same(g(w, scale), numerical_gradient(lambda v: f(v, scale), w))
+            assert same(g(w, scale), numerical_gradient(lambda v, s=scale: f(v, s), w))
     shipped = (tmp_path / "unpickled").read_text().split()
     assert len(shipped) == 2, f"f was unpickled {len(shipped)} times, not once per worker"
 

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "engine"
 
 LEVEL = {
     # data and the layered model
-    "errors": 0, "functions": 0, "data": 0, "layers": 1, "model": 2,
+    "errors": 0, "functions": 0, "data": 0, "layers": 1, "model": 2, "_loss_by_class": 2,
     # the gradient engine: what is perturbed, how chunks are evaluated, where they run
     "space": 3, "schemes": 3, "payload": 3, "_threads": 3, "execution": 3,
     "evaluators": 4, "batched": 4, "_worker": 5, "backends": 6, "_dask": 6,

@@ -289,7 +289,7 @@ class TestBackprop:
         if activation == "relu":
             # A step of H moves a pre-activation by about H; stay well clear of the kink.
             trace = net.trace(params, x)
-            relu_inputs = [trace[i] for i, l in enumerate(net.layers) if isinstance(l, ReLU)]
+            relu_inputs = [trace[i] for i, layer in enumerate(net.layers) if isinstance(layer, ReLU)]
             margin = min(np.abs(a).min() for a in relu_inputs)
             assert margin > 1e-3, "test data puts a ReLU input next to its kink"
         f = ModelLoss(net, params, x, labels)
@@ -389,7 +389,7 @@ class TestMlpAndInit:
         net = mlp([784, 100, 50, 10], "relu")
         kinds = [type(layer).__name__ for layer in net.layers]
         assert kinds == ["Affine", "ReLU", "Affine", "ReLU", "Affine"]
-        assert [(l.weight, l.bias) for l in net.layers[::2]] == [
+        assert [(layer.weight, layer.bias) for layer in net.layers[::2]] == [
             ("w1", "b1"), ("w2", "b2"), ("w3", "b3")
         ]
         assert isinstance(net.loss_layer, SoftmaxCrossEntropy)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import numerical_gradient, parallel_numerical_gradient, plan_chunks
+from engine import numerical_gradient, parallel_numerical_gradient
 
 WORKER_COUNTS = [1, 2, 3, 4, 8]
 

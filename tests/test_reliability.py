@@ -131,11 +131,18 @@ def test_ctrl_c_exits_within_two_seconds_and_leaves_no_worker(tmp_path):
     assert wait_until(lambda: not any(alive(pid) for pid in workers), 2)
 
 
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
 def test_kill_9_of_the_caller_ends_its_workers_within_5_s_and_leaves_no_shared_file(tmp_path):
     program, workers = start_slow_program(tmp_path)
+    helpers = children(program.pid)   # the workers and the resource trackers
+    assert set(workers) <= set(helpers)
     program.kill()
     program.wait(timeout=10)
-    assert wait_until(lambda: not any(alive(pid) for pid in workers), 5), "orphaned workers"
+    assert wait_until(lambda: not any(alive(pid) for pid in helpers), 5), "orphaned processes"
     assert not list(Path("/dev/shm").glob(f"numgrad-{program.pid}-*"))
 
 

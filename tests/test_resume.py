@@ -141,3 +141,76 @@ def test_resume_refuses_flags_that_change_the_numbers(tmp_path):
 def test_resume_without_a_checkpoint(tmp_path):
     status, _, err = finish("--resume", tmp_path / "nothing-here")
     assert status == 2 and "no checkpoint" in err
+
+
+SHORT = ["--hidden", "4", "--iters", "10", "--train-size", "8", "--test-size", "2", "--workers", "1",
+         "--no-progress"]
+
+
+def stopped_at_step_4(tmp_path, monkeypatch, *flags) -> Path:
+    """A run of SHORT interrupted (Ctrl-C, in this process) after its 4th step."""
+    import engine.train as train_module
+
+    after_step = train_module._after_step
+
+    def interrupt_at_4(trainer, run, bar):
+        after_step(trainer, run, bar)
+        if trainer.state.step == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "_after_step", interrupt_at_4)
+        assert train_module.main([*SHORT, *flags, "--out", str(out)]) == 130
+    return out
+
+
+def checkpointed_steps(monkeypatch) -> list:
+    """Record the step of every checkpoint engine-train writes from now on."""
+    import engine.train as train_module
+
+    steps, save = [], train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda folder, params, state: steps.append(state["step"])
+                        or save(folder, params, state))
+    return steps
+
+
+def test_checkpoint_every_is_kept_for_the_resume(tmp_path, monkeypatch):
+    from engine.train import main
+
+    out = stopped_at_step_4(tmp_path, monkeypatch, "--checkpoint-every", "3")
+    steps = checkpointed_steps(monkeypatch)
+    assert main(["--resume", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert steps == [6, 9, 10]   # every 3rd step, then the end (not the default's 100)
+
+
+def test_checkpoint_every_given_on_resume_replaces_the_saved_one(tmp_path, monkeypatch):
+    from engine.train import main
+
+    out = stopped_at_step_4(tmp_path, monkeypatch, "--checkpoint-every", "3")
+    steps = checkpointed_steps(monkeypatch)
+    assert main(["--resume", str(out), "--checkpoint-every", "5", "--no-progress",
+                 "--workers", "1"]) == 0
+    assert steps == [5, 10, 10]
+
+
+def test_resume_removes_orphan_temporary_files(tmp_path, monkeypatch):
+    from engine.train import main
+
+    out = stopped_at_step_4(tmp_path, monkeypatch)
+    orphan = out / f".{CHECKPOINT_NAME}.5e5e5e.tmp"
+    orphan.write_bytes(b"a write killed half way")
+    assert main(["--resume", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert not orphan.exists()
+
+
+def test_resume_refuses_another_out_and_takes_its_own(tmp_path, monkeypatch, capsys):
+    from engine.train import main
+
+    out = stopped_at_step_4(tmp_path, monkeypatch)
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["--resume", str(out), "--out", str(elsewhere), "--no-progress"]) == 2
+    assert f"--out {elsewhere} cannot move it" in capsys.readouterr().err
+    assert not elsewhere.exists()
+    assert main(["--resume", str(out), "--out", str(out), "--workers", "1", "--no-progress"]) == 0

@@ -1,13 +1,18 @@
 """The trainer CLI: defaults, outputs, determinism across workers, bad flags."""
 import json
+import os
+import re
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine.data import load_embedded_mnist, write_mnist_csv
-from engine.train import build_parser, main
+from _mnist_files import write_mnist_dir
+from engine.data import Dataset, load_embedded_mnist, write_mnist_csv
+from engine.train import _DEFAULTS, OUTPUTS, build_parser, main
 
 QUICK = ["--hidden", "12", "--iters", "6", "--train-size", "20", "--test-size", "10", "--no-progress"]
 
@@ -101,6 +106,54 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, flags, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "nosuch"], "--backend: `backend` must be one of"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["--eval-every", "-2"], "--eval-every must be >= 0, got -2"),
+    (["--batch-size", "7"], "--batch-size 7 is more than the 6 training images"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler is only used with --backend dask"),
+    (["--mnist-dir", ".", "--train-csv", "x.csv"], "cannot be combined with --train-csv"),
+    (["--epochs", "0"], "--epochs must be a positive number"),
+])
+def test_every_flag_is_checked_before_anything_is_written(tmp_path, capsys, flags, message):
+    out = tmp_path / "never"
+    small = ["--hidden", "3", "--iters", "2", "--train-size", "6", "--test-size", "2",
+             "--workers", "1", "--no-progress"]
+    assert main([*small, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_after_a_bad_backend_the_corrected_run_is_not_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--hidden", "3", "--iters", "2", "--train-size", "6", "--test-size", "2",
+             "--workers", "1", "--no-progress", "--out", str(out)]
+    assert main([*small, "--backend", "nosuch"]) == 2
+    assert main(small) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["sequential", "multiprocessing"])   # joblib's own names
+def test_joblibs_registered_backends_are_accepted(tmp_path, backend):
+    assert main(["--hidden", "3", "--iters", "1", "--train-size", "2", "--test-size", "2",
+                 "--workers", "1", "--no-progress", "--backend", backend,
+                 "--out", str(tmp_path / backend)]) == 0
+
+
+def test_help_shows_each_default_once():
+    parser = build_parser()
+    assert "(default:" not in parser.format_help()
+    for action in parser._actions:
+        assert (action.help or "").count("default:") <= 1, action.option_strings
+        key = action.dest
+        if key in _DEFAULTS:
+            shown = " ".join(map(str, _DEFAULTS[key])) if isinstance(_DEFAULTS[key], list) \
+                else str(_DEFAULTS[key])
+            if not isinstance(_DEFAULTS[key], bool):
+                assert f"[default: {shown}" in action.help, action.option_strings
+
+
 def test_bad_csv_data_exits_2_naming_file_and_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("3," + ",".join(["0"] * 784) + "\n12," + ",".join(["0"] * 784) + "\n")
@@ -113,3 +166,82 @@ def test_bad_csv_data_exits_2_naming_file_and_line(tmp_path):
 def test_argparse_errors_exit_2():
     result = run_cli("--iters", "many")
     assert result.returncode == 2 and "invalid int value" in result.stderr
+
+
+def test_outputs_get_the_mode_the_umask_gives_a_new_file(tmp_path):
+    out = tmp_path / "run"
+    saved = os.umask(0o022)
+    try:
+        assert main([*QUICK, "--iters", "2", "--workers", "1", "--out", str(out)]) == 0
+    finally:
+        os.umask(saved)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()
+             if not path.name.startswith(".")}
+    assert modes == dict.fromkeys(["checkpoint.npz", "params.npz", "metrics.json", "training.png"],
+                                  0o644)
+
+
+def test_trains_on_the_mnist_idx_files_taking_the_first_n(tmp_path):
+    written = write_mnist_dir(tmp_path / "mnist", n_train=30, n_test=10,
+                              gzipped=("train_images", "test_labels"))
+    out = tmp_path / "run"
+    assert main(["--mnist-dir", str(tmp_path / "mnist"), "--train-size", "12", "--test-size", "4",
+                 "--hidden", "5", "--iters", "3", "--gradient", "backprop", "--no-progress",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_total"] == 4
+    assert metrics["config"]["data"]["mnist_dir"] == str((tmp_path / "mnist").resolve())
+    # the same first images, given as the text's CSV files, give the same parameters
+    pixels, labels = written["train"]
+    write_mnist_csv(tmp_path / "train.csv", Dataset(pixels[:12].reshape(12, 784) / 255.0, labels[:12]))
+    pixels, labels = written["test"]
+    write_mnist_csv(tmp_path / "test.csv", Dataset(pixels[:4].reshape(4, 784) / 255.0, labels[:4]))
+    assert main(["--train-csv", str(tmp_path / "train.csv"), "--test-csv", str(tmp_path / "test.csv"),
+                 "--hidden", "5", "--iters", "3", "--gradient", "backprop", "--no-progress",
+                 "--out", str(tmp_path / "csv")]) == 0
+    with np.load(out / "params.npz") as a, np.load(tmp_path / "csv" / "params.npz") as b:
+        assert all(np.array_equal(a[name], b[name]) for name in a.files)
+
+
+def test_mnist_dir_defaults_to_every_image(tmp_path, monkeypatch):
+    import engine.train as train_module
+
+    write_mnist_dir(tmp_path / "mnist", n_train=9, n_test=5)
+    seen = {}
+    monkeypatch.setattr(train_module, "_train", lambda run, args: seen.update(run) or 0)
+    assert main(["--mnist-dir", str(tmp_path / "mnist"), "--out", str(tmp_path / "run")]) == 0
+    assert (len(seen["train"]), len(seen["test"])) == (9, 5)
+
+
+def test_a_missing_mnist_file_exits_2_naming_it(tmp_path, capsys):
+    write_mnist_dir(tmp_path / "mnist", n_train=3, n_test=2)
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").unlink()
+    out = tmp_path / "never"
+    assert main(["--mnist-dir", str(tmp_path / "mnist"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "has no t10k-labels-idx1-ubyte (nor t10k-labels-idx1-ubyte.gz)" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def readme_trainer_section() -> dict[str, str]:
+    """The README's "engine-train: flags and outputs" paragraphs, by their bold name."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("### engine-train: flags and outputs", 1)[1].split("\n## ", 1)[0]
+    paragraphs = {}
+    for paragraph in section.split("\n\n"):
+        if paragraph.startswith("**"):
+            paragraphs[paragraph[2:].split("**", 1)[0]] = paragraph
+        elif paragraph.startswith("- ") and paragraphs:
+            paragraphs[list(paragraphs)[-1]] += "\n" + paragraph
+    return paragraphs
+
+
+def test_readme_lists_exactly_the_parsers_flags_and_the_outputs():
+    section = readme_trainer_section()
+    listed = re.findall(r"`(--[a-z0-9-]+)`", section["Flags"])
+    flags = [s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")]
+    flags.remove("--help")
+    assert sorted(listed) == sorted(flags)
+    outputs = re.findall(r"^- `([^`]+)`", section["Outputs"], flags=re.MULTILINE)
+    assert sorted(outputs) == sorted(OUTPUTS) == sorted(
+        ["params.npz", "metrics.json", "training.png", "checkpoint.npz"])

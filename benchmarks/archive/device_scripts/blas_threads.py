@@ -1,7 +1,6 @@
 """Device experiment: f's cost by BLAS threads, and loop scaling with 1 BLAS thread per worker."""
-import time, numpy as np
+import time
 from threadpoolctl import threadpool_limits
-import engine, engine.backends as backends
 from engine.nets import ThreeLayerNet
 from engine.data import load_embedded_mnist
 train, _ = load_embedded_mnist()

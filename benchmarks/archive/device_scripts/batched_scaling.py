@@ -1,4 +1,5 @@
-import time, numpy as np, sys
+import time
+import numpy as np
 from engine.nets import ThreeLayerNet
 from engine.data import load_embedded_mnist
 train, _ = load_embedded_mnist()

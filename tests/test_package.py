@@ -1,0 +1,75 @@
+"""The package's surface: its exports, and its modules run as commands without warnings."""
+import importlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine
+
+EXPORTS = {
+    "numerical_gradient": "serial", "parallel_numerical_gradient": "parallel",
+    "jacobian": "parallel", "Gradient": "gradient", "Jacobian": "gradient", "Plan": "gradient",
+    "Failure": "gradient", "plan_chunks": "gradient", "Execution": "execution",
+    "WorkerError": "errors", "NumericalFallbackWarning": "errors", "StepSizeWarning": "errors",
+    "gradient_check": "gradcheck", "GradientDifference": "gradcheck",
+    "SimpleNet": "nets", "ThreeLayerNet": "nets", "MLP": "nets", "Dataset": "data",
+    "DataError": "data", "load_embedded_mnist": "data", "read_mnist_csv": "data",
+    "write_mnist_csv": "data", "PayloadError": "errors", "StateNotShippedError": "errors",
+    "WorkerLostError": "errors",
+}
+
+
+def test_every_export_is_its_modules_object():
+    assert sorted(engine.__all__) == sorted(EXPORTS)
+    for name, module in EXPORTS.items():
+        assert getattr(engine, name) is getattr(importlib.import_module(f"engine.{module}"), name)
+        assert name in dir(engine)
+    namespace = {}
+    exec("from engine import *", namespace)
+    assert set(EXPORTS) <= set(namespace)
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        engine.no_such_name  # noqa: B018  the attribute access is the test
+
+
+@pytest.mark.parametrize("command", [
+    ["engine.data", "--help"], ["engine.gradcheck", "--help"], ["engine.train", "--help"],
+])
+def test_modules_run_as_commands_without_a_runtime_warning(command):
+    # -W error turns runpy's "found in sys.modules ... prior to execution" into a failure
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", *command],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "usage:" in done.stdout
+
+
+WITHOUT_TRAIN_EXTRA = ("import sys; sys.modules['mlxtend'] = None; sys.modules['matplotlib'] = None; "
+                       "from engine.train import main; raise SystemExit(main(sys.argv[1:]))")
+
+
+def test_without_the_train_extra_the_embedded_data_exits_2_naming_it(tmp_path):
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "--out", str(tmp_path / "run"),
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "numgrad-engine[train]" in done.stderr and "--train-csv" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path):
+    from engine.data import Dataset, write_mnist_csv
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((20, 784)), np.arange(20) % 10)
+    write_mnist_csv(tmp_path / "train.csv", data)
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "--out", str(tmp_path / "run"),
+                           "--train-csv", str(tmp_path / "train.csv"), "--test-csv",
+                           str(tmp_path / "train.csv"), "--iters", "3", "--hidden", "4",
+                           "--workers", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "training.png not written" in done.stderr and "numgrad-engine[train]" in done.stderr
+    assert (tmp_path / "run" / "params.npz").exists() and not (tmp_path / "run" / "training.png").exists()

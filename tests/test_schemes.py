@@ -1,0 +1,126 @@
+"""Difference schemes and step sizes: each formula's exactness, its stated order, and bad steps.
+
+The polynomials below have integer coefficients and the steps are powers of two, so every
+value and every difference is exact in float64: where a scheme is exact in theory, its
+result must equal the derivative bit for bit.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from engine.schemes import SCHEMES, Scheme, get_scheme, resolve_steps
+
+X, H = 3.0, 0.5
+
+
+def difference(scheme, f, x=X, h=H, center=None):
+    """The scheme's derivative of `f` at `x`, as the evaluators compute it."""
+    values = [f(x + m * h) for m in scheme.multiples]
+    if center is None and scheme.uses_center:
+        center = f(x)
+    return scheme.combine(values, center, h)
+
+
+def power(d):
+    return (lambda x: x ** d), (lambda x: d * x ** (d - 1))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+class TestFormulas:
+    def test_exact_up_to_its_order(self, name):
+        scheme = SCHEMES[name]
+        for d in range(scheme.order + 1):
+            f, df = power(d)
+            assert difference(scheme, f) == df(X), f"{name} on x**{d}"
+
+    def test_not_exact_one_degree_higher(self, name):
+        # The order is the degree where exactness ends: the error term is h**order * f^(order+1).
+        scheme = SCHEMES[name]
+        f, df = power(scheme.order + 1)
+        assert difference(scheme, f) != df(X)
+
+    def test_error_shrinks_as_h_to_the_order(self, name):
+        scheme = SCHEMES[name]
+        f, df = power(scheme.order + 1)
+        errors = [abs(difference(scheme, f, h=h) - df(X)) for h in (H, H / 2)]
+        assert errors[0] / errors[1] == 2.0 ** scheme.order
+
+    def test_uses_center_says_whether_f_of_x_is_read(self, name):
+        scheme = SCHEMES[name]
+        result = difference(scheme, lambda x: x * x, center=np.nan)
+        assert bool(np.isnan(result)) is scheme.uses_center
+
+    def test_one_evaluation_per_multiple(self, name):
+        scheme = SCHEMES[name]
+        assert len(scheme.multiples) == {"central": 2, "forward": 1, "central4": 4}[name]
+        assert len(set(scheme.multiples)) == len(scheme.multiples) and 0 not in scheme.multiples
+
+    def test_registered_under_its_name(self, name):
+        assert SCHEMES[name].name == name
+        assert get_scheme(name) is SCHEMES[name]
+
+
+def test_known_values():
+    assert SCHEMES["central"].combine([7.0, 3.0], None, 0.25) == 8.0          # 4 / 0.5
+    assert SCHEMES["forward"].combine([7.0], 3.0, 0.25) == 16.0               # 4 / 0.25
+    assert SCHEMES["central4"].combine([1.0, 2.0, 4.0, 8.0], None, 0.25) == -3.0   # -9 / 3
+
+
+def test_schemes_cannot_be_changed_in_place():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SCHEMES["central"].multiples = (1,)
+
+
+class TestGetScheme:
+    def test_a_scheme_object_passes_through(self):
+        custom = Scheme("backward", (-1,), True, lambda v, c, h: (c - v[0]) / h,
+                        lambda v, c, s: (v[0] - c) / s[0], order=1, auto_root=2)
+        assert get_scheme(custom) is custom
+
+    @pytest.mark.parametrize("bad", ["backward", "Central", None, ["central"]])
+    def test_unknown_names_are_refused_with_the_choices(self, bad):
+        with pytest.raises(ValueError, match=r"`scheme` must be one of \['central', "
+                                             r"'central4', 'forward'\], got "):
+            get_scheme(bad)
+
+
+class TestResolveSteps:
+    def test_one_number_for_every_array(self):
+        steps = resolve_steps(1e-4, ["a", "b", "c"], ["x['a']", "x['b']", "x['c']"])
+        assert steps == [1e-4, 1e-4, 1e-4]
+        assert resolve_steps(0.5, [None], ["x"]) == [0.5]
+
+    def test_a_dict_gives_each_key_its_step_in_the_order_of_x(self):
+        steps = resolve_steps({"b": 1e-5, "a": 1e-3}, ["a", "b"], ["x['a']", "x['b']"])
+        assert steps == [1e-3, 1e-5]
+
+    @pytest.mark.parametrize("h", [1, np.float32(0.5), np.float64(1e-4), np.int64(2)])
+    def test_numpy_and_integer_steps_become_floats(self, h):
+        (step,) = resolve_steps(h, [None], ["x"])
+        assert type(step) is float and step == float(h)
+
+    @pytest.mark.parametrize("h", [0, 0.0, -1e-4, float("nan"), float("inf"), -float("inf")])
+    def test_a_step_must_be_positive_and_finite(self, h):
+        with pytest.raises(ValueError, match="`h` must be a positive finite number, got"):
+            resolve_steps(h, [None], ["x"])
+
+    @pytest.mark.parametrize("h", ["1e-4", None, True, np.bool_(True), [1e-4]])
+    def test_a_step_must_be_a_number(self, h):
+        with pytest.raises(TypeError, match="`h` must be a positive finite number, got"):
+            resolve_steps(h, [None], ["x"])
+
+    def test_a_bad_step_in_a_dict_is_named_by_its_key(self):
+        with pytest.raises(ValueError, match=r"`h\['b'\]` must be a positive"):
+            resolve_steps({"a": 1e-3, "b": 0.0}, ["a", "b"], ["x['a']", "x['b']"])
+
+    @pytest.mark.parametrize("h, missing, unknown", [
+        ({"a": 1e-3}, "['b']", "[]"),
+        ({"a": 1e-3, "b": 1e-3, "z": 1e-3}, "[]", "[\"'z'\"]"),
+        ({"a": 1e-3, "z": 1e-3}, "['b']", "[\"'z'\"]"),
+    ])
+    def test_a_dict_must_name_exactly_the_keys(self, h, missing, unknown):
+        with pytest.raises(ValueError) as error:
+            resolve_steps(h, ["a", "b"], ["x['a']", "x['b']"])
+        assert str(error.value) == ("`h` as a dict must name exactly the keys of `x`: "
+                                    f"missing {missing}, unknown {unknown}")
