@@ -248,7 +248,7 @@ class Gradient:
         space = ParamSpace(x)
         steps = resolve_steps(self.h, space.keys, space.labels)
         evaluator = choose_evaluator(self.evaluator, self.f, x, loop_only=self._loop_only(steps))
-        bind(self.f, args, x)   # checks the arguments of a model's loss before any work
+        bound = bind(self.f, args, x)   # also checks a model's loss's arguments before any work
         if evaluator == "batched":
             options = (("block_memory", self.block_memory),)
         else:
@@ -263,7 +263,7 @@ class Gradient:
         if where == "parallel":
             value, values, shipping = self._on_workers(space, args, job, report, want_value)
         else:
-            (value, values), shipping = self._in_process(space, args, job, report, want_value), 0.0
+            (value, values), shipping = self._in_process(space, bound, job, report, want_value), 0.0
         elapsed = time.perf_counter() - started
         self._planner.record(where, elapsed - shipping)
         if space.size:
@@ -306,18 +306,18 @@ class Gradient:
                           "the nominal h (the teaching text's formula). h='auto' divides by the "
                           "stored step", StepSizeWarning, stacklevel=4)
 
-    def _in_process(self, space: ParamSpace, args: tuple, job: Job, report: Report,
+    def _in_process(self, space: ParamSpace, f: Callable, job: Job, report: Report,
                     want_value: bool):
         """Evaluate here, on the caller's arrays, which are restored afterwards whatever `f` does.
 
-        Returns ``(f(x), values)``; `f(x)` is computed once, first, where it is used.
+        `f` is ``f(x, *args)`` bound to one argument (`engine.evaluators.bind`). Returns
+        ``(f(x), values)``; `f(x)` is computed once, first, where it is used.
         """
-        f = bind(self.f, args, space.structure)
         cache = {}
         options = dict(job.options)
         if job.evaluator == "loop":
             options["report"] = report
-        with _restored(space), one_blas_thread():
+        with space.restored(), one_blas_thread():
             value = None
             if want_value or self._vector or self._needs_center(job):   # a Jacobian's shape
                 value = cache["center"] = loss_at(f, space, "the unperturbed x",
@@ -338,7 +338,7 @@ class Gradient:
         options = dict(job.options)
         if job.evaluator == "loop":
             options["report"] = Report()
-        with _restored(space), one_blas_thread():
+        with space.restored(), one_blas_thread():
             return get_evaluator(job.evaluator)(f, space, list(job.steps), self.scheme, entry,
                                                 entry + 1, cache, **options)[0]
 
@@ -570,21 +570,6 @@ def _signature(space: ParamSpace, evaluator: str) -> tuple:
     """What the workers' resident copy depends on: the structure, not the values."""
     return (type(space.structure), tuple(space.keys), evaluator,
             tuple((a.shape, a.dtype.str, a.strides) for a in space.arrays))
-
-
-class _restored:
-    """Put the arrays of `space` back as they were on exit, whatever `f` did to them."""
-
-    def __init__(self, space: ParamSpace):
-        self.arrays = space.arrays
-
-    def __enter__(self):
-        self.saved = [a.copy() for a in self.arrays]
-
-    def __exit__(self, *exc_info):
-        for array, saved in zip(self.arrays, self.saved):
-            array[...] = saved
-        return False
 
 
 class _Resources:

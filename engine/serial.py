@@ -64,11 +64,7 @@ def numerical_gradient(
     space = ParamSpace(x)
     steps = resolve_steps(h, space.keys, space.labels)
     the_scheme = get_scheme(scheme)
-    saved = [a.copy() for a in space.arrays]
-    try:
-        with one_blas_thread():   # so that no result depends on a BLAS thread count
-            values = loop_evaluate(f, space, steps, the_scheme, 0, space.size)
-    finally:   # an `f` that writes into `x` must not leave the caller's arrays changed
-        for array, before in zip(space.arrays, saved):
-            array[...] = before
+    # an `f` that writes into `x` must not leave the caller's arrays changed
+    with space.restored(), one_blas_thread():   # no result depends on a BLAS thread count
+        values = loop_evaluate(f, space, steps, the_scheme, 0, space.size)
     return space.assemble(values)

@@ -7,6 +7,7 @@ that index, which is all a worker needs to know about its share of the work.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -82,6 +83,16 @@ class ParamSpace:
         """A readable name for one entry, e.g. ``x['w1'][3, 7]``."""
         position, index = self.locate(flat_index)
         return f"{self.labels[position]}[{', '.join(map(str, index))}]"
+
+    @contextmanager
+    def restored(self) -> Iterator[None]:
+        """Put every array back as it was on exit, whatever the block (or `f`) wrote into them."""
+        saved = [a.copy() for a in self.arrays]
+        try:
+            yield
+        finally:
+            for array, before in zip(self.arrays, saved):
+                array[...] = before
 
     def zeros_like(self) -> list[np.ndarray]:
         """One gradient array per parameter array, same shape and dtype, C order."""

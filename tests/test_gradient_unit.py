@@ -13,7 +13,7 @@ from engine.errors import NumericalFallbackWarning, StateNotShippedError, StepSi
 from engine.execution import Execution
 from engine.gradient import (Gradient, Jacobian, Plan, _bounds_per_array,
                              _default_chunks_per_worker, _lost_message, _Planner, _Resources,
-                             _restored, _signature, choose_evaluator, plan_chunks)
+                             _signature, choose_evaluator, plan_chunks)
 from engine.model import ModelLoss, init_params, mlp
 from engine.space import ParamSpace, split_range
 
@@ -122,7 +122,7 @@ def test_the_signature_follows_the_structure_not_the_values():
 def test_restored_puts_the_arrays_back_and_lets_the_error_through():
     x = np.array([1.0, 2.0])
     with pytest.raises(KeyError):
-        with _restored(ParamSpace(x)):
+        with ParamSpace(x).restored():
             x[:] = 7.0
             raise KeyError("from f")
     assert x.tolist() == [1.0, 2.0]
