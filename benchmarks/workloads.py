@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 import engine
-from engine.data import load_embedded_mnist
-from engine.nets import ThreeLayerNet
+from engine._data import load_embedded_mnist
+from engine._nets import ThreeLayerNet
 
 SEED = 20261127
 H = 1e-4                       # the book's step, for our engine and SciPy alike

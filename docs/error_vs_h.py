@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data import load_embedded_mnist
-from engine.gradcheck import gradient_check
-from engine.nets import MLP, ThreeLayerNet
+from engine._data import load_embedded_mnist
+from engine._gradcheck import gradient_check
+from engine._nets import MLP, ThreeLayerNet
 
 SCHEMES = ("forward", "central", "central4")
 DTYPES = ("float64", "float32")

@@ -59,8 +59,8 @@ def measure_overhead(repeats: int, client) -> None:
 def measure_net(repeats: int, hidden: int, client) -> None:
     """The full loop-evaluator gradient of ThreeLayerNet(784, hidden, 10) on one real image."""
     from engine import numerical_gradient, parallel_numerical_gradient
-    from engine.data import load_embedded_mnist
-    from engine.nets import ThreeLayerNet
+    from engine._data import load_embedded_mnist
+    from engine._nets import ThreeLayerNet
 
     train, _ = load_embedded_mnist()
     net = ThreeLayerNet(input_size=784, hidden_size=hidden, seed=0)

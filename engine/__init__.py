@@ -3,32 +3,26 @@
 The teaching text's finite differences (every weight nudged by +h and -h, the loss
 evaluated twice) computed by many workers, with bit-for-bit the serial numbers.
 
-Layers, lowest first: data (`engine.data`) and the layered model (`engine.model`,
-`engine.layers`, `engine.functions`); the gradient engine (`engine.space`: what is
-perturbed; `engine.evaluators` / `engine.batched`: how a chunk is evaluated;
-`engine.backends`: where chunks run; `engine.parallel`: the public core); the book's
-nets (`engine.nets`); the trainer and the command lines (`engine.training`,
-`engine.train`).
+What a user imports is this package's ``__all__``; the modules with a leading underscore
+are internal. Layers, lowest first: data (`_data`) and the layered model (`_functions`,
+`_layers`, `_model`); the gradient engine (`_space`: what is perturbed; `_evaluators` /
+`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_gradient`: the
+resident gradient object; `_parallel`, `_serial`: the one-shot calls); the book's nets
+(`_nets`); the gradient check and the trainer (`_gradcheck`, `_training`); the command
+lines (`engine.cli`).
 """
-from importlib import import_module
-from typing import TYPE_CHECKING
-
-from .errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
-                     StepSizeWarning, WorkerError, WorkerLostError)
-from .execution import Execution
-from .gradient import Failure, Gradient, Jacobian, Plan, plan_chunks
-from .nets import MLP, SimpleNet, ThreeLayerNet
-from .parallel import jacobian, parallel_numerical_gradient
-from .serial import numerical_gradient
-
-# engine.data and engine.gradcheck are also commands (python -m engine.data): imported here
-# eagerly, runpy would find them already in sys.modules and warn. Their names load on use.
-_LAZY = {"Dataset": "data", "DataError": "data", "load_embedded_mnist": "data",
-         "read_mnist_csv": "data", "write_mnist_csv": "data",
-         "gradient_check": "gradcheck", "GradientDifference": "gradcheck"}
-if TYPE_CHECKING:   # for type checkers and editors, which do not run __getattr__
-    from .data import Dataset, DataError, load_embedded_mnist, read_mnist_csv, write_mnist_csv
-    from .gradcheck import GradientDifference, gradient_check
+from ._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
+from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
+                      StepSizeWarning, WorkerError, WorkerLostError)
+from ._execution import Execution
+from ._gradcheck import GradientDifference, format_table, gradient_check
+from ._gradient import Failure, Gradient, Jacobian, Plan
+from ._layers import Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from ._model import ModelLoss, Sequential, mlp
+from ._nets import MLP, SimpleNet, ThreeLayerNet
+from ._parallel import jacobian, parallel_numerical_gradient
+from ._serial import numerical_gradient
+from ._training import TrainConfig, Trainer, TrainingState
 
 __all__ = [
     # gradients
@@ -40,14 +34,27 @@ __all__ = [
     "Execution",
     "Plan",
     "Failure",
-    "plan_chunks",
     # gradient check
     "gradient_check",
     "GradientDifference",
-    # nets
+    "format_table",
+    # the book's nets
     "SimpleNet",
     "ThreeLayerNet",
     "MLP",
+    # layered models
+    "Sequential",
+    "mlp",
+    "ModelLoss",
+    "Affine",
+    "Sigmoid",
+    "ReLU",
+    "Tanh",
+    "SoftmaxCrossEntropy",
+    # training
+    "Trainer",
+    "TrainConfig",
+    "TrainingState",
     # data
     "Dataset",
     "DataError",
@@ -63,15 +70,3 @@ __all__ = [
     "NumericalFallbackWarning",
     "StepSizeWarning",
 ]
-
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value   # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))

@@ -16,8 +16,8 @@ import functools
 
 import numpy as np
 
-from .functions import softmax_cross_entropy
-from .layers import SoftmaxCrossEntropy
+from ._functions import softmax_cross_entropy
+from ._layers import SoftmaxCrossEntropy
 
 _PAIRWISE_BLOCK = 128   # numpy's PW_BLOCKSIZE: longer rows are split in two halves
 _PROBE_ROWS = 512

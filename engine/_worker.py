@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_blas_thread
-from .errors import WorkerError
-from .evaluators import Report, bind, checked_output, get_evaluator, loss_at
-from .payload import loads_bundle
-from .schemes import get_scheme
-from .space import ParamSpace
+from ._errors import WorkerError
+from ._evaluators import Report, bind, checked_output, get_evaluator, loss_at
+from ._payload import loads_bundle
+from ._schemes import get_scheme
+from ._space import ParamSpace
 
 __all__ = ["Job", "Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
            "InlinePayload"]
@@ -94,7 +94,7 @@ class Resident:
         """``(values, report)`` for the chunk ``task = (start, stop)``; ``(f(x), None)`` for None.
 
         `values` is float64 of shape (stop - start,), or (stop - start, m) for a vector
-        `f`; `report` an `engine.evaluators.Report` from the loop evaluator, else None.
+        `f`; `report` an `engine._evaluators.Report` from the loop evaluator, else None.
         """
         if self._bound is None:
             self._bound = bind(self.f, self.args, self.space.structure)
@@ -206,7 +206,7 @@ def portable_error(exc: BaseException) -> BaseException:
     """`exc`, or a `WorkerError` saying the same, whichever survives a pickle round trip.
 
     The worker's traceback text is attached as the ``__cause__`` of what the caller raises
-    (see `engine.errors.RemoteTraceback`), so it is sent along as an attribute.
+    (see `engine._errors.RemoteTraceback`), so it is sent along as an attribute.
     """
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:

@@ -1,6 +1,6 @@
 """The batched evaluator as it was before per-sample sparsity (commit 2152a6f), kept unchanged.
 
-The reference for `engine.batched`, which must give the same bits: every sample of the
+The reference for `engine._batched`, which must give the same bits: every sample of the
 batch is computed for every perturbation. Only the imports differ from that version.
 
 Original docstring follows.
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.layers import Affine
-from engine.schemes import Scheme
-from engine.space import ParamSpace
+from engine._layers import Affine
+from engine._schemes import Scheme
+from engine._space import ParamSpace
 
 __all__ = ["batched_evaluate", "DEFAULT_BLOCK_MEMORY"]
 
@@ -51,7 +51,7 @@ def batched_evaluate(
 
     Parameters
     ----------
-    f : engine.model.ModelLoss
+    f : engine._model.ModelLoss
         The loss whose `params` dict is ``space.structure``.
     cache : dict, optional
         Kept for one call: holds the unperturbed forward pass, computed once.

@@ -11,13 +11,13 @@ import pytest
 
 import _batched_reference as reference
 from engine import _loss_by_class, batched
-from engine.data import load_embedded_mnist
-from engine.evaluators import loop_evaluate
-from engine.functions import softmax_cross_entropy
-from engine.layers import Affine, Sigmoid, SoftmaxCrossEntropy, Tanh
-from engine.model import ModelLoss, Sequential, init_params, mlp
-from engine.schemes import SCHEMES, get_scheme
-from engine.space import ParamSpace
+from engine._data import load_embedded_mnist
+from engine._evaluators import loop_evaluate
+from engine._functions import softmax_cross_entropy
+from engine._layers import Affine, Sigmoid, SoftmaxCrossEntropy, Tanh
+from engine._model import ModelLoss, Sequential, init_params, mlp
+from engine._schemes import SCHEMES, get_scheme
+from engine._space import ParamSpace
 
 H = 1e-4
 NETS = {   # sizes, activation, weight std: ReLU nets have many exact zeros in their hidden layers

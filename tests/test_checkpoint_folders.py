@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import checkpoint
-from engine.checkpoint import (LOCK_NAME, FolderBusyError, atomic_write, lock_folder,
+from engine._checkpoint import (LOCK_NAME, FolderBusyError, atomic_write, lock_folder,
                                new_numbered_folder, point_link)
 
 

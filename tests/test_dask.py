@@ -18,8 +18,8 @@ dask = pytest.importorskip("dask")
 
 import engine._dask  # noqa: E402
 from engine import WorkerLostError, numerical_gradient, parallel_numerical_gradient  # noqa: E402
-from engine.data import load_embedded_mnist  # noqa: E402
-from engine.nets import ThreeLayerNet  # noqa: E402
+from engine._data import load_embedded_mnist  # noqa: E402
+from engine._nets import ThreeLayerNet  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -312,7 +312,7 @@ class TestFailures:
 
 class TestTrainerOnCluster:
     def test_trainer_flags_give_the_same_params_as_loky(self, cluster, tmp_path):
-        from engine.train import main
+        from engine.cli.train import main
 
         common = ["--hidden", "5", "--iters", "3", "--train-size", "6", "--no-progress",
                   "--workers", "2"]

@@ -1,4 +1,4 @@
-"""Tests for engine.data: the embedded split, the book's CSV format, and IDX files."""
+"""Tests for engine._data: the embedded split, the book's CSV format, and IDX files."""
 
 import gzip
 import struct
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from _mnist_files import write_mnist_dir
-from engine.data import (
+from engine._data import (
     MNIST_IDX_FILES,
     DataError,
     Dataset,
@@ -319,7 +319,7 @@ class TestIdx:
 
 
 def test_command_line_writes_the_texts_files(tmp_path):
-    from engine.data import main
+    from engine._data import main
 
     assert main(["--out", str(tmp_path), "--train-size", "12", "--test-size", "3"]) == 0
     assert len(read_mnist_csv(tmp_path / "mnist_train_12.csv")) == 12

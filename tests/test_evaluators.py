@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from engine.batched import batched_evaluate
-from engine.evaluators import (LoopOptions, Report, annotate_error, bind, checked_loss,
+from engine._batched import batched_evaluate
+from engine._evaluators import (LoopOptions, Report, annotate_error, bind, checked_loss,
                                checked_output, get_evaluator, is_model_objective, loop_evaluate)
-from engine.model import ModelLoss, init_params, mlp
-from engine.schemes import auto_step, get_scheme
-from engine.space import ParamSpace
+from engine._model import ModelLoss, init_params, mlp
+from engine._schemes import auto_step, get_scheme
+from engine._space import ParamSpace
 
 H = 1e-4
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from engine import numerical_gradient, parallel_numerical_gradient
-from engine.data import load_embedded_mnist
-from engine.gradcheck import (GradientDifference, default_tol, failures, format_table,
+from engine._data import load_embedded_mnist
+from engine._gradcheck import (GradientDifference, default_tol, failures, format_table,
                               gradient_check, main)
-from engine.layers import Sigmoid
-from engine.nets import MLP, ThreeLayerNet
+from engine._layers import Sigmoid
+from engine._nets import MLP, ThreeLayerNet
 
 SMALL_NET_TOL = {("central", 1e-4): 1e-7, ("central4", 3e-3): 1e-8, ("forward", 1e-4): 1e-3}
 SMALL_CLI = ["--sizes", "784", "12", "10", "--batch-size", "2"]
@@ -268,7 +268,7 @@ class TestBookLabels:
             gradient_check(net, x, np.eye(4)[labels], labels="one-hot")
 
     def test_labels_no_form_fits_fail_before_any_work(self, monkeypatch):
-        import engine.gradcheck as module
+        import engine._gradcheck as module
 
         def no_work(*args, **kwargs):
             raise AssertionError("the numerical gradient was started")
@@ -387,7 +387,7 @@ class TestCommand:
             assert flag in out
 
     def test_runs_as_a_module(self):
-        done = subprocess.run([sys.executable, "-m", "engine.gradcheck", "--help"],
+        done = subprocess.run([sys.executable, "-m", "engine.cli.gradcheck", "--help"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0
         assert "engine-gradcheck" in done.stdout

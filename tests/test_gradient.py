@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import minimize, rosen
 
 from engine import Gradient, ThreeLayerNet, load_embedded_mnist, numerical_gradient
-from engine.errors import StateNotShippedError
+from engine._errors import StateNotShippedError
 
 BACKENDS = ["loky", "threading"]
 

@@ -1,4 +1,4 @@
-"""`engine.gradient` in this process: choosing the evaluator, chunking, bounds, the planner,
+"""`engine._gradient` in this process: choosing the evaluator, chunking, bounds, the planner,
 warnings, and `Gradient` with workers=1 or on two threads (no worker processes)."""
 import math
 import threading
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from engine import numerical_gradient
-from engine.errors import NumericalFallbackWarning, StateNotShippedError, StepSizeWarning
-from engine.execution import Execution
-from engine.gradient import (Gradient, Jacobian, Plan, _bounds_per_array,
+from engine._errors import NumericalFallbackWarning, StateNotShippedError, StepSizeWarning
+from engine._execution import Execution
+from engine._gradient import (Gradient, Jacobian, Plan, _bounds_per_array,
                              _default_chunks_per_worker, _lost_message, _Planner, _Resources,
                              _signature, choose_evaluator, plan_chunks)
-from engine.model import ModelLoss, init_params, mlp
-from engine.space import ParamSpace, split_range
+from engine._model import ModelLoss, init_params, mlp
+from engine._space import ParamSpace, split_range
 
 
 def squares(v):

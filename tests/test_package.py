@@ -2,22 +2,28 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import engine
 
+PACKAGE = Path(engine.__file__).parent
+COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
-    "numerical_gradient": "serial", "parallel_numerical_gradient": "parallel",
-    "jacobian": "parallel", "Gradient": "gradient", "Jacobian": "gradient", "Plan": "gradient",
-    "Failure": "gradient", "plan_chunks": "gradient", "Execution": "execution",
-    "WorkerError": "errors", "NumericalFallbackWarning": "errors", "StepSizeWarning": "errors",
-    "gradient_check": "gradcheck", "GradientDifference": "gradcheck",
-    "SimpleNet": "nets", "ThreeLayerNet": "nets", "MLP": "nets", "Dataset": "data",
-    "DataError": "data", "load_embedded_mnist": "data", "read_mnist_csv": "data",
-    "write_mnist_csv": "data", "PayloadError": "errors", "StateNotShippedError": "errors",
-    "WorkerLostError": "errors",
+    "numerical_gradient": "_serial", "parallel_numerical_gradient": "_parallel",
+    "jacobian": "_parallel", "Gradient": "_gradient", "Jacobian": "_gradient", "Plan": "_gradient",
+    "Failure": "_gradient", "Execution": "_execution",
+    "gradient_check": "_gradcheck", "GradientDifference": "_gradcheck", "format_table": "_gradcheck",
+    "SimpleNet": "_nets", "ThreeLayerNet": "_nets", "MLP": "_nets",
+    "Sequential": "_model", "mlp": "_model", "ModelLoss": "_model", "Affine": "_layers",
+    "Sigmoid": "_layers", "ReLU": "_layers", "Tanh": "_layers", "SoftmaxCrossEntropy": "_layers",
+    "Trainer": "_training", "TrainConfig": "_training", "TrainingState": "_training",
+    "Dataset": "_data", "DataError": "_data", "load_embedded_mnist": "_data",
+    "read_mnist_csv": "_data", "write_mnist_csv": "_data",
+    "PayloadError": "_errors", "StateNotShippedError": "_errors", "WorkerError": "_errors",
+    "WorkerLostError": "_errors", "NumericalFallbackWarning": "_errors", "StepSizeWarning": "_errors",
 }
 
 
@@ -25,10 +31,19 @@ def test_every_export_is_its_modules_object():
     assert sorted(engine.__all__) == sorted(EXPORTS)
     for name, module in EXPORTS.items():
         assert getattr(engine, name) is getattr(importlib.import_module(f"engine.{module}"), name)
-        assert name in dir(engine)
     namespace = {}
     exec("from engine import *", namespace)
     assert set(EXPORTS) <= set(namespace)
+
+
+def test_the_public_surface_is_all_and_the_commands():
+    """Every module is private (a leading underscore) but the commands, whose one name is main."""
+    public = sorted(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+                    for path in PACKAGE.rglob("*.py") if not path.stem.startswith("_"))
+    assert public == COMMANDS
+    for command in COMMANDS:
+        assert importlib.import_module(command).__all__ == ["main"]
+    assert {name for name in dir(engine) if not name.startswith("_")} - {"cli"} == set(engine.__all__)
 
 
 def test_an_unknown_name_is_an_attribute_error():
@@ -36,19 +51,17 @@ def test_an_unknown_name_is_an_attribute_error():
         engine.no_such_name  # noqa: B018  the attribute access is the test
 
 
-@pytest.mark.parametrize("command", [
-    ["engine.data", "--help"], ["engine.gradcheck", "--help"], ["engine.train", "--help"],
-])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_modules_run_as_commands_without_a_runtime_warning(command):
     # -W error turns runpy's "found in sys.modules ... prior to execution" into a failure
-    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", *command],
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", command, "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr and "usage:" in done.stdout
 
 
 WITHOUT_TRAIN_EXTRA = ("import sys; sys.modules['mlxtend'] = None; sys.modules['matplotlib'] = None; "
-                       "from engine.train import main; raise SystemExit(main(sys.argv[1:]))")
+                       "from engine.cli.train import main; raise SystemExit(main(sys.argv[1:]))")
 
 
 def test_without_the_train_extra_the_embedded_data_exits_2_naming_it(tmp_path):
@@ -60,7 +73,7 @@ def test_without_the_train_extra_the_embedded_data_exits_2_naming_it(tmp_path):
 
 
 def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path):
-    from engine.data import Dataset, write_mnist_csv
+    from engine._data import Dataset, write_mnist_csv
 
     rng = np.random.default_rng(0)
     data = Dataset(rng.random((20, 784)), np.arange(20) % 10)

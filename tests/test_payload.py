@@ -4,8 +4,8 @@ import threading
 import numpy as np
 import pytest
 
-from engine.errors import PayloadError
-from engine.payload import dumps_bundle, loads_bundle
+from engine._errors import PayloadError
+from engine._payload import dumps_bundle, loads_bundle
 
 
 def round_trip(f, x, views, args=()):

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.checkpoint import CHECKPOINT_NAME
+from engine._checkpoint import CHECKPOINT_NAME
 
 RUN = ["--hidden", "16", "--iters", "240", "--train-size", "50", "--batch-size", "2", "--shuffle",
        "--checkpoint-every", "7", "--evaluator", "batched", "--workers", "1", "--no-progress"]
 
 
 def start(*args):
-    return subprocess.Popen([sys.executable, "-m", "engine.train", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "engine.cli.train", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -149,7 +149,7 @@ SHORT = ["--hidden", "4", "--iters", "10", "--train-size", "8", "--test-size", "
 
 def stopped_at_step_4(tmp_path, monkeypatch, *flags) -> Path:
     """A run of SHORT interrupted (Ctrl-C, in this process) after its 4th step."""
-    import engine.train as train_module
+    import engine.cli.train as train_module
 
     after_step = train_module._after_step
 
@@ -167,7 +167,7 @@ def stopped_at_step_4(tmp_path, monkeypatch, *flags) -> Path:
 
 def checkpointed_steps(monkeypatch) -> list:
     """Record the step of every checkpoint engine-train writes from now on."""
-    import engine.train as train_module
+    import engine.cli.train as train_module
 
     steps, save = [], train_module.save_checkpoint
     monkeypatch.setattr(train_module, "save_checkpoint",
@@ -177,7 +177,7 @@ def checkpointed_steps(monkeypatch) -> list:
 
 
 def test_checkpoint_every_is_kept_for_the_resume(tmp_path, monkeypatch):
-    from engine.train import main
+    from engine.cli.train import main
 
     out = stopped_at_step_4(tmp_path, monkeypatch, "--checkpoint-every", "3")
     steps = checkpointed_steps(monkeypatch)
@@ -186,7 +186,7 @@ def test_checkpoint_every_is_kept_for_the_resume(tmp_path, monkeypatch):
 
 
 def test_checkpoint_every_given_on_resume_replaces_the_saved_one(tmp_path, monkeypatch):
-    from engine.train import main
+    from engine.cli.train import main
 
     out = stopped_at_step_4(tmp_path, monkeypatch, "--checkpoint-every", "3")
     steps = checkpointed_steps(monkeypatch)
@@ -196,7 +196,7 @@ def test_checkpoint_every_given_on_resume_replaces_the_saved_one(tmp_path, monke
 
 
 def test_resume_removes_orphan_temporary_files(tmp_path, monkeypatch):
-    from engine.train import main
+    from engine.cli.train import main
 
     out = stopped_at_step_4(tmp_path, monkeypatch)
     orphan = out / f".{CHECKPOINT_NAME}.5e5e5e.tmp"
@@ -206,7 +206,7 @@ def test_resume_removes_orphan_temporary_files(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_another_out_and_takes_its_own(tmp_path, monkeypatch, capsys):
-    from engine.train import main
+    from engine.cli.train import main
 
     out = stopped_at_step_4(tmp_path, monkeypatch)
     elsewhere = tmp_path / "elsewhere"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.checkpoint import CHECKPOINT_NAME, LOCK_NAME
-from engine.data import load_embedded_mnist, write_mnist_csv
-from engine.train import main
+from engine._checkpoint import CHECKPOINT_NAME, LOCK_NAME
+from engine._data import load_embedded_mnist, write_mnist_csv
+from engine.cli.train import main
 
 DATA = Path(tempfile.mkdtemp(prefix="engine-run-folder-"))   # small CSV files: no 5,000-image load
 TINY = ["--train-csv", str(DATA / "train.csv"), "--test-csv", str(DATA / "test.csv"), "--hidden", "4",
@@ -34,7 +34,7 @@ def small_csv_files():
 
 
 def start(*args, cwd=None):
-    return subprocess.Popen([sys.executable, "-m", "engine.train", *map(str, args)], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "engine.cli.train", *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,7 +59,7 @@ class TestLock:
             wait_for(out / CHECKPOINT_NAME, first)   # written after the lock is taken
             first.send_signal(signal.SIGSTOP)        # holds the lock while the others start
             assert first.poll() is None, "the first run ended before it could be paused"
-            second = subprocess.run([sys.executable, "-m", "engine.train", *TINY, "--out", str(out)],
+            second = subprocess.run([sys.executable, "-m", "engine.cli.train", *TINY, "--out", str(out)],
                                     capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr
             assert f"{out} is in use by another run (pid {first.pid})" in second.stderr

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from _mnist_files import write_mnist_dir
-from engine.data import Dataset, load_embedded_mnist, write_mnist_csv
-from engine.train import _DEFAULTS, OUTPUTS, build_parser, main
+from engine._data import Dataset, load_embedded_mnist, write_mnist_csv
+from engine.cli.train import _DEFAULTS, OUTPUTS, build_parser, main
 
 QUICK = ["--hidden", "12", "--iters", "6", "--train-size", "20", "--test-size", "10", "--no-progress"]
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "engine.train", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "engine.cli.train", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -31,7 +31,7 @@ def test_help_documents_every_flag():
 
 
 def test_defaults_are_the_teaching_texts_run(tmp_path, capsys, monkeypatch):
-    import engine.train as train_module
+    import engine.cli.train as train_module
 
     seen = {}
     monkeypatch.setattr(train_module, "_train",
@@ -204,7 +204,7 @@ def test_trains_on_the_mnist_idx_files_taking_the_first_n(tmp_path):
 
 
 def test_mnist_dir_defaults_to_every_image(tmp_path, monkeypatch):
-    import engine.train as train_module
+    import engine.cli.train as train_module
 
     write_mnist_dir(tmp_path / "mnist", n_train=9, n_test=5)
     seen = {}

@@ -8,9 +8,9 @@ takes the images in file order.
 import numpy as np
 import pytest
 
-from engine.data import load_embedded_mnist
-from engine.model import init_params
-from engine.training import TrainConfig, Trainer
+from engine._data import load_embedded_mnist
+from engine._model import init_params
+from engine._training import TrainConfig, Trainer
 
 N_TRAIN, BATCH, EPOCHS = 10, 5, 4
 

@@ -27,7 +27,7 @@ def plot_training(losses: Sequence[float], evaluations: Sequence[dict],
         ``{"step": int, "test_accuracy": float}`` for each test evaluation.
     path : path-like or binary file
         Where to write the PNG (a file open for binary writing, e.g. the temporary
-        file of `engine.checkpoint.atomic_write`).
+        file of `engine._checkpoint.atomic_write`).
     """
     import matplotlib
     matplotlib.use("Agg")

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .model import ModelLoss, Sequential
-from .schemes import Scheme, auto_step
-from .space import ParamSpace
+from ._model import ModelLoss, Sequential
+from ._schemes import Scheme, auto_step
+from ._space import ParamSpace
 
 __all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
            "bind", "is_model_objective", "loss_at", "LoopOptions", "Report", "EVALUATOR_NAMES"]
@@ -69,7 +69,7 @@ def get_evaluator(name: str) -> Callable:
     if name == "loop":
         return loop_evaluate
     if name == "batched":
-        from .batched import batched_evaluate  # the layered-model evaluator
+        from ._batched import batched_evaluate  # the layered-model evaluator
         return batched_evaluate
     raise ValueError(f"`evaluator` must be one of {EVALUATOR_NAMES} or 'auto', got {name!r}")
 

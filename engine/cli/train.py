@@ -1,4 +1,4 @@
-"""`python -m engine.train` / `engine-train`: train the teaching text's net by numerical gradients.
+"""`python -m engine.cli.train` / `engine-train`: train the teaching text's net by numerical gradients.
 
 With no flags it repeats the teaching text's run: a 784-100-10 net (sigmoid hidden
 layer, softmax cross-entropy, weights drawn with std 0.01), lr 0.1, 100 steps of one
@@ -28,17 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
+from engine._checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
                          load_checkpoint, lock_folder, new_numbered_folder, point_link,
                          remove_temporaries, save_checkpoint, save_npz_atomic)
-from .data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
+from engine._data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
                    read_mnist_csv)
-from .execution import Execution, check_backend
-from .plots import plot_training, plots_available
-from .schemes import DEFAULT_STEP
-from .training import TrainConfig, Trainer, TrainingState
+from engine._execution import Execution, check_backend
+from engine._plots import plot_training, plots_available
+from engine._schemes import DEFAULT_STEP
+from engine._training import TrainConfig, Trainer, TrainingState
 
-__all__ = ["main", "build_parser", "OUTPUTS", "RUNS_FOLDER", "LATEST_LINK"]
+__all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
 # What a run writes into its folder, in the order it first writes them.

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.functions import to_labels
-from engine.layers import ACTIVATIONS, Affine, SoftmaxCrossEntropy
+from engine._functions import to_labels
+from engine._layers import ACTIVATIONS, Affine, SoftmaxCrossEntropy
 
 
 def _as_batch(x):
@@ -198,7 +198,7 @@ class Sequential:
             As in :meth:`logits`.
         t : array_like
             Int labels (B,) or a scalar, or one-hot (B, C) or (C,); see
-            :func:`engine.functions.to_labels`.
+            :func:`engine._functions.to_labels`.
 
         Returns
         -------

@@ -7,7 +7,6 @@ import importlib.resources
 import math
 import re
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -464,29 +463,3 @@ def _read_idx(path, magic: int, n_dims: int):
         raise DataError(f"{path}: {state}: header dims {tuple(dims)} need {expected} data "
                         f"bytes, file has {len(body)}")
     return dims, body
-
-
-def main(argv=None) -> int:
-    """``python -m engine.data``: write the text's CSV files from the embedded split."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.data",
-        description="Write the first N train / test images of the embedded MNIST split in the "
-                    "teaching text's CSV format (label, then 784 pixels 0-255).")
-    parser.add_argument("--out", default="data", help="folder to write into (default: data)")
-    parser.add_argument("--train-size", type=int, default=100, help="train images (default: 100)")
-    parser.add_argument("--test-size", type=int, default=10, help="test images (default: 10)")
-    args = parser.parse_args(argv)
-    try:
-        paths = materialise_book_csvs(args.out, args.train_size, args.test_size)
-    except (ValueError, OSError) as exc:
-        print(f"python -m engine.data: error: {exc}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

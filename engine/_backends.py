@@ -34,8 +34,8 @@ import numpy as np
 
 from ._threads import SINGLE_THREAD_ENVIRONMENT
 from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
-from .errors import PayloadError, RemoteTraceback, WorkerLost
-from .execution import in_daemonic_process
+from ._errors import PayloadError, RemoteTraceback, WorkerLost
+from ._execution import in_daemonic_process
 
 __all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]
 
@@ -44,7 +44,7 @@ _START_TIMEOUT = 120.0             # seconds for a worker process to start and a
 
 
 def make_pool(backend: str, workers: int, scheduler: str | None = None):
-    """A new pool of `workers` for `backend` (validated by `engine.execution.check_backend`)."""
+    """A new pool of `workers` for `backend` (validated by `engine._execution.check_backend`)."""
     if backend == "loky":
         return ProcessPool(workers)
     if backend == "threading":

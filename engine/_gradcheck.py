@@ -2,28 +2,23 @@
 
 `gradient_check` answers "is my backprop right?" with the teaching text's figure (the
 mean absolute difference) and a scale-free one, the relative error
-``max|g_num - g_bp| / max(max|g_num|, max|g_bp|)``. `main` is the
-``engine-gradcheck`` command (also ``python -m engine.gradcheck``): it builds an MLP,
-checks it on real MNIST images, prints a table and exits non-zero above a tolerance.
+``max|g_num - g_bp| / max(max|g_num|, max|g_bp|)``. The ``engine-gradcheck`` command
+(`engine.cli.gradcheck`) runs it on an MLP and real MNIST images.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .data import load_embedded_mnist
-from .functions import to_labels
-from .layers import ACTIVATIONS
-from .nets import MLP, Net
-from .parallel import parallel_numerical_gradient
-from .schemes import AUTO, DEFAULT_STEP, SCHEMES
+from ._functions import to_labels
+from ._nets import Net
+from ._parallel import parallel_numerical_gradient
+from ._schemes import DEFAULT_STEP
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
-           "main", "LABEL_FORMS"]
+           "LABEL_FORMS"]
 
 LABEL_FORMS = ("auto", "one-hot", "int")
 
@@ -63,7 +58,7 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
     net : object
         A net with the teaching text's ``params`` (dict of float arrays),
         ``loss(x, t)`` and ``gradient(x, t)`` (the backprop under test, returning a
-        dict with the keys of ``params``): an `engine.nets.Net`, or a hand-written
+        dict with the keys of ``params``): an `engine._nets.Net`, or a hand-written
         one such as the book's ``TwoLayerNet``. An engine net's loss goes through
         ``net.numerical_gradient``, so the batched evaluator can be used; any other
         net's through ``parallel_numerical_gradient(lambda w: net.loss(x, t), net.params)``.
@@ -83,7 +78,7 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
     labels : {"auto", "one-hot", "int"}, default "auto"
         The form of class labels ``net.loss`` and ``net.gradient`` are called with.
         ``"one-hot"``: float rows (B, C), C from `t` or from ``net.predict(x)``;
-        ``"int"``: int64 (B,). ``"auto"``: an `engine.nets.Net` gets `t` as given
+        ``"int"``: int64 (B,). ``"auto"``: an `engine._nets.Net` gets `t` as given
         (it takes both); any other net gets one-hot labels, the form every one of the
         book's ``TwoLayerNet`` classes takes (chapter 4's backprop ``(y - t) / batch``
         needs it), and integer labels if one-hot ones make ``net.loss`` or
@@ -111,7 +106,7 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
 
     Examples
     --------
-    >>> from engine.nets import MLP
+    >>> from engine._nets import MLP
     >>> net = MLP([4, 3, 2], seed=0)
     >>> report = gradient_check(net, np.ones(4), 1)
     >>> all(d.relative < 1e-6 for d in report.values())
@@ -293,97 +288,3 @@ def _passes(difference: GradientDifference, tol: float) -> bool:
 def failures(results: dict[str, GradientDifference], tol: float) -> list[str]:
     """Names of the arrays whose relative error is above `tol` (or NaN)."""
     return [name for name, d in results.items() if not _passes(d, tol)]
-
-
-# ---------------------------------------------------------------------------- the command
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="engine-gradcheck",
-        description="Check backprop against the numerical gradient on an MLP and real MNIST "
-                    "images (the embedded train split). Prints, per parameter array, the max "
-                    "and mean absolute difference and the relative error max|num-bp| / "
-                    "max(max|num|, max|bp|); exits 0 if every relative error is <= --tol, "
-                    "1 if not, 2 for bad flags.")
-    add = parser.add_argument
-    add("--sizes", type=int, nargs="+", default=[784, 100, 10], metavar="N",
-        help="layer widths, input first: 784 (the image), hidden..., at least 10 outputs "
-             "(default: 784 100 10, the teaching text's net)")
-    add("--activation", choices=sorted(ACTIVATIONS), default="sigmoid",
-        help="activation between affine layers (default: sigmoid)")
-    add("--batch-size", type=int, default=1, metavar="B",
-        help="check on the first B images of the embedded MNIST train split (default: 1)")
-    add("--scheme", choices=list(SCHEMES), default="central",
-        help="difference formula: central (error O(h^2)), forward (O(h)), central4 (O(h^4)) "
-             "(default: central)")
-    add("--h", type=_step, default=DEFAULT_STEP,
-        help="finite-difference step, or 'auto' (default: 1e-4; with --dtype float32, --scheme central4 "
-             "--h 1e-2 is far more accurate, see docs/accuracy.md)")
-    add("--workers", type=int, default=1,
-        help="workers for the numerical gradient; -1 for all cores (default: 1)")
-    add("--backend", default="loky", help="parallel backend when --workers > 1 (default: loky)")
-    add("--evaluator", choices=["auto", "loop", "batched"], default="auto",
-        help="loop: one loss per perturbation, as the teaching text; batched: blocks of "
-             "perturbations through the layers (the same differences to ~1e-10, hundreds of "
-             "times faster); auto: batched (default: auto)")
-    add("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
-    add("--weight-init-std", type=float, default=0.01, metavar="STD",
-        help="standard deviation of the initial weights (default: 0.01)")
-    add("--dtype", choices=["float64", "float32"], default="float64",
-        help="dtype of the parameters (default: float64)")
-    add("--tol", type=float, default=None,
-        help="largest relative error accepted, per array (default: "
-             f"{default_tol('central'):g} for central and central4, {default_tol('forward'):g} "
-             f"for forward; {default_tol('central', 'float32'):g} for central and central4 with "
-             "float32; see docs/accuracy.md)")
-    return parser
-
-
-def _step(text: str) -> float | str:
-    """--h: a number, or 'auto'."""
-    return AUTO if text == AUTO else float(text)
-
-
-def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_images: int) -> None:
-    if len(args.sizes) < 2 or args.sizes[0] != 784:
-        parser.error(f"--sizes must start with 784 (the MNIST image) and name at least two "
-                     f"widths, got {' '.join(map(str, args.sizes))}")
-    if args.sizes[-1] < 10:
-        parser.error(f"--sizes must end with at least 10 outputs (ten digits), "
-                     f"got {args.sizes[-1]}")
-    if not 1 <= args.batch_size <= n_images:
-        parser.error(f"--batch-size must be between 1 and {n_images}, got {args.batch_size}")
-    if args.tol is not None and not args.tol >= 0:
-        parser.error(f"--tol must be >= 0, got {args.tol}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``engine-gradcheck``; return its exit status (0 ok, 1 above tol, 2 bad flags)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    train, _ = load_embedded_mnist()
-    _check_flags(parser, args, len(train.images))
-    tol = default_tol(args.scheme, args.dtype) if args.tol is None else args.tol
-    x, t = train.images[:args.batch_size], train.labels[:args.batch_size]
-    try:
-        net = MLP(args.sizes, args.activation, args.weight_init_std, args.seed,
-                  dtype=np.dtype(args.dtype))
-        results = gradient_check(net, x, t, scheme=args.scheme, h=args.h, workers=args.workers,
-                                 evaluator=args.evaluator, backend=args.backend)
-    except (ValueError, TypeError) as error:   # a flag the engine rejects
-        parser.error(str(error))
-    print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}, "
-          f"{args.dtype}, seed {args.seed}), {args.batch_size} MNIST image(s), "
-          f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, "
-          f"evaluator={args.evaluator}")
-    print(format_table(results, tol))
-    bad = failures(results, tol)
-    if bad:
-        print(f"FAIL: relative error above tol={tol:g} in {', '.join(bad)}", file=sys.stderr)
-        return 1
-    print(f"ok: every relative error <= tol={tol:g}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

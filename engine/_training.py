@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .data import Dataset
-from .execution import Execution
-from .gradient import Gradient, Plan
-from .model import init_params, mlp
-from .nets import Net
-from .schemes import DEFAULT_STEP
+from ._data import Dataset
+from ._execution import Execution
+from ._gradient import Gradient, Plan
+from ._model import init_params, mlp
+from ._nets import Net
+from ._schemes import DEFAULT_STEP
 
 __all__ = ["TrainConfig", "TrainingState", "Trainer"]
 

@@ -40,9 +40,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._loss_by_class import losses_by_class
-from .layers import Affine
-from .schemes import Scheme, auto_step
-from .space import ParamSpace
+from ._layers import Affine
+from ._schemes import Scheme, auto_step
+from ._space import ParamSpace
 
 __all__ = ["batched_evaluate", "DEFAULT_BLOCK_MEMORY"]
 
@@ -65,7 +65,7 @@ def batched_evaluate(
 
     Parameters
     ----------
-    f : engine.model.ModelLoss
+    f : engine._model.ModelLoss
         The loss whose `params` dict is ``space.structure``.
     cache : dict, optional
         Kept for one call: holds the unperturbed forward pass, computed once.

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .batched import DEFAULT_BLOCK_MEMORY
-from .execution import DEFAULT_RETRIES
-from .gradient import Gradient, Jacobian
-from .schemes import DEFAULT_STEP
+from ._batched import DEFAULT_BLOCK_MEMORY
+from ._execution import DEFAULT_RETRIES
+from ._gradient import Gradient, Jacobian
+from ._schemes import DEFAULT_STEP
 
 __all__ = ["parallel_numerical_gradient", "jacobian"]
 
@@ -68,7 +68,7 @@ def parallel_numerical_gradient(
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`;
         ``"batched"`` evaluates blocks of perturbations at once and needs `f` to be a
-        `engine.model.ModelLoss` over `x`; ``"auto"`` picks batched when it can.
+        `engine._model.ModelLoss` over `x`; ``"auto"`` picks batched when it can.
     block_memory : int, default 256 MiB
         Batched evaluator only: the most bytes of temporaries one worker uses.
     check_state : bool, default True

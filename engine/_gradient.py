@@ -4,7 +4,7 @@ An optimizer or a training loop calls the gradient thousands of times with new v
 of the same parameters. A `Gradient` ships `f` and the structure of `x` to its workers
 once; every later call sends only the new values of `x`'s arrays (through shared memory,
 copied into each worker's resident arrays in place) and the call's extra arguments, and
-gets chunks of derivatives back over a pipe (`engine.backends`). When the first calls
+gets chunks of derivatives back over a pipe (`engine._backends`). When the first calls
 show that the workers lose to evaluating in this process, it evaluates in this process
 and says so (`Gradient.plan`).
 
@@ -28,17 +28,17 @@ import numpy as np
 
 from ._threads import one_blas_thread
 from ._worker import Job
-from .backends import make_pool, shared_pool
-from .batched import DEFAULT_BLOCK_MEMORY
-from .errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
+from ._backends import make_pool, shared_pool
+from ._batched import DEFAULT_BLOCK_MEMORY
+from ._errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
                      WorkerLost, WorkerLostError)
-from .evaluators import (EVALUATOR_NAMES, LoopOptions, Report, bind, checked_output,
+from ._evaluators import (EVALUATOR_NAMES, LoopOptions, Report, bind, checked_output,
                          get_evaluator, is_model_objective, loss_at)
-from .execution import Execution, check_positive_int
-from .model import ModelLoss
-from .payload import dumps_bundle
-from .schemes import AUTO, DEFAULT_STEP, check_step, get_scheme, resolve_steps
-from .space import ParamSpace, split_range
+from ._execution import Execution, check_positive_int
+from ._model import ModelLoss
+from ._payload import dumps_bundle
+from ._schemes import AUTO, DEFAULT_STEP, check_step, get_scheme, resolve_steps
+from ._space import ParamSpace, split_range
 
 __all__ = ["Gradient", "Jacobian", "Plan", "Failure", "choose_evaluator", "plan_chunks",
            "ON_FAILURE"]
@@ -111,7 +111,7 @@ class Gradient:
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`; ``"batched"``
         evaluates blocks of perturbations through a layered model (``model.loss``, or a
-        `engine.model.ModelLoss` over `x`); ``"auto"`` picks batched where it can.
+        `engine._model.ModelLoss` over `x`); ``"auto"`` picks batched where it can.
     block_memory : int, default 256 MiB
         Batched evaluator: the most bytes of temporaries per worker.
     check_state : bool, default True
@@ -310,7 +310,7 @@ class Gradient:
                     want_value: bool):
         """Evaluate here, on the caller's arrays, which are restored afterwards whatever `f` does.
 
-        `f` is ``f(x, *args)`` bound to one argument (`engine.evaluators.bind`). Returns
+        `f` is ``f(x, *args)`` bound to one argument (`engine._evaluators.bind`). Returns
         ``(f(x), values)``; `f(x)` is computed once, first, where it is used.
         """
         cache = {}
@@ -496,7 +496,7 @@ def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = Non
     if evaluator == "batched" and not batched_ok:
         raise ValueError(
             "evaluator='batched' needs `f` to be a layered model's loss: `model.loss` with a "
-            "params dict as `x` (g(params, inputs, labels)), or an engine.model.ModelLoss "
+            "params dict as `x` (g(params, inputs, labels)), or an engine._model.ModelLoss "
             "over `x` (net.loss_function(inputs, labels) with x = net.params); use 'loop' "
             "for any other f")
     return evaluator

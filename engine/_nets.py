@@ -2,7 +2,7 @@
 
 `SimpleNet` and `ThreeLayerNet` keep the book's names (`params['w1']`, `predict`,
 `loss`, `accuracy`, `numerical_gradient`, `gradient`); `MLP` is the same thing with
-any number of layers. Each holds a `engine.model.Sequential` and a params dict; the
+any number of layers. Each holds a `engine._model.Sequential` and a params dict; the
 numerical gradient goes through `parallel_numerical_gradient`, backprop through the
 model.
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .functions import softmax
-from .gradient import Gradient
-from .layers import Affine, SoftmaxCrossEntropy
-from .model import ModelLoss, Sequential, init_params, mlp
+from ._functions import softmax
+from ._gradient import Gradient
+from ._layers import Affine, SoftmaxCrossEntropy
+from ._model import ModelLoss, Sequential, init_params, mlp
 
 __all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP"]
 
@@ -55,7 +55,7 @@ class Net:
 
         `options` are those of `engine.Gradient` (``h``, ``scheme``, ``evaluator``,
         ``backend``, ``dispatch``...). The default evaluator, ``"auto"``, evaluates
-        perturbations in blocks (see `engine.batched`); ``evaluator="loop"`` does it the
+        perturbations in blocks (see `engine._batched`); ``evaluator="loop"`` does it the
         book's way. The net keeps one `Gradient` for each set of options, so later calls
         reuse its workers and ship only the new values of `params` and the batch.
         """

@@ -8,7 +8,7 @@ take what the forward pass saw as arguments instead of caching it on the layer.
 
 import numpy as np
 
-from engine.functions import _check_logits_labels, sigmoid, softmax, softmax_cross_entropy
+from engine._functions import _check_logits_labels, sigmoid, softmax, softmax_cross_entropy
 
 
 class Affine:
@@ -105,7 +105,7 @@ class SoftmaxCrossEntropy:
     def per_sample(self, logits, labels, *, check_labels=True):
         """Per-sample losses; `logits` (..., B, C) and int `labels` (B,) give (..., B).
 
-        See :func:`engine.functions.softmax_cross_entropy`, which this is.
+        See :func:`engine._functions.softmax_cross_entropy`, which this is.
         """
         return softmax_cross_entropy(logits, labels, check_labels=check_labels)
 

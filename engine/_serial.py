@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._threads import one_blas_thread
-from .evaluators import loop_evaluate
-from .schemes import DEFAULT_STEP, get_scheme, resolve_steps
-from .space import ParamSpace
+from ._evaluators import loop_evaluate
+from ._schemes import DEFAULT_STEP, get_scheme, resolve_steps
+from ._space import ParamSpace
 
 __all__ = ["numerical_gradient"]
 
