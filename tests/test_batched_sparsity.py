@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import _batched_reference as reference
-from engine import _loss_by_class, batched
+from engine import _batched as batched, _loss_by_class
 from engine._data import load_embedded_mnist
 from engine._evaluators import loop_evaluate
 from engine._functions import softmax_cross_entropy

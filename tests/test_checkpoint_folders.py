@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint
+from engine import _checkpoint as checkpoint
 from engine._checkpoint import (LOCK_NAME, FolderBusyError, atomic_write, lock_folder,
                                new_numbered_folder, point_link)
 

@@ -17,8 +17,8 @@ import pytest
 
 from engine import numerical_gradient, parallel_numerical_gradient
 from engine._data import load_embedded_mnist
-from engine._gradcheck import (GradientDifference, default_tol, failures, format_table,
-                              gradient_check, main)
+from engine._gradcheck import GradientDifference, default_tol, failures, format_table, gradient_check
+from engine.cli.gradcheck import main
 from engine._layers import Sigmoid
 from engine._nets import MLP, ThreeLayerNet
 
