@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ._execution import Execution
 from ._functions import to_labels
 from ._nets import Net
 from ._parallel import parallel_numerical_gradient
@@ -21,6 +22,7 @@ __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "
            "LABEL_FORMS"]
 
 LABEL_FORMS = ("auto", "one-hot", "int")
+_IN_PROCESS = Execution(workers=1)   # a check runs in this process unless told otherwise
 
 # Largest relative error accepted by default, at h = 1e-4 (docs/accuracy.md). A correct
 # backprop measured up to 2.8e-6 (central, central4; float64) and 1.8e-4 (float32) over
@@ -48,9 +50,9 @@ class GradientDifference:
 
 
 def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
-                   h: float | str | dict = DEFAULT_STEP,
-                   workers: int | None = 1, evaluator: str = "auto", backend: str = "loky",
-                   labels: str = "auto") -> dict[str, GradientDifference]:
+                   h: float | str | dict = DEFAULT_STEP, evaluator: str = "auto",
+                   labels: str = "auto", execution: Execution | None = None,
+                   **execution_options: Any) -> dict[str, GradientDifference]:
     """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
 
     Parameters
@@ -70,11 +72,8 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
     scheme : {"central", "forward", "central4"}, default "central"
     h : float, "auto" or dict, default 1e-4
         Step size, or a dict of per-array steps.
-    workers : int or None, default 1
-        Workers for the numerical gradient (``None`` or -1: all cores).
     evaluator : {"auto", "loop", "batched"}, default "auto"
-    backend : str, default "loky"
-        See `engine.parallel_numerical_gradient`.
+        See `engine.Gradient`.
     labels : {"auto", "one-hot", "int"}, default "auto"
         The form of class labels ``net.loss`` and ``net.gradient`` are called with.
         ``"one-hot"``: float rows (B, C), C from `t` or from ``net.predict(x)``;
@@ -84,6 +83,11 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
         needs it), and integer labels if one-hot ones make ``net.loss`` or
         ``net.gradient`` raise. Both methods are called once with the chosen form
         before the numerical gradient starts.
+    execution : Execution, optional
+        Where the numerical gradient runs; default ``Execution(workers=1)``, this
+        process. The keywords below replace its fields.
+    **execution_options
+        ``workers``, ``backend``, ...: see `engine.Execution`.
 
     Returns
     -------
@@ -116,7 +120,9 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
     if labels not in LABEL_FORMS:
         raise ValueError(f"`labels` must be one of {', '.join(map(repr, LABEL_FORMS))}, "
                          f"got {labels!r}")
-    options = dict(workers=workers, scheme=scheme, h=h, evaluator=evaluator, backend=backend)
+    execution = Execution.from_options(_IN_PROCESS if execution is None else execution,
+                                       **execution_options)
+    options = dict(scheme=scheme, h=h, evaluator=evaluator, execution=execution)
     t, exact = _labels_the_net_takes(net, x, t, labels)
     if isinstance(net, Net):   # its ModelLoss lets the batched evaluator in
         numerical = net.numerical_gradient(x, t, **options)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._functions import softmax
+from ._execution import Execution
 from ._gradient import Gradient
 from ._layers import Affine, SoftmaxCrossEntropy
 from ._model import ModelLoss, Sequential, init_params, mlp
@@ -49,20 +50,22 @@ class Net:
         """The book's ``f = lambda w: net.loss(x, t)``, as a picklable `ModelLoss`."""
         return ModelLoss(self.model, self.params, x, t)
 
-    def numerical_gradient(self, x: np.ndarray, t: Any, workers: int | None = None,
+    def numerical_gradient(self, x: np.ndarray, t: Any, *, execution: Execution | None = None,
                            **options: Any) -> dict[str, np.ndarray]:
         """Gradient of `loss` by finite differences, through a `engine.Gradient` kept per settings.
 
-        `options` are those of `engine.Gradient` (``h``, ``scheme``, ``evaluator``,
-        ``backend``, ``dispatch``...). The default evaluator, ``"auto"``, evaluates
-        perturbations in blocks (see `engine._batched`); ``evaluator="loop"`` does it the
-        book's way. The net keeps one `Gradient` for each set of options, so later calls
-        reuse its workers and ship only the new values of `params` and the batch.
+        `execution` and `options` are those of `engine.Gradient`: the difference
+        (``h``, ``scheme``, ``evaluator``...) and where it runs (an `engine.Execution`,
+        or its keywords ``workers``, ``backend``, ``dispatch``...). The default evaluator,
+        ``"auto"``, evaluates perturbations in blocks (see `engine._batched`);
+        ``evaluator="loop"`` does it the book's way. The net keeps one `Gradient` for each
+        set of settings, so later calls reuse its workers and ship only the new values of
+        `params` and the batch.
         """
-        key = repr((workers, sorted(options.items())))
+        key = repr((execution, sorted(options.items())))
         gradient = self._gradients.get(key)
         if gradient is None:
-            gradient = Gradient(self.model.loss, workers=workers, **options)
+            gradient = Gradient(self.model.loss, execution=execution, **options)
             gradient._resources.shared = True   # worker processes shared with other nets
             self._gradients[key] = gradient
         return gradient(self.params, x, t)

@@ -8,36 +8,19 @@ should keep a `Gradient`, which ships `f` once.
 """
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Any, Callable
 
-from ._batched import DEFAULT_BLOCK_MEMORY
-from ._execution import DEFAULT_RETRIES
+from ._execution import Execution
 from ._gradient import Gradient, Jacobian
-from ._schemes import DEFAULT_STEP
 
 __all__ = ["parallel_numerical_gradient", "jacobian"]
 
+_EXECUTION_FIELDS = frozenset(field.name for field in fields(Execution))
 
-def parallel_numerical_gradient(
-    f: Callable[[Any], Any],
-    x: Any,
-    *,
-    workers: int | None = None,
-    h: float | dict = DEFAULT_STEP,
-    backend: str = "loky",
-    scheme: str = "central",
-    evaluator: str = "auto",
-    chunks_per_worker: int | None = None,
-    chunk_size: int | None = None,
-    retries: int = DEFAULT_RETRIES,
-    block_memory: int = DEFAULT_BLOCK_MEMORY,
-    check_state: bool = True,
-    scheduler: str | None = None,
-    progress: bool = False,
-    dispatch: str = "parallel",
-    on_failure: str = "raise",
-    bounds: tuple | None = None,
-) -> Any:
+
+def parallel_numerical_gradient(f: Callable[[Any], Any], x: Any, *,
+                                execution: Execution | None = None, **options: Any) -> Any:
     """Numerical gradient of `f` at `x`, computed by several workers, exactly.
 
     With the loop evaluator, gives bit-for-bit the result of ``numerical_gradient(f, x,
@@ -56,9 +39,12 @@ def parallel_numerical_gradient(
     x : ndarray, or dict / list / tuple of ndarray
         Writable floating-point arrays of any shape. Never left changed: bit-identical
         after the call, also when `f` raises or writes into them.
-    workers, backend, chunks_per_worker, chunk_size, retries, scheduler, progress, dispatch
-        Where and how chunks run: see `engine.Execution`. Here ``dispatch`` defaults to
-        ``"parallel"``: a one-shot call has no earlier calls to learn from.
+    execution : Execution, optional
+        Where and how chunks run. Its keywords (``workers``, ``backend``, ``scheduler``,
+        ``chunks_per_worker``, ``chunk_size``, ``retries``, ``progress``, ``dispatch``; see
+        `engine.Execution`) may be given here instead and replace its fields.
+        ``dispatch="auto"`` means ``"parallel"`` here: a one-shot call has no earlier
+        calls to learn from.
     on_failure, bounds
         See `engine.Gradient`.
     h : float, "auto" or dict, default 1e-4
@@ -103,19 +89,15 @@ def parallel_numerical_gradient(
     array([[2., 4.],
            [6., 8.]])
     """
-    gradient = Gradient(f, h=h, scheme=scheme, evaluator=evaluator, block_memory=block_memory,
-                        check_state=check_state, on_failure=on_failure, bounds=bounds,
-                        workers=workers, backend=backend, scheduler=scheduler,
-                        chunks_per_worker=chunks_per_worker, chunk_size=chunk_size,
-                        retries=retries, progress=progress, dispatch=dispatch)
-    return _one_shot(gradient, x)
+    return _one_shot(Gradient, f, x, execution, options)
 
 
-def jacobian(f: Callable[[Any], Any], x: Any, **options: Any) -> Any:
+def jacobian(f: Callable[[Any], Any], x: Any, *, execution: Execution | None = None,
+             **options: Any) -> Any:
     """The Jacobian of a vector-valued `f` at `x`, in one call: `engine.Jacobian`'s one-shot form.
 
-    `options` are `engine.Jacobian`'s (``h``, ``scheme``, ``on_failure``, ``bounds``,
-    ``workers``, ``backend``...); ``dispatch`` defaults to ``"parallel"``. For a 1-D `x`
+    `execution` and `options` are `engine.Jacobian`'s (``h``, ``scheme``, ``on_failure``,
+    ``bounds``, ``workers``, ``backend``...); ``dispatch="auto"`` means ``"parallel"``. For a 1-D `x`
     of n entries and an `f` of m outputs the result has shape ``(m, n)``; parallel
     results equal serial ones exactly.
 
@@ -127,11 +109,17 @@ def jacobian(f: Callable[[Any], Any], x: Any, **options: Any) -> Any:
     array([[1., 1.],
            [2., 1.]])
     """
-    options.setdefault("dispatch", "parallel")
-    return _one_shot(Jacobian(f, **options), x)
+    return _one_shot(Jacobian, f, x, execution, options)
 
 
-def _one_shot(gradient: Gradient, x: Any) -> Any:
+def _one_shot(kind: type[Gradient], f: Callable, x: Any, execution: Execution | None,
+              options: dict[str, Any]) -> Any:
+    """One call of a `kind` built from `options`, on the shared worker processes."""
+    execution_options = {name: options.pop(name) for name in list(options) if name in _EXECUTION_FIELDS}
+    execution = Execution.from_options(execution, **execution_options)
+    if execution.dispatch == "auto":   # nothing to learn from in a single call
+        execution = replace(execution, dispatch="parallel")
+    gradient = kind(f, execution=execution, **options)
     gradient._resources.shared = True   # one-shot calls share their worker processes
     with gradient:
         return gradient(x)

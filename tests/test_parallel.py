@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import numerical_gradient, parallel_numerical_gradient
+from engine import MLP, Execution, gradient_check, numerical_gradient, parallel_numerical_gradient
 
 WORKER_COUNTS = [1, 2, 3, 4, 8]
 
@@ -224,3 +224,65 @@ def test_every_evaluation_runs_one_blas_thread_and_limits_come_back(tmp_path, ru
     threads = {ident for ident, _ in records}
     if evaluations == 14:   # the worker threads really evaluated, and reported
         assert len(threads - {str(threading.get_ident())}) >= 1
+
+
+class TestOneExecutionObject:
+    """Where chunks run is one `Execution`, or its keywords, for every call that computes one."""
+
+    def test_the_object_and_its_keywords_give_the_serial_bits(self, rng):
+        params, loss = small_net(rng)
+        expected = numerical_gradient(loss, params)
+        by_object = parallel_numerical_gradient(loss, params, execution=Execution(workers=2, chunk_size=7))
+        by_keywords = parallel_numerical_gradient(loss, params, workers=2, chunk_size=7)
+        assert_exactly_equal(by_object, expected)
+        assert_exactly_equal(by_keywords, expected)
+
+    def test_keywords_replace_the_objects_fields(self, tmp_path):
+        def record_pid(w):
+            Path(tmp_path, str(os.getpid())).touch()
+            return float(np.sum(w ** 2))
+
+        parallel_numerical_gradient(record_pid, np.arange(8.0), execution=Execution(workers=2), workers=1)
+        assert {p.name for p in tmp_path.iterdir()} == {str(os.getpid())}
+
+    def test_auto_dispatch_of_a_one_shot_call_uses_the_workers(self, tmp_path):
+        def record_pid(w):
+            Path(tmp_path, str(os.getpid())).touch()
+            return float(np.sum(w ** 2))
+
+        parallel_numerical_gradient(record_pid, np.arange(8.0), execution=Execution(workers=2))
+        assert {p.name for p in tmp_path.iterdir()} - {str(os.getpid())}
+
+    def test_an_unknown_keyword_is_a_type_error_before_any_work(self):
+        def never(w):
+            raise AssertionError("f was called")
+
+        with pytest.raises(TypeError, match="worker"):
+            parallel_numerical_gradient(never, np.ones(3), worker=2)
+        with pytest.raises(TypeError, match="engine.Execution"):
+            parallel_numerical_gradient(never, np.ones(3), execution={"workers": 2})
+
+    def test_a_nets_gradient_takes_it_too(self):
+        net = MLP([5, 4, 3], seed=0)
+        x, t = np.linspace(0.0, 1.0, 10).reshape(2, 5), np.array([0, 2])
+        serial = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+        execution = Execution(workers=2, backend="threading")
+        assert_exactly_equal(net.numerical_gradient(x, t, execution=execution, evaluator="loop"), serial)
+        assert execution in [gradient.execution for gradient in net._gradients.values()]
+
+    def test_the_gradient_check_runs_in_process_unless_given_one(self, tmp_path):
+        class RecordsPids:   # the book's kind of net: loss and gradient, no engine model
+            params = {"w": np.array([0.5, -1.0, 2.0])}
+
+            def loss(self, x, t):
+                Path(tmp_path, str(os.getpid())).touch()
+                return float(np.sum((self.params["w"] * x - t) ** 2))
+
+            def gradient(self, x, t):
+                return {"w": 2 * (self.params["w"] * x - t) * x}
+
+        net, x, t = RecordsPids(), np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, 0.0])
+        in_process = gradient_check(net, x, t)
+        assert {p.name for p in tmp_path.iterdir()} == {str(os.getpid())}
+        assert gradient_check(net, x, t, execution=Execution(workers=2)) == in_process
+        assert {p.name for p in tmp_path.iterdir()} - {str(os.getpid())}
