@@ -16,9 +16,10 @@ import numpy as np
 from joblib import cpu_count
 
 __all__ = ["Execution", "resolve_workers", "check_positive_int", "BUILTIN_BACKENDS",
-           "DISPATCH_MODES", "MAX_WORKERS_PER_CORE"]
+           "DEFAULT_BACKEND", "DISPATCH_MODES", "MAX_WORKERS_PER_CORE"]
 
 BUILTIN_BACKENDS = ("loky", "threading", "dask")   # and any backend registered with joblib
+DEFAULT_BACKEND = "loky"
 DISPATCH_MODES = ("auto", "parallel", "in-process")
 MAX_WORKERS_PER_CORE = 4          # local backends refuse more workers than this many per core
 DEFAULT_RETRIES = 2
@@ -66,7 +67,7 @@ class Execution:
     """
 
     workers: int | None = None
-    backend: str = "loky"
+    backend: str = DEFAULT_BACKEND
     scheduler: str | None = None
     chunks_per_worker: int | None = None
     chunk_size: int | None = None
@@ -75,7 +76,7 @@ class Execution:
     dispatch: str = "auto"
 
     def __post_init__(self):
-        resolve_workers(self.workers, self.backend if isinstance(self.backend, str) else "loky")
+        resolve_workers(self.workers, self.backend if isinstance(self.backend, str) else DEFAULT_BACKEND)
         check_backend(self.backend)
         if self.scheduler is not None and self.backend != "dask":
             raise ValueError(f"`scheduler` is only used with backend='dask', got "
@@ -116,7 +117,7 @@ class Execution:
         return resolve_workers(self.workers, self.backend)
 
 
-def resolve_workers(workers: Any, backend: str = "loky") -> int:
+def resolve_workers(workers: Any, backend: str = DEFAULT_BACKEND) -> int:
     """The number of workers that `workers` asks for.
 
     ``None`` or ``-1`` mean every available core (cgroup and affinity limits
