@@ -319,7 +319,7 @@ class TestIdx:
 
 
 def test_command_line_writes_the_texts_files(tmp_path):
-    from engine._data import main
+    from engine.cli.data import main
 
     assert main(["--out", str(tmp_path), "--train-size", "12", "--test-size", "3"]) == 0
     assert len(read_mnist_csv(tmp_path / "mnist_train_12.csv")) == 12

@@ -34,6 +34,9 @@ def engine_imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
+            if node.level and path.parent.name == "cli":
+                raise AssertionError(f"cli/{path.name}: a relative import reads as engine.cli's "
+                                     f"own module; import engine._... by name: {ast.unparse(node)}")
             if node.level == 1 and node.module:
                 names.add(node.module.split(".")[0])
             elif node.module and node.module.startswith("engine."):

@@ -419,7 +419,7 @@ def _cluster(run):
     """For ``--backend dask``: one client for the whole run (the engine uses the active one)."""
     if run["backend"] != "dask":
         return contextlib.nullcontext()
-    from ._dask import open_client   # the optional dependency, imported only when asked for
+    from engine._dask import open_client   # the optional dependency, imported only when asked for
     return open_client(run["scheduler"], run["workers"])
 
 
