@@ -286,3 +286,17 @@ class TestOneExecutionObject:
         assert {p.name for p in tmp_path.iterdir()} == {str(os.getpid())}
         assert gradient_check(net, x, t, execution=Execution(workers=2)) == in_process
         assert {p.name for p in tmp_path.iterdir()} - {str(os.getpid())}
+
+
+def test_worker_processes_start_with_the_malloc_thresholds_of_a_long_lived_process(tmp_path):
+    # Without them a fresh worker maps its large temporaries anew on every call (benchmarks/README.md)
+    def record_environment(w):
+        names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OPENBLAS_NUM_THREADS")
+        Path(tmp_path, str(os.getpid())).write_text(" ".join(os.environ.get(n, "-") for n in names))
+        return float(np.sum(w ** 2))
+
+    from engine import Gradient
+    with Gradient(record_environment, workers=2, dispatch="parallel") as g:
+        g(np.arange(8.0))
+    seen = {p.read_text() for p in tmp_path.iterdir() if p.name != str(os.getpid())}
+    assert seen == {f"{32 * 2**20} {64 * 2**20} 1"}
