@@ -1,4 +1,4 @@
-"""Scaling of the loop evaluator to many cores: suite 1 in one self-contained script.
+"""Scaling of the loop evaluator to many cores: suite 1 as one script, without pytest.
 
 Meant to be run once on a many-core machine (16 cores, a ~5-minute budget) where pytest may
 not be at hand. It times the seed net's numerical gradient (784-100-10, one real MNIST image,
