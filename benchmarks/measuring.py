@@ -41,14 +41,22 @@ def cpu_model() -> str:
 
 
 def library_versions() -> dict:
-    """numpy, SciPy and joblib versions, and the BLAS numpy calls (via threadpoolctl)."""
+    """numpy, SciPy and joblib versions, and the BLAS numpy calls (via threadpoolctl).
+
+    SciPy is not a dependency of the engine's core install: where it is missing (a bare
+    machine running ``device_scaling.py``) its version reads "not installed".
+    """
     import joblib
-    import scipy
     from threadpoolctl import threadpool_info
 
+    try:
+        import scipy
+        scipy_version = scipy.__version__
+    except ImportError:
+        scipy_version = "not installed"
     blas = [f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads, "
             f"{p.get('architecture')})" for p in threadpool_info() if p.get("user_api") == "blas"]
-    return {"numpy": np.__version__, "scipy": scipy.__version__,
+    return {"numpy": np.__version__, "scipy": scipy_version,
             "joblib": joblib.__version__, "blas": blas}
 
 

@@ -1,8 +1,10 @@
 """What the benchmark suites time: the seed net on real digits, black boxes (an ODE fit, a heated
 rod's thermometers), SciPy adapters.
 
-Shared by the ``bench_*.py`` suites and the scripts (imported as ``workloads``: pytest, and
-Python for a script, put this folder on ``sys.path``); how they measure is in `measuring`.
+Shared by the ``bench_*.py`` suites and the scripts, imported as ``workloads``: pytest (this
+folder has no ``__init__.py``, so it imports from its ``rootdir``-relative folder) and Python
+running ``python benchmarks/NAME.py`` (the script's folder comes first on the path) both
+find it; how they measure is in `measuring`.
 Everything a worker process must unpickle lives here at module level, so both loky workers
 and a ``multiprocessing`` pool can import it by name.
 """
@@ -17,8 +19,7 @@ from typing import Callable
 import numpy as np
 
 import engine
-from engine._data import load_embedded_mnist
-from engine._nets import ThreeLayerNet
+from engine import ThreeLayerNet, load_embedded_mnist
 
 SEED = 20261127
 H = 1e-4                       # the book's step, for our engine and SciPy alike

@@ -2,7 +2,7 @@
 
 A 784-50-10 sigmoid net, mini-batches of 100 drawn by a reshuffled order each epoch, SGD
 with lr 0.1, on the embedded 4,000 / 1,000 digits, through the public training API
-(`engine._training.Trainer`). Train and test accuracy are recorded every `--eval-every`
+(`engine.Trainer`). Train and test accuracy are recorded every `--eval-every`
 steps (and before the first), for each gradient kind; the test accuracies of the two
 kinds are compared at every evaluation. Writes a JSON record and a plot like the book's figure (accuracy per
 epoch, train and test), and prints the median seconds per step of each kind.
@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine._data import load_embedded_mnist
-from engine._training import TrainConfig, Trainer
+from engine import TrainConfig, Trainer, load_embedded_mnist
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("numerical", "backprop")

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine._data import load_embedded_mnist
-from engine._gradcheck import gradient_check
-from engine._nets import MLP, ThreeLayerNet
+from engine import MLP, ThreeLayerNet, gradient_check, load_embedded_mnist
 
 SCHEMES = ("forward", "central", "central4")
 DTYPES = ("float64", "float32")

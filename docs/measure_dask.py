@@ -58,9 +58,7 @@ def measure_overhead(repeats: int, client) -> None:
 
 def measure_net(repeats: int, hidden: int, client) -> None:
     """The full loop-evaluator gradient of ThreeLayerNet(784, hidden, 10) on one real image."""
-    from engine import numerical_gradient, parallel_numerical_gradient
-    from engine._data import load_embedded_mnist
-    from engine._nets import ThreeLayerNet
+    from engine import ThreeLayerNet, load_embedded_mnist, numerical_gradient, parallel_numerical_gradient
 
     train, _ = load_embedded_mnist()
     net = ThreeLayerNet(input_size=784, hidden_size=hidden, seed=0)

@@ -1,7 +1,6 @@
 import time
 import numpy as np
-from engine.nets import ThreeLayerNet
-from engine.data import load_embedded_mnist
+from engine import ThreeLayerNet, load_embedded_mnist
 train, _ = load_embedded_mnist()
 net = ThreeLayerNet(seed=0)
 print("| batch | workers | median ms (5 calls) | vs 1 worker |\n|---:|---:|---:|---:|", flush=True)

@@ -1,8 +1,7 @@
 """Device experiment: f's cost by BLAS threads, and loop scaling with 1 BLAS thread per worker."""
 import time
 from threadpoolctl import threadpool_limits
-from engine.nets import ThreeLayerNet
-from engine.data import load_embedded_mnist
+from engine import ThreeLayerNet, load_embedded_mnist
 train, _ = load_embedded_mnist()
 net = ThreeLayerNet(784, 100, 10, weight_init_std=0.01, seed=20261127)
 x, t = train.images[:1].copy(), train.labels[:1].copy()
