@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
-import os
 import signal
 import sys
 import time
@@ -28,23 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from engine._checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
-                         load_checkpoint, lock_folder, new_numbered_folder, point_link,
-                         remove_temporaries, save_checkpoint, save_npz_atomic)
+from engine._checkpoint import (CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
+                                save_npz_atomic, write_json_atomic)
 from engine._data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
-                   read_mnist_csv)
+                          read_mnist_csv)
 from engine._execution import Execution, check_backend
 from engine._plots import plot_training, plots_available
+from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
+                                FolderError, claim_folder, claim_new_folder)
 from engine._schemes import DEFAULT_STEP
 from engine._training import TrainConfig, Trainer, TrainingState
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
-# What a run writes into its folder, in the order it first writes them.
-OUTPUTS = (CHECKPOINT_NAME, "params.npz", "metrics.json", "training.png")
-RUNS_FOLDER = Path("runs")          # without --out: runs/run-N, and runs/latest -> run-N
-LATEST_LINK = RUNS_FOLDER / "latest"
 # The one source of every default; flags default to None so a resume can tell given ones.
 _DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": DEFAULT_STEP,
              "scheme": "central", "seed": 0, "train_size": 100, "test_size": 10,
@@ -128,15 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run = _prepare(args)                # flags, data, checkpoint: nothing written yet
-        lock = _claim_folder(run, args)     # the folder: created, locked, checked
-    except (UsageError, DataError, CheckpointError, FileNotFoundError, FolderBusyError,
-            ValueError, TypeError) as exc:
+        folder = _claim_folder(run, args)   # the folder: created, locked, checked
+    except (UsageError, FolderError, DataError, CheckpointError, FileNotFoundError,
+            FolderBusyError, ValueError, TypeError) as exc:
         print(f"engine-train: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _train(run, args)
     finally:
-        os.close(lock)   # releases the folder
+        folder.release()
 
 
 # -- preparing a run: validate everything before anything is written ---------------------------
@@ -260,77 +255,18 @@ def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
 
 # -- the output folder: created, locked, and never holding another run ---------------------------
 
-def _claim_folder(run: dict[str, Any], args) -> int:
-    """Create and lock the run's folder; returns the lock's descriptor. Sets ``run["out"]``."""
+def _claim_folder(run: dict[str, Any], args) -> ClaimedFolder:
+    """Create and lock the run's folder (see `engine._run_folder`). Sets ``run["out"]``."""
     if run["state"] is None and run["out"] is None:
-        try:
-            run["out"] = new_numbered_folder(RUNS_FOLDER)
-            run["latest"] = point_link(LATEST_LINK, run["out"])
-        except OSError as exc:
-            raise UsageError(f"cannot create a run folder in {RUNS_FOLDER} ({exc}); "
-                             "choose one with --out") from None
-        return _lock(run["out"], "--out")
-    flag = "--resume" if run["state"] is not None else "--out"
-    out = run["out"]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UsageError(f"{flag} {out} exists and is not a folder") from None
-    except NotADirectoryError:
-        raise UsageError(f"{flag} {out}: part of that path is a file, not a folder") from None
-    except OSError as exc:
-        raise UsageError(f"{flag} {out}: cannot create the folder ({exc.strerror})") from None
-    lock = _lock(out, flag)
-    try:
-        remove_temporaries(out, OUTPUTS)   # left by a run killed while writing
-        if run["state"] is None:
-            _refuse_to_replace(out, args.force)
-        elif load_checkpoint(out)[1]["step"] != run["state"].step:
-            raise UsageError(f"the checkpoint in {out} changed while this run started; "
-                             "run the command again")
-    except BaseException:
-        os.close(lock)
-        raise
-    return lock
-
-
-def _lock(out: Path, flag: str) -> int:
-    try:
-        return lock_folder(out)
-    except PermissionError as exc:
-        raise UsageError(f"{flag} {out} is not writable ({exc.strerror})") from None
-    except OSError as exc:
-        raise UsageError(f"{flag} {out}: cannot write there ({exc.strerror})") from None
-
-
-def _refuse_to_replace(out: Path, force: bool) -> None:
-    """Refuse a fresh run into a folder holding a run, unless `force`: then clear it."""
-    held = _held_run(out)
-    if held is None:
-        return
-    if not force:
-        raise UsageError(f"{out} holds {held}; " + (
-            f"continue it with --resume {out}, " if held.startswith("an unfinished") else "")
-            + "choose another --out, or omit --out for a new "
-            f"{RUNS_FOLDER}/run-N, or pass --force to replace it")
-    print(f"engine-train: --force: replacing {held} in {out}", file=sys.stderr)
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-
-
-def _held_run(out: Path) -> str | None:
-    """What run `out` holds, in words, or None."""
-    if (out / CHECKPOINT_NAME).exists():
-        try:
-            _, saved = load_checkpoint(out)
-            step, steps = saved["step"], saved["config"]["steps"]
-        except (CheckpointError, KeyError, TypeError) as exc:
-            return f"a checkpoint that cannot be read ({type(exc).__name__}: {exc})"
-        if step < steps:
-            return f"an unfinished run (step {step} of {steps})"
-        return "a finished run"
-    outputs = [name for name in OUTPUTS[1:] if (out / name).exists()]
-    return f"a finished run's {', '.join(outputs)}" if outputs else None
+        folder = claim_new_folder(RUNS_FOLDER)
+    else:
+        resumed_step = None if run["state"] is None else run["state"].step
+        folder = claim_folder(run["out"], force=args.force, resumed_step=resumed_step)
+    if folder.replaced is not None:
+        print(f"engine-train: --force: replacing {folder.replaced} in {folder.path}",
+              file=sys.stderr)
+    run.update(out=folder.path, latest=folder.latest)
+    return folder
 
 
 # -- resuming --------------------------------------------------------------------------------------
@@ -458,7 +394,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
         "train_accuracy": trainer.accuracy(trainer.train), "test_accuracy": test_accuracy,
         "test_correct": correct, "test_total": len(test), "wall_seconds_this_session": wall,
     }
-    _write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
              f"gradients, {state.step} steps")
     written = list(OUTPUTS[1:])
@@ -474,10 +410,6 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     print(f"train accuracy: {metrics['train_accuracy']:.4f}")
     print(f"test accuracy: {test_accuracy:.4f} ({correct}/{len(test)})")
     return 0
-
-
-def _write_json_atomic(path: Path, document: dict) -> None:
-    atomic_write(path, lambda file: file.write(json.dumps(document, indent=1).encode()))
 
 
 def _headline(run, trainer: Trainer) -> str:
