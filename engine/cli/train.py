@@ -1,9 +1,9 @@
 """`python -m engine.cli.train` / `engine-train`: train the teaching text's net by numerical gradients.
 
-With no flags it repeats the teaching text's run: a 784-100-10 net (sigmoid hidden
-layer, softmax cross-entropy, weights drawn with std 0.01), lr 0.1, 100 steps of one
-image each, taken in order from the first 100 training images of the embedded MNIST
-split, tested on the first 10 test images. It writes into a new folder
+With no flags it repeats the teaching text's run (`TrainConfig`'s defaults): a 784-100-10
+net (sigmoid hidden layer, softmax cross-entropy, weights drawn with std 0.01), lr 0.1,
+100 steps of one image each, taken in order from the first 100 training images of the
+embedded MNIST split, tested on the first 10 test images. It writes into a new folder
 ``runs/run-N`` and points ``runs/latest`` to it, so no run ever replaces another; an
 explicit ``--out DIR`` that holds a run is refused (``--resume DIR`` continues it,
 ``--force`` replaces it). One process at a time writes into a folder (a lock).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import signal
 import sys
@@ -28,25 +29,34 @@ import numpy as np
 
 from engine._checkpoint import (CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                                 save_npz_atomic, write_json_atomic)
-from engine._data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
-                          read_mnist_csv)
-from engine._execution import Execution, check_backend
+from engine._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, EMBEDDED_TEST_SIZE,
+                          EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_CLASSES, N_PIXELS, DataError, Dataset,
+                          load_embedded_mnist, load_mnist_dir, read_mnist_csv)
+from engine._execution import DEFAULT_BACKEND, Execution, check_backend
 from engine._plots import plot_training, plots_available
 from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
-from engine._schemes import DEFAULT_STEP
-from engine._training import TrainConfig, Trainer, TrainingState
+from engine._schemes import DEFAULT_STEP, SCHEMES
+from engine._training import BOOK_SIZES, EVALUATORS, GRADIENTS, TrainConfig, Trainer, TrainingState
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
-# The one source of every default; flags default to None so a resume can tell given ones.
-_DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": DEFAULT_STEP,
-             "scheme": "central", "seed": 0, "train_size": 100, "test_size": 10,
-             "evaluator": "auto", "gradient": "numerical", "weight_init_std": 0.01,
-             "eval_every": 0, "shuffle": False}
+# Flags that set a TrainConfig field of another name; --hidden sets the middle of `sizes`.
+_FLAG_OF_FIELD = {"steps": "iters"}
+
+
+def _flag_defaults() -> dict[str, Any]:
+    """The default of every flag that the checkpoint keeps: TrainConfig's, and the data's sizes."""
+    defaults = {_FLAG_OF_FIELD.get(f.name, f.name): f.default
+                for f in dataclasses.fields(TrainConfig)}
+    defaults["hidden"] = list(defaults.pop("sizes")[1:-1])   # the data gives the outer widths
+    return {**defaults, "train_size": BOOK_TRAIN_SIZE, "test_size": BOOK_TEST_SIZE}
+
+
+# Flags default to None, so that a resume can tell the given ones; these fill in the rest.
+_DEFAULTS = _flag_defaults()
 _CHECKPOINT_EVERY = 100
-_BACKEND = "loky"
 
 
 class UsageError(Exception):
@@ -66,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag documented for ``--help``, each default shown once."""
     p = argparse.ArgumentParser(
         prog="engine-train",
-        description="Train the teaching text's 784-100-10 net on MNIST by numerical gradients "
+        description=f"Train the teaching text's {'-'.join(map(str, BOOK_SIZES))} net on "
+                    "MNIST by numerical gradients "
                     f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
                     "text's run.")
     add, d = p.add_argument, _DEFAULTS
@@ -78,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden layer width(s), e.g. 100 or 100 50" + _default(d["hidden"]))
     add("--batch-size", metavar="N", type=int, help="images per step" + _default(d["batch_size"]))
     add("--h", metavar="H", type=float, help="finite-difference step" + _default(d["h"]))
-    add("--scheme", choices=["central", "forward", "central4"],
+    add("--scheme", choices=list(SCHEMES),
         help="difference formula" + _default(d["scheme"]))
     add("--seed", metavar="N", type=int, help="seed of the weight initialisation and the --shuffle orders: "
         "one generator, default_rng(seed), draws the weights, then each epoch's order"
@@ -86,24 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--weight-init-std", metavar="STD", type=float,
         help="std of the initial weights" + _default(d["weight_init_std"]))
     add("--train-size", metavar="N", type=int, help=f"first N training images [default: {d['train_size']} of "
-        "the embedded 4,000; with --train-csv or --mnist-dir, all]")
+        f"the embedded {EMBEDDED_TRAIN_SIZE:,}; with --train-csv or --mnist-dir, all]")
     add("--test-size", metavar="N", type=int, help=f"first N test images [default: {d['test_size']} of the "
-        "embedded 1,000; with --test-csv or --mnist-dir, all]")
+        f"embedded {EMBEDDED_TEST_SIZE:,}; with --test-csv or --mnist-dir, all]")
     add("--train-csv", metavar="FILE", type=Path,
-        help="train on this file in the text's CSV format (label, 784 pixels)")
+        help=f"train on this file in the text's CSV format (label, {N_PIXELS} pixels)")
     add("--test-csv", metavar="FILE", type=Path, help="test on this file in the text's CSV format")
     add("--mnist-dir", metavar="DIR", type=Path, help="train and test on the MNIST IDX files in this folder "
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte; each may be gzipped, .gz)")
     add("--shuffle", action="store_true", default=None,
         help="a new random order of the images every epoch (see --seed)")
-    add("--evaluator", choices=["auto", "batched", "loop"],
+    add("--evaluator", choices=EVALUATORS,
         help="how perturbations are evaluated: loop = the text's way, one forward pass each; "
              "batched = blocks through the layers after the perturbed one" + _default(d["evaluator"]))
-    add("--gradient", choices=["numerical", "backprop"],
+    add("--gradient", choices=GRADIENTS,
         help="numerical differences, or backprop for comparison" + _default(d["gradient"]))
     add("--backend", metavar="NAME", help="where chunks run: loky, threading, dask, or a registered joblib "
-        "backend" + _default(_BACKEND))
+        "backend" + _default(DEFAULT_BACKEND))
     add("--scheduler", metavar="ADDRESS", help="with --backend dask: address of a running scheduler (tcp://host:port)")
     add("--eval-every", metavar="N", type=int, help="also measure test accuracy every N steps; 0: at epoch "
         "ends only" + _default(d["eval_every"]))
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- preparing a run: validate everything before anything is written ---------------------------
 
 def _prepare(args) -> dict[str, Any]:
-    backend = _given_or(args.backend, _BACKEND)
+    backend = _given_or(args.backend, DEFAULT_BACKEND)
     _check_backend(backend, args.scheduler)
     execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -177,11 +188,10 @@ def _fresh_run(args) -> dict[str, Any]:
                          "training images")
     steps_per_epoch = -(-len(train) // flags["batch_size"])
     steps = args.epochs * steps_per_epoch if args.epochs is not None else flags["iters"]
-    config = TrainConfig(
-        sizes=(train.images.shape[1], *flags["hidden"], 10), weight_init_std=flags["weight_init_std"],
-        lr=flags["lr"], batch_size=flags["batch_size"], steps=steps, h=flags["h"],
-        scheme=flags["scheme"], seed=flags["seed"], shuffle=bool(flags["shuffle"]),
-        gradient=flags["gradient"], evaluator=flags["evaluator"], eval_every=flags["eval_every"])
+    settings = {f.name: flags[_FLAG_OF_FIELD.get(f.name, f.name)]
+                for f in dataclasses.fields(TrainConfig) if f.name != "sizes"}
+    config = TrainConfig(**{**settings, "steps": steps,
+                            "sizes": (train.images.shape[1], *flags["hidden"], N_CLASSES)})
     return {"config": config, "data": data, "train": train, "test": test, "out": args.out,
             "state": None, "checkpoint_every": _given_or(args.checkpoint_every, _CHECKPOINT_EVERY)}
 
