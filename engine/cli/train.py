@@ -32,7 +32,7 @@ from engine._checkpoint import (CheckpointError, atomic_write, load_checkpoint, 
 from engine._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, EMBEDDED_TEST_SIZE,
                           EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_CLASSES, N_PIXELS, DataError, Dataset,
                           load_embedded_mnist, load_mnist_dir, read_mnist_csv)
-from engine._execution import DEFAULT_BACKEND, Execution, check_backend
+from engine._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND, Execution, check_backend
 from engine._plots import plot_training, plots_available
 from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "MNIST by numerical gradients "
                     f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
                     "text's run.")
-    add, d = p.add_argument, _DEFAULTS
+    for add_flags in (_add_run_flags, _add_data_flags, _add_gradient_flags, _add_output_flags):
+        add_flags(p.add_argument, _DEFAULTS)
+    return p
+
+
+def _add_run_flags(add, d: dict[str, Any]) -> None:
     add("--workers", metavar="N", type=int, help="worker processes for the gradient [default: all cores]")
     add("--iters", metavar="N", type=int, help="SGD steps" + _default(d["iters"]))
     add("--epochs", metavar="N", type=int, help="full passes over the training images; overrides --iters")
@@ -96,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         + _default(d["seed"]))
     add("--weight-init-std", metavar="STD", type=float,
         help="std of the initial weights" + _default(d["weight_init_std"]))
+
+
+def _add_data_flags(add, d: dict[str, Any]) -> None:
     add("--train-size", metavar="N", type=int, help=f"first N training images [default: {d['train_size']} of "
         f"the embedded {EMBEDDED_TRAIN_SIZE:,}; with --train-csv or --mnist-dir, all]")
     add("--test-size", metavar="N", type=int, help=f"first N test images [default: {d['test_size']} of the "
@@ -108,16 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
         "t10k-labels-idx1-ubyte; each may be gzipped, .gz)")
     add("--shuffle", action="store_true", default=None,
         help="a new random order of the images every epoch (see --seed)")
+
+
+def _add_gradient_flags(add, d: dict[str, Any]) -> None:
     add("--evaluator", choices=EVALUATORS,
         help="how perturbations are evaluated: loop = the text's way, one forward pass each; "
              "batched = blocks through the layers after the perturbed one" + _default(d["evaluator"]))
     add("--gradient", choices=GRADIENTS,
         help="numerical differences, or backprop for comparison" + _default(d["gradient"]))
-    add("--backend", metavar="NAME", help="where chunks run: loky, threading, dask, or a registered joblib "
-        "backend" + _default(DEFAULT_BACKEND))
+    add("--backend", metavar="NAME", help=f"where chunks run: {', '.join(BUILTIN_BACKENDS)}, or a "
+        "registered joblib backend" + _default(DEFAULT_BACKEND))
     add("--scheduler", metavar="ADDRESS", help="with --backend dask: address of a running scheduler (tcp://host:port)")
     add("--eval-every", metavar="N", type=int, help="also measure test accuracy every N steps; 0: at epoch "
         "ends only" + _default(d["eval_every"]))
+
+
+def _add_output_flags(add, d: dict[str, Any]) -> None:
     add("--checkpoint-every", metavar="N", type=int, help="write a checkpoint every N steps and at the end; "
         "kept in the checkpoint for --resume" + _default(_CHECKPOINT_EVERY))
     add("--out", metavar="DIR", type=Path, help=f"folder for {', '.join(OUTPUTS)} [default: a new "
@@ -126,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", metavar="DIR", type=Path, help="continue the run whose checkpoint is in this folder, "
         "writing there (--out cannot move it)")
     add("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
