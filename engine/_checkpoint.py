@@ -1,4 +1,4 @@
-"""Checkpoints and run folders: the training state in one `.npz`, atomic files, folder locks.
+"""Checkpoints and atomic files: the training state in one `.npz`, written so a crash never halves it.
 
 A checkpoint holds the parameters, the step and epoch, the position in the epoch's
 sample order (and that order), the random generator's state, the per-step history and
@@ -6,16 +6,13 @@ the run's configuration. It is written to a temporary file in the same folder,
 flushed to disk with fsync, then renamed over the old one (`atomic_write`), so a
 crash at any moment leaves either the previous checkpoint or the new one, never half
 of one. It is read with ``allow_pickle=False``: loading a checkpoint never runs code.
-
-A run folder is locked by the process that writes into it (`lock_folder`); fresh
-numbered folders (`new_numbered_folder`) and a ``latest`` link to the newest
-(`point_link`) let runs accumulate without overwriting one another.
+The run folders that hold checkpoints (locks, numbered folders, the ``latest`` link)
+are `engine._run_folder`'s.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import zipfile
 from pathlib import Path
@@ -23,22 +20,17 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-__all__ = ["CHECKPOINT_NAME", "LOCK_NAME", "CheckpointError", "FolderBusyError", "atomic_write",
-           "remove_temporaries", "save_npz_atomic", "save_checkpoint", "load_checkpoint",
-           "lock_folder", "new_numbered_folder", "point_link"]
+__all__ = ["CHECKPOINT_NAME", "CheckpointError", "atomic_write", "temporary_sibling",
+           "remove_temporaries", "save_npz_atomic", "write_json_atomic", "save_checkpoint",
+           "load_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
-LOCK_NAME = ".lock"
 _TEMPORARY_SUFFIX = ".tmp"
 _PARAM_PREFIX = "param/"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupted or does not fit the run."""
-
-
-class FolderBusyError(RuntimeError):
-    """Another process holds the lock on a run folder."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -82,6 +74,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A fresh name ``.{name}.{random}.tmp`` beside `path`: the form `remove_temporaries` removes."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMPORARY_SUFFIX}")
+
+
 def remove_temporaries(directory: str | os.PathLike, names) -> list[Path]:
     """Delete the temporary files `atomic_write` left for `names` in `directory`.
 
@@ -105,6 +103,23 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
         `path`, which now holds the complete file.
     """
     return atomic_write(path, lambda file: np.savez(file, **arrays))
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any) -> Path:
+    """Write `document` to `path` as indented JSON, with `atomic_write`.
+
+    Returns
+    -------
+    Path
+        `path`, which now holds the complete file.
+
+    Raises
+    ------
+    TypeError
+        If `document` holds something JSON cannot represent (nothing is written).
+    """
+    text = json.dumps(document, indent=1).encode()
+    return atomic_write(path, lambda file: file.write(text))
 
 
 def save_checkpoint(directory: str | os.PathLike, params: dict[str, np.ndarray],
@@ -155,85 +170,11 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray]
     return params, state
 
 
-def lock_folder(directory: str | os.PathLike) -> int:
-    """Take the exclusive lock of the run folder `directory`, without waiting.
-
-    The lock is an ``flock`` on ``directory/.lock`` (created if missing, holding the
-    owner's pid): the kernel drops it when the process ends, however it ends, so a
-    killed run never leaves a stale lock. POSIX only.
-
-    Returns
-    -------
-    int
-        The lock file's descriptor; ``os.close`` it to release the lock.
-
-    Raises
-    ------
-    FolderBusyError
-        If another process holds the lock (the message names the folder and that pid).
-    OSError
-        If the lock file cannot be created (e.g. the folder is not writable).
-    """
-    import fcntl   # POSIX; imported here so that the rest of the module works everywhere
-
-    path = Path(directory) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise FolderBusyError(f"{directory} is in use by another run (pid {owner}); wait for it "
-                              "to end, or choose another folder") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def new_numbered_folder(parent: str | os.PathLike, prefix: str = "run-") -> Path:
-    """Create and return ``parent/{prefix}N``, N one more than the largest there (from 1).
-
-    Creation is exclusive: two processes calling this at once get different folders.
-    """
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(prefix) + r"([0-9]+)")
-    taken = [int(m.group(1)) for p in parent.iterdir() if (m := pattern.fullmatch(p.name))]
-    number = max(taken, default=0) + 1
-    while True:
-        folder = parent / f"{prefix}{number}"
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            number += 1
-            continue
-        return folder
-
-
-def point_link(link: str | os.PathLike, target: str | os.PathLike) -> bool:
-    """Make `link` a symbolic link to the sibling `target`, replacing an older link atomically.
-
-    Returns False, touching nothing, if `link` exists and is not a symbolic link (a
-    real folder or file: never replaced).
-    """
-    link, target = Path(link), Path(target)
-    if link.exists() and not link.is_symlink():
-        return False
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(6)}{_TEMPORARY_SUFFIX}")
-    os.symlink(target.name, tmp)   # relative: the pair can be moved together
-    try:
-        os.replace(tmp, link)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    return True
-
-
 def _create_temporary(path: Path) -> tuple[Path, BinaryIO]:
     # os.open with 0o666 lets the umask decide the mode (tempfile.mkstemp would give 0o600,
     # which the rename would then carry to the final file).
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TEMPORARY_SUFFIX}")
+        tmp = temporary_sibling(path)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
                          0o666)

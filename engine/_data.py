@@ -25,6 +25,10 @@ N_CLASSES = 10
 EXTRA_HINT = "pip install 'numgrad-engine[train]' (from a checkout: pip install -e '.[train]')"
 _SPLIT_SEED = 1_790_220  # fixed, so the embedded split is identical everywhere
 _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
+EMBEDDED_TRAIN_SIZE = _TRAIN_PER_CLASS * N_CLASSES   # images in the embedded split: 4,000
+EMBEDDED_TEST_SIZE = _TEST_PER_CLASS * N_CLASSES     # and 1,000
+# The teaching text's files, mnist_train_100.csv and mnist_test_10.csv: the first images.
+BOOK_TRAIN_SIZE, BOOK_TEST_SIZE = 100, 10
 _IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
 _GZIP_MAGIC = b"\x1f\x8b"
 # The four files of the MNIST distribution, as the book's loader downloads them.
@@ -125,8 +129,9 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
         raw = gzip.decompress(handle.read())
     table = _parse_csv(_decode(raw, source), source, label_first=False)
     counts = np.bincount(table[:, -1], minlength=N_CLASSES)
-    if np.any(counts != _TRAIN_PER_CLASS + _TEST_PER_CLASS):
-        raise DataError(f"{source}: expected 500 images per digit, got {counts.tolist()}")
+    per_class = _TRAIN_PER_CLASS + _TEST_PER_CLASS
+    if np.any(counts != per_class):
+        raise DataError(f"{source}: expected {per_class} images per digit, got {counts.tolist()}")
     train, test = _interleaved_split(table[:, -1], np.random.default_rng(_SPLIT_SEED))
     return _to_dataset(table[train, :-1], table[train, -1]), \
         _to_dataset(table[test, :-1], table[test, -1])
@@ -344,8 +349,8 @@ def load_mnist_dir(directory) -> tuple[Dataset, Dataset]:
             load_mnist_idx(files["test_images"], files["test_labels"]))
 
 
-def materialise_book_csvs(directory, train_size: int = 100,
-                          test_size: int = 10) -> tuple[Path, Path]:
+def materialise_book_csvs(directory, train_size: int = BOOK_TRAIN_SIZE,
+                          test_size: int = BOOK_TEST_SIZE) -> tuple[Path, Path]:
     """Write ``mnist_train_{train_size}.csv`` and ``mnist_test_{test_size}.csv``.
 
     The rows are the first examples of each embedded split (`load_embedded_mnist`),
@@ -370,7 +375,8 @@ def materialise_book_csvs(directory, train_size: int = 100,
     ValueError
         If a size is outside its range.
     """
-    for name, size, most in [("train_size", train_size, 4000), ("test_size", test_size, 1000)]:
+    for name, size, most in [("train_size", train_size, EMBEDDED_TRAIN_SIZE),
+                             ("test_size", test_size, EMBEDDED_TEST_SIZE)]:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) \
                 or not 1 <= size <= most:
             raise ValueError(f"`{name}` must be an int in 1..{most}, got {size!r}")

@@ -14,21 +14,31 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._data import Dataset
+from ._data import N_CLASSES, N_PIXELS, Dataset
+from ._evaluators import EVALUATOR_NAMES
 from ._execution import Execution
 from ._gradient import Gradient, Plan
 from ._model import init_params, mlp
 from ._nets import Net
 from ._schemes import DEFAULT_STEP
 
-__all__ = ["TrainConfig", "TrainingState", "Trainer"]
+__all__ = ["TrainConfig", "TrainingState", "Trainer", "BOOK_SIZES", "GRADIENTS", "EVALUATORS"]
+
+BOOK_SIZES = (N_PIXELS, 100, N_CLASSES)    # the teaching text's net: 784-100-10
+NUMERICAL, BACKPROP = "numerical", "backprop"
+GRADIENTS = (NUMERICAL, BACKPROP)          # how a step's gradient is computed
+AUTO_EVALUATOR = "auto"                    # batched where the model allows, else loop
+EVALUATORS = (AUTO_EVALUATOR, *EVALUATOR_NAMES)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides the numbers a run produces."""
+    """Everything that decides the numbers a run produces.
 
-    sizes: tuple[int, ...] = (784, 100, 10)
+    The defaults are the teaching text's run, and the one source of engine-train's.
+    """
+
+    sizes: tuple[int, ...] = BOOK_SIZES
     weight_init_std: float = 0.01
     lr: float = 0.1
     batch_size: int = 1
@@ -37,8 +47,8 @@ class TrainConfig:
     scheme: str = "central"
     seed: int = 0
     shuffle: bool = False
-    gradient: str = "numerical"
-    evaluator: str = "auto"
+    gradient: str = NUMERICAL
+    evaluator: str = AUTO_EVALUATOR
     eval_every: int = 0          # steps between test evaluations; 0: each epoch's end only
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +90,7 @@ class Trainer:
         self.config, self.train, self.test = config, train, test
         self.net = Net(mlp(config.sizes), {})   # the structure; its params are the state's
         self.gradient = None
-        if config.gradient != "backprop":
+        if config.gradient != BACKPROP:
             self.gradient = Gradient(self.net.model.loss, h=config.h, scheme=config.scheme,
                                      evaluator=config.evaluator, execution=execution)
         self.state = state if state is not None else self._initial_state()

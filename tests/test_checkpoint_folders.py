@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine import _checkpoint as checkpoint
-from engine._checkpoint import (LOCK_NAME, FolderBusyError, atomic_write, lock_folder,
-                               new_numbered_folder, point_link)
+from engine._checkpoint import atomic_write
+from engine._run_folder import LOCK_NAME, FolderBusyError, lock_folder, new_numbered_folder, point_link
 
 
 def open_descriptors():

@@ -18,8 +18,11 @@ import pytest
 from engine import numerical_gradient, parallel_numerical_gradient
 from engine._data import load_embedded_mnist
 from engine._gradcheck import GradientDifference, default_tol, failures, format_table, gradient_check
-from engine.cli.gradcheck import main
-from engine._layers import Sigmoid
+from engine._evaluators import EVALUATOR_NAMES
+from engine._layers import ACTIVATIONS, Sigmoid
+from engine._schemes import SCHEMES
+from engine._training import TrainConfig
+from engine.cli.gradcheck import _parser, main
 from engine._nets import MLP, ThreeLayerNet
 
 SMALL_NET_TOL = {("central", 1e-4): 1e-7, ("central4", 3e-3): 1e-8, ("forward", 1e-4): 1e-3}
@@ -385,6 +388,17 @@ class TestCommand:
         for flag in ["--sizes", "--activation", "--batch-size", "--scheme", "--h", "--workers",
                      "--evaluator", "--seed", "--weight-init-std", "--dtype", "--tol"]:
             assert flag in out
+
+    def test_defaults_are_the_trainers_net_and_choices_the_registries(self):
+        parser = _parser()
+        args, book = parser.parse_args([]), TrainConfig()
+        assert (args.sizes, args.batch_size, args.scheme, args.h, args.evaluator, args.seed,
+                args.weight_init_std) == (list(book.sizes), book.batch_size, book.scheme, book.h,
+                                          book.evaluator, book.seed, book.weight_init_std)
+        choices = {action.dest: list(action.choices) for action in parser._actions
+                   if action.choices is not None}
+        assert choices == {"activation": sorted(ACTIVATIONS), "scheme": list(SCHEMES),
+                           "evaluator": ["auto", *EVALUATOR_NAMES], "dtype": ["float64", "float32"]}
 
     def test_runs_as_a_module(self):
         done = subprocess.run([sys.executable, "-m", "engine.cli.gradcheck", "--help"],

@@ -16,7 +16,7 @@ LEVEL = {
     "_serial": 7, "_gradient": 7, "_parallel": 8,
     # above the engine
     "_nets": 9, "_gradcheck": 10, "_checkpoint": 10, "_plots": 10, "_training": 10,
-    "__init__": 11,
+    "_run_folder": 11, "__init__": 11,
     # the command lines
     "cli": 12,
 }

@@ -1,4 +1,5 @@
 """The trainer CLI: defaults, outputs, determinism across workers, bad flags."""
+import dataclasses
 import json
 import os
 import re
@@ -12,6 +13,9 @@ import pytest
 
 from _mnist_files import write_mnist_dir
 from engine._data import Dataset, load_embedded_mnist, write_mnist_csv
+from engine._evaluators import EVALUATOR_NAMES
+from engine._schemes import SCHEMES
+from engine._training import TrainConfig
 from engine.cli.train import _DEFAULTS, OUTPUTS, build_parser, main
 
 QUICK = ["--hidden", "12", "--iters", "6", "--train-size", "20", "--test-size", "10", "--no-progress"]
@@ -152,6 +156,32 @@ def test_help_shows_each_default_once():
                 else str(_DEFAULTS[key])
             if not isinstance(_DEFAULTS[key], bool):
                 assert f"[default: {shown}" in action.help, action.option_strings
+
+
+def test_the_flags_defaults_are_train_configs_fields(tmp_path, monkeypatch):
+    """No flags give exactly TrainConfig(), and --help shows each field's own default."""
+    import engine.cli.train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "_train", lambda run, args: seen.update(run) or 0)
+    assert main(["--out", str(tmp_path / "run")]) == 0
+    assert seen["config"] == TrainConfig()
+    helps = {action.dest: action.help for action in build_parser()._actions}
+    flag_of_field = {"steps": "iters", "sizes": "hidden"}
+    for field in dataclasses.fields(TrainConfig):
+        help_text = helps[flag_of_field.get(field.name, field.name)]
+        if field.name == "shuffle":   # a switch: off unless given
+            assert field.default is False and "default:" not in help_text
+            continue
+        shown = " ".join(map(str, field.default[1:-1])) if field.name == "sizes" else field.default
+        assert f"[default: {shown}]" in help_text, field.name
+
+
+def test_the_choices_are_the_registries():
+    choices = {action.dest: list(action.choices) for action in build_parser()._actions
+               if action.choices is not None}
+    assert choices == {"scheme": list(SCHEMES), "evaluator": ["auto", *EVALUATOR_NAMES],
+                       "gradient": ["numerical", "backprop"]}
 
 
 def test_bad_csv_data_exits_2_naming_file_and_line(tmp_path):

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from engine._data import materialise_book_csvs
+from engine._data import BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_PIXELS, materialise_book_csvs
 
 __all__ = ["main"]
 
@@ -12,10 +12,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m engine.cli.data",
         description="Write the first N train / test images of the embedded MNIST split in the "
-                    "teaching text's CSV format (label, then 784 pixels 0-255).")
+                    f"teaching text's CSV format (label, then {N_PIXELS} pixels 0-255).")
     parser.add_argument("--out", default="data", help="folder to write into (default: data)")
-    parser.add_argument("--train-size", type=int, default=100, help="train images (default: 100)")
-    parser.add_argument("--test-size", type=int, default=10, help="test images (default: 10)")
+    parser.add_argument("--train-size", type=int, default=BOOK_TRAIN_SIZE,
+                        help=f"train images (default: {BOOK_TRAIN_SIZE})")
+    parser.add_argument("--test-size", type=int, default=BOOK_TEST_SIZE,
+                        help=f"test images (default: {BOOK_TEST_SIZE})")
     args = parser.parse_args(argv)
     try:
         paths = materialise_book_csvs(args.out, args.train_size, args.test_size)

@@ -8,13 +8,18 @@ from typing import Sequence
 
 import numpy as np
 
-from engine._data import load_embedded_mnist
+from engine._data import N_CLASSES, N_PIXELS, load_embedded_mnist
+from engine._execution import DEFAULT_BACKEND
 from engine._gradcheck import default_tol, failures, format_table, gradient_check
 from engine._layers import ACTIVATIONS
 from engine._nets import MLP
 from engine._schemes import AUTO, DEFAULT_STEP, SCHEMES
+from engine._training import EVALUATORS, TrainConfig
 
 __all__ = ["main"]
+
+_BOOK_RUN = TrainConfig()   # the teaching text's net, batch, seed and differences: the defaults
+_DTYPES = ("float64", "float32")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,31 +31,35 @@ def _parser() -> argparse.ArgumentParser:
                     "max(max|num|, max|bp|); exits 0 if every relative error is <= --tol, "
                     "1 if not, 2 for bad flags.")
     add = parser.add_argument
-    add("--sizes", type=int, nargs="+", default=[784, 100, 10], metavar="N",
-        help="layer widths, input first: 784 (the image), hidden..., at least 10 outputs "
-             "(default: 784 100 10, the teaching text's net)")
+    add("--sizes", type=int, nargs="+", default=list(_BOOK_RUN.sizes), metavar="N",
+        help=f"layer widths, input first: {N_PIXELS} (the image), hidden..., at least "
+             f"{N_CLASSES} outputs (default: {' '.join(map(str, _BOOK_RUN.sizes))}, the teaching "
+             "text's net)")
     add("--activation", choices=sorted(ACTIVATIONS), default="sigmoid",
         help="activation between affine layers (default: sigmoid)")
-    add("--batch-size", type=int, default=1, metavar="B",
-        help="check on the first B images of the embedded MNIST train split (default: 1)")
-    add("--scheme", choices=list(SCHEMES), default="central",
+    add("--batch-size", type=int, default=_BOOK_RUN.batch_size, metavar="B",
+        help="check on the first B images of the embedded MNIST train split "
+             f"(default: {_BOOK_RUN.batch_size})")
+    add("--scheme", choices=list(SCHEMES), default=_BOOK_RUN.scheme,
         help="difference formula: central (error O(h^2)), forward (O(h)), central4 (O(h^4)) "
-             "(default: central)")
+             f"(default: {_BOOK_RUN.scheme})")
     add("--h", type=_step, default=DEFAULT_STEP,
-        help="finite-difference step, or 'auto' (default: 1e-4; with --dtype float32, --scheme central4 "
-             "--h 1e-2 is far more accurate, see docs/accuracy.md)")
+        help=f"finite-difference step, or '{AUTO}' (default: {DEFAULT_STEP:g}; with --dtype "
+             "float32, --scheme central4 --h 1e-2 is far more accurate, see docs/accuracy.md)")
     add("--workers", type=int, default=1,
         help="workers for the numerical gradient; -1 for all cores (default: 1)")
-    add("--backend", default="loky", help="parallel backend when --workers > 1 (default: loky)")
-    add("--evaluator", choices=["auto", "loop", "batched"], default="auto",
+    add("--backend", default=DEFAULT_BACKEND,
+        help=f"parallel backend when --workers > 1 (default: {DEFAULT_BACKEND})")
+    add("--evaluator", choices=EVALUATORS, default=_BOOK_RUN.evaluator,
         help="loop: one loss per perturbation, as the teaching text; batched: blocks of "
              "perturbations through the layers (the same differences to ~1e-10, hundreds of "
-             "times faster); auto: batched (default: auto)")
-    add("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
-    add("--weight-init-std", type=float, default=0.01, metavar="STD",
-        help="standard deviation of the initial weights (default: 0.01)")
-    add("--dtype", choices=["float64", "float32"], default="float64",
-        help="dtype of the parameters (default: float64)")
+             f"times faster); auto: batched (default: {_BOOK_RUN.evaluator})")
+    add("--seed", type=int, default=_BOOK_RUN.seed,
+        help=f"seed of the initial weights (default: {_BOOK_RUN.seed})")
+    add("--weight-init-std", type=float, default=_BOOK_RUN.weight_init_std, metavar="STD",
+        help=f"standard deviation of the initial weights (default: {_BOOK_RUN.weight_init_std})")
+    add("--dtype", choices=_DTYPES, default=_DTYPES[0],
+        help=f"dtype of the parameters (default: {_DTYPES[0]})")
     add("--tol", type=float, default=None,
         help="largest relative error accepted, per array (default: "
              f"{default_tol('central'):g} for central and central4, {default_tol('forward'):g} "
@@ -65,11 +74,11 @@ def _step(text: str) -> float | str:
 
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_images: int) -> None:
-    if len(args.sizes) < 2 or args.sizes[0] != 784:
-        parser.error(f"--sizes must start with 784 (the MNIST image) and name at least two "
-                     f"widths, got {' '.join(map(str, args.sizes))}")
-    if args.sizes[-1] < 10:
-        parser.error(f"--sizes must end with at least 10 outputs (ten digits), "
+    if len(args.sizes) < 2 or args.sizes[0] != N_PIXELS:
+        parser.error(f"--sizes must start with {N_PIXELS} (the MNIST image) and name at least "
+                     f"two widths, got {' '.join(map(str, args.sizes))}")
+    if args.sizes[-1] < N_CLASSES:
+        parser.error(f"--sizes must end with at least {N_CLASSES} outputs (ten digits), "
                      f"got {args.sizes[-1]}")
     if not 1 <= args.batch_size <= n_images:
         parser.error(f"--batch-size must be between 1 and {n_images}, got {args.batch_size}")

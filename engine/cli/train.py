@@ -1,9 +1,9 @@
 """`python -m engine.cli.train` / `engine-train`: train the teaching text's net by numerical gradients.
 
-With no flags it repeats the teaching text's run: a 784-100-10 net (sigmoid hidden
-layer, softmax cross-entropy, weights drawn with std 0.01), lr 0.1, 100 steps of one
-image each, taken in order from the first 100 training images of the embedded MNIST
-split, tested on the first 10 test images. It writes into a new folder
+With no flags it repeats the teaching text's run (`TrainConfig`'s defaults): a 784-100-10
+net (sigmoid hidden layer, softmax cross-entropy, weights drawn with std 0.01), lr 0.1,
+100 steps of one image each, taken in order from the first 100 training images of the
+embedded MNIST split, tested on the first 10 test images. It writes into a new folder
 ``runs/run-N`` and points ``runs/latest`` to it, so no run ever replaces another; an
 explicit ``--out DIR`` that holds a run is refused (``--resume DIR`` continues it,
 ``--force`` replaces it). One process at a time writes into a folder (a lock).
@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
-import json
-import os
 import signal
 import sys
 import time
@@ -28,30 +27,36 @@ from typing import Any
 
 import numpy as np
 
-from engine._checkpoint import (CHECKPOINT_NAME, CheckpointError, FolderBusyError, atomic_write,
-                         load_checkpoint, lock_folder, new_numbered_folder, point_link,
-                         remove_temporaries, save_checkpoint, save_npz_atomic)
-from engine._data import (EXTRA_HINT, DataError, Dataset, load_embedded_mnist, load_mnist_dir,
-                   read_mnist_csv)
-from engine._execution import Execution, check_backend
+from engine._checkpoint import (CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
+                                save_npz_atomic, write_json_atomic)
+from engine._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, EMBEDDED_TEST_SIZE,
+                          EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_CLASSES, N_PIXELS, DataError, Dataset,
+                          load_embedded_mnist, load_mnist_dir, read_mnist_csv)
+from engine._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND, Execution, check_backend
 from engine._plots import plot_training, plots_available
-from engine._schemes import DEFAULT_STEP
-from engine._training import TrainConfig, Trainer, TrainingState
+from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
+                                FolderError, claim_folder, claim_new_folder)
+from engine._schemes import DEFAULT_STEP, SCHEMES
+from engine._training import BOOK_SIZES, EVALUATORS, GRADIENTS, TrainConfig, Trainer, TrainingState
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
-# What a run writes into its folder, in the order it first writes them.
-OUTPUTS = (CHECKPOINT_NAME, "params.npz", "metrics.json", "training.png")
-RUNS_FOLDER = Path("runs")          # without --out: runs/run-N, and runs/latest -> run-N
-LATEST_LINK = RUNS_FOLDER / "latest"
-# The one source of every default; flags default to None so a resume can tell given ones.
-_DEFAULTS = {"iters": 100, "lr": 0.1, "hidden": [100], "batch_size": 1, "h": DEFAULT_STEP,
-             "scheme": "central", "seed": 0, "train_size": 100, "test_size": 10,
-             "evaluator": "auto", "gradient": "numerical", "weight_init_std": 0.01,
-             "eval_every": 0, "shuffle": False}
+# Flags that set a TrainConfig field of another name; --hidden sets the middle of `sizes`.
+_FLAG_OF_FIELD = {"steps": "iters"}
+
+
+def _flag_defaults() -> dict[str, Any]:
+    """The default of every flag that the checkpoint keeps: TrainConfig's, and the data's sizes."""
+    defaults = {_FLAG_OF_FIELD.get(f.name, f.name): f.default
+                for f in dataclasses.fields(TrainConfig)}
+    defaults["hidden"] = list(defaults.pop("sizes")[1:-1])   # the data gives the outer widths
+    return {**defaults, "train_size": BOOK_TRAIN_SIZE, "test_size": BOOK_TEST_SIZE}
+
+
+# Flags default to None, so that a resume can tell the given ones; these fill in the rest.
+_DEFAULTS = _flag_defaults()
 _CHECKPOINT_EVERY = 100
-_BACKEND = "loky"
 
 
 class UsageError(Exception):
@@ -71,10 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every flag documented for ``--help``, each default shown once."""
     p = argparse.ArgumentParser(
         prog="engine-train",
-        description="Train the teaching text's 784-100-10 net on MNIST by numerical gradients "
+        description=f"Train the teaching text's {'-'.join(map(str, BOOK_SIZES))} net on "
+                    "MNIST by numerical gradients "
                     f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
                     "text's run.")
-    add, d = p.add_argument, _DEFAULTS
+    for add_flags in (_add_run_flags, _add_data_flags, _add_gradient_flags, _add_output_flags):
+        add_flags(p.add_argument, _DEFAULTS)
+    return p
+
+
+def _add_run_flags(add, d: dict[str, Any]) -> None:
     add("--workers", metavar="N", type=int, help="worker processes for the gradient [default: all cores]")
     add("--iters", metavar="N", type=int, help="SGD steps" + _default(d["iters"]))
     add("--epochs", metavar="N", type=int, help="full passes over the training images; overrides --iters")
@@ -83,35 +94,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden layer width(s), e.g. 100 or 100 50" + _default(d["hidden"]))
     add("--batch-size", metavar="N", type=int, help="images per step" + _default(d["batch_size"]))
     add("--h", metavar="H", type=float, help="finite-difference step" + _default(d["h"]))
-    add("--scheme", choices=["central", "forward", "central4"],
+    add("--scheme", choices=list(SCHEMES),
         help="difference formula" + _default(d["scheme"]))
     add("--seed", metavar="N", type=int, help="seed of the weight initialisation and the --shuffle orders: "
         "one generator, default_rng(seed), draws the weights, then each epoch's order"
         + _default(d["seed"]))
     add("--weight-init-std", metavar="STD", type=float,
         help="std of the initial weights" + _default(d["weight_init_std"]))
+
+
+def _add_data_flags(add, d: dict[str, Any]) -> None:
     add("--train-size", metavar="N", type=int, help=f"first N training images [default: {d['train_size']} of "
-        "the embedded 4,000; with --train-csv or --mnist-dir, all]")
+        f"the embedded {EMBEDDED_TRAIN_SIZE:,}; with --train-csv or --mnist-dir, all]")
     add("--test-size", metavar="N", type=int, help=f"first N test images [default: {d['test_size']} of the "
-        "embedded 1,000; with --test-csv or --mnist-dir, all]")
+        f"embedded {EMBEDDED_TEST_SIZE:,}; with --test-csv or --mnist-dir, all]")
     add("--train-csv", metavar="FILE", type=Path,
-        help="train on this file in the text's CSV format (label, 784 pixels)")
+        help=f"train on this file in the text's CSV format (label, {N_PIXELS} pixels)")
     add("--test-csv", metavar="FILE", type=Path, help="test on this file in the text's CSV format")
     add("--mnist-dir", metavar="DIR", type=Path, help="train and test on the MNIST IDX files in this folder "
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte; each may be gzipped, .gz)")
     add("--shuffle", action="store_true", default=None,
         help="a new random order of the images every epoch (see --seed)")
-    add("--evaluator", choices=["auto", "batched", "loop"],
+
+
+def _add_gradient_flags(add, d: dict[str, Any]) -> None:
+    add("--evaluator", choices=EVALUATORS,
         help="how perturbations are evaluated: loop = the text's way, one forward pass each; "
              "batched = blocks through the layers after the perturbed one" + _default(d["evaluator"]))
-    add("--gradient", choices=["numerical", "backprop"],
+    add("--gradient", choices=GRADIENTS,
         help="numerical differences, or backprop for comparison" + _default(d["gradient"]))
-    add("--backend", metavar="NAME", help="where chunks run: loky, threading, dask, or a registered joblib "
-        "backend" + _default(_BACKEND))
+    add("--backend", metavar="NAME", help=f"where chunks run: {', '.join(BUILTIN_BACKENDS)}, or a "
+        "registered joblib backend" + _default(DEFAULT_BACKEND))
     add("--scheduler", metavar="ADDRESS", help="with --backend dask: address of a running scheduler (tcp://host:port)")
     add("--eval-every", metavar="N", type=int, help="also measure test accuracy every N steps; 0: at epoch "
         "ends only" + _default(d["eval_every"]))
+
+
+def _add_output_flags(add, d: dict[str, Any]) -> None:
     add("--checkpoint-every", metavar="N", type=int, help="write a checkpoint every N steps and at the end; "
         "kept in the checkpoint for --resume" + _default(_CHECKPOINT_EVERY))
     add("--out", metavar="DIR", type=Path, help=f"folder for {', '.join(OUTPUTS)} [default: a new "
@@ -120,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", metavar="DIR", type=Path, help="continue the run whose checkpoint is in this folder, "
         "writing there (--out cannot move it)")
     add("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,21 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run = _prepare(args)                # flags, data, checkpoint: nothing written yet
-        lock = _claim_folder(run, args)     # the folder: created, locked, checked
-    except (UsageError, DataError, CheckpointError, FileNotFoundError, FolderBusyError,
-            ValueError, TypeError) as exc:
+        folder = _claim_folder(run, args)   # the folder: created, locked, checked
+    except (UsageError, FolderError, DataError, CheckpointError, FileNotFoundError,
+            FolderBusyError, ValueError, TypeError) as exc:
         print(f"engine-train: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _train(run, args)
     finally:
-        os.close(lock)   # releases the folder
+        folder.release()
 
 
 # -- preparing a run: validate everything before anything is written ---------------------------
 
 def _prepare(args) -> dict[str, Any]:
-    backend = _given_or(args.backend, _BACKEND)
+    backend = _given_or(args.backend, DEFAULT_BACKEND)
     _check_backend(backend, args.scheduler)
     execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -182,11 +201,10 @@ def _fresh_run(args) -> dict[str, Any]:
                          "training images")
     steps_per_epoch = -(-len(train) // flags["batch_size"])
     steps = args.epochs * steps_per_epoch if args.epochs is not None else flags["iters"]
-    config = TrainConfig(
-        sizes=(train.images.shape[1], *flags["hidden"], 10), weight_init_std=flags["weight_init_std"],
-        lr=flags["lr"], batch_size=flags["batch_size"], steps=steps, h=flags["h"],
-        scheme=flags["scheme"], seed=flags["seed"], shuffle=bool(flags["shuffle"]),
-        gradient=flags["gradient"], evaluator=flags["evaluator"], eval_every=flags["eval_every"])
+    settings = {f.name: flags[_FLAG_OF_FIELD.get(f.name, f.name)]
+                for f in dataclasses.fields(TrainConfig) if f.name != "sizes"}
+    config = TrainConfig(**{**settings, "steps": steps,
+                            "sizes": (train.images.shape[1], *flags["hidden"], N_CLASSES)})
     return {"config": config, "data": data, "train": train, "test": test, "out": args.out,
             "state": None, "checkpoint_every": _given_or(args.checkpoint_every, _CHECKPOINT_EVERY)}
 
@@ -260,77 +278,18 @@ def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
 
 # -- the output folder: created, locked, and never holding another run ---------------------------
 
-def _claim_folder(run: dict[str, Any], args) -> int:
-    """Create and lock the run's folder; returns the lock's descriptor. Sets ``run["out"]``."""
+def _claim_folder(run: dict[str, Any], args) -> ClaimedFolder:
+    """Create and lock the run's folder (see `engine._run_folder`). Sets ``run["out"]``."""
     if run["state"] is None and run["out"] is None:
-        try:
-            run["out"] = new_numbered_folder(RUNS_FOLDER)
-            run["latest"] = point_link(LATEST_LINK, run["out"])
-        except OSError as exc:
-            raise UsageError(f"cannot create a run folder in {RUNS_FOLDER} ({exc}); "
-                             "choose one with --out") from None
-        return _lock(run["out"], "--out")
-    flag = "--resume" if run["state"] is not None else "--out"
-    out = run["out"]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UsageError(f"{flag} {out} exists and is not a folder") from None
-    except NotADirectoryError:
-        raise UsageError(f"{flag} {out}: part of that path is a file, not a folder") from None
-    except OSError as exc:
-        raise UsageError(f"{flag} {out}: cannot create the folder ({exc.strerror})") from None
-    lock = _lock(out, flag)
-    try:
-        remove_temporaries(out, OUTPUTS)   # left by a run killed while writing
-        if run["state"] is None:
-            _refuse_to_replace(out, args.force)
-        elif load_checkpoint(out)[1]["step"] != run["state"].step:
-            raise UsageError(f"the checkpoint in {out} changed while this run started; "
-                             "run the command again")
-    except BaseException:
-        os.close(lock)
-        raise
-    return lock
-
-
-def _lock(out: Path, flag: str) -> int:
-    try:
-        return lock_folder(out)
-    except PermissionError as exc:
-        raise UsageError(f"{flag} {out} is not writable ({exc.strerror})") from None
-    except OSError as exc:
-        raise UsageError(f"{flag} {out}: cannot write there ({exc.strerror})") from None
-
-
-def _refuse_to_replace(out: Path, force: bool) -> None:
-    """Refuse a fresh run into a folder holding a run, unless `force`: then clear it."""
-    held = _held_run(out)
-    if held is None:
-        return
-    if not force:
-        raise UsageError(f"{out} holds {held}; " + (
-            f"continue it with --resume {out}, " if held.startswith("an unfinished") else "")
-            + "choose another --out, or omit --out for a new "
-            f"{RUNS_FOLDER}/run-N, or pass --force to replace it")
-    print(f"engine-train: --force: replacing {held} in {out}", file=sys.stderr)
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-
-
-def _held_run(out: Path) -> str | None:
-    """What run `out` holds, in words, or None."""
-    if (out / CHECKPOINT_NAME).exists():
-        try:
-            _, saved = load_checkpoint(out)
-            step, steps = saved["step"], saved["config"]["steps"]
-        except (CheckpointError, KeyError, TypeError) as exc:
-            return f"a checkpoint that cannot be read ({type(exc).__name__}: {exc})"
-        if step < steps:
-            return f"an unfinished run (step {step} of {steps})"
-        return "a finished run"
-    outputs = [name for name in OUTPUTS[1:] if (out / name).exists()]
-    return f"a finished run's {', '.join(outputs)}" if outputs else None
+        folder = claim_new_folder(RUNS_FOLDER)
+    else:
+        resumed_step = None if run["state"] is None else run["state"].step
+        folder = claim_folder(run["out"], force=args.force, resumed_step=resumed_step)
+    if folder.replaced is not None:
+        print(f"engine-train: --force: replacing {folder.replaced} in {folder.path}",
+              file=sys.stderr)
+    run.update(out=folder.path, latest=folder.latest)
+    return folder
 
 
 # -- resuming --------------------------------------------------------------------------------------
@@ -458,7 +417,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
         "train_accuracy": trainer.accuracy(trainer.train), "test_accuracy": test_accuracy,
         "test_correct": correct, "test_total": len(test), "wall_seconds_this_session": wall,
     }
-    _write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
              f"gradients, {state.step} steps")
     written = list(OUTPUTS[1:])
@@ -474,10 +433,6 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     print(f"train accuracy: {metrics['train_accuracy']:.4f}")
     print(f"test accuracy: {test_accuracy:.4f} ({correct}/{len(test)})")
     return 0
-
-
-def _write_json_atomic(path: Path, document: dict) -> None:
-    atomic_write(path, lambda file: file.write(json.dumps(document, indent=1).encode()))
 
 
 def _headline(run, trainer: Trainer) -> str:
