@@ -10,7 +10,8 @@ so that the forward pass, backprop and the batched evaluator walk the layers wit
 asking their types:
 
 ``forward(params, z)``
-    The output for the input `z`, shape (..., n_in).
+    The output, shape (..., n_out), for the input `z`, shape (..., n_in): a batch (B, n_in)
+    or a stack of batches.
 ``backward(params, z, out, dout)``
     ``(dz, grads)`` for the input `z` (B, n_in), the output ``out = forward(params, z)``
     and the gradient `dout` of the loss with respect to `out`: ``dz`` (B, n_in) and a dict
