@@ -7,7 +7,8 @@ computed. Perturbing ``W[i, j]`` of an affine layer (or ``b[j]``) changes only
 column j of that layer's output, by ``delta * z_prev[:, i]`` (or ``delta``); an
 element-wise activation keeps the change in column j; the next affine layer turns it
 into a rank-one update of its output. Layers before the perturbed one are computed
-once per call and never again.
+once per call and never again. Every layer must therefore declare itself affine or
+elementwise (its `kind`, see engine._layers); `unsupported_layer` finds one that does not.
 
 The work is done per (entry, sample) *row*, and only where the sample's loss can move:
 
@@ -40,11 +41,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._loss_by_class import losses_by_class
-from ._layers import Affine
+from ._layers import AFFINE, ELEMENTWISE
 from ._schemes import Scheme, auto_step
 from ._space import ParamSpace
 
-__all__ = ["batched_evaluate", "DEFAULT_BLOCK_MEMORY"]
+__all__ = ["batched_evaluate", "unsupported_layer", "BATCHED_KINDS", "DEFAULT_BLOCK_MEMORY"]
+
+BATCHED_KINDS = (AFFINE, ELEMENTWISE)   # the layer kinds (engine._layers) the column trick takes
 
 DEFAULT_BLOCK_MEMORY = 256 * 2**20   # bytes of temporaries per worker, at most
 _TEMPORARIES = 8                     # (entries, batch, width) float64 arrays alive at once, at most
@@ -125,16 +128,20 @@ class _Forward:
     """The unperturbed forward pass of one call, and the losses of perturbed columns."""
 
     def __init__(self, f):
+        layer = unsupported_layer(f.model)
+        if layer is not None:
+            raise ValueError(f"the batched evaluator cannot take the layer {layer!r}: its `kind` "
+                             f"is not one of {BATCHED_KINDS}; use the loop evaluator")
         self.model, self.params, self.labels = f.model, f.params, f.labels
         self.trace = f.model.trace(f.params, f.x)   # input of each layer, then the logits
         # Each affine layer's product before its bias is added: the loop evaluator's
         # forward pass computes (z @ W) + b in that order, and so does this one.
         self.products = {k: self.trace[k] @ f.params[layer.weight]
-                         for k, layer in enumerate(f.model.layers) if isinstance(layer, Affine)}
+                         for k, layer in enumerate(f.model.layers) if layer.kind == AFFINE}
         self.batch = f.x.shape[0]
         self.roles = {}
         for k, layer in enumerate(self.model.layers):
-            if isinstance(layer, Affine):
+            if layer.kind == AFFINE:
                 self.roles[layer.weight] = (k, "weight")
                 if layer.bias is not None:
                     self.roles[layer.bias] = (k, "bias")
@@ -229,8 +236,8 @@ class _Forward:
     def _row_losses(self, index, rows, value):
         """Losses (R,) when output column ``rows.column`` of layer ``index - 1`` is `value`."""
         layers = self.model.layers
-        while index < len(layers) and not isinstance(layers[index], Affine):
-            value = layers[index].forward(value)
+        while index < len(layers) and layers[index].kind == ELEMENTWISE:
+            value = layers[index].forward(self.params, value)
             index += 1
         if index == len(layers):
             return self._logit_column_losses(rows, value)
@@ -265,7 +272,7 @@ class _Forward:
         """
         layer, rest = self.model.layers[index], self.model.layers[index + 1:]
         weight, bias = self.params[layer.weight], layer.bias
-        if any(isinstance(later, Affine) for later in rest):   # rows (R, width): products follow
+        if any(later.kind == AFFINE for later in rest):   # rows (R, width): products follow
             dense = change[:, None] * rows.once(("weight rows", index), lambda: weight[rows.column])
             dense += rows.once(("product rows", index), lambda: self.products[index][rows.sample])
             if bias is not None:
@@ -277,8 +284,8 @@ class _Forward:
         dense += rows.once(("product by class", index), lambda: products.take(rows.sample, axis=1))
         if bias is not None:
             dense += self.params[bias][:, None]
-        for later in rest:
-            dense = later.forward(dense)
+        for later in rest:   # elementwise, all of them
+            dense = later.forward(self.params, dense)
         return self._losses(dense, rows)
 
     def _through_products(self, index, sample, dense):
@@ -295,13 +302,23 @@ class _Forward:
         stack = np.zeros((counts.max(), self.batch, dense.shape[1]), dtype=dense.dtype)
         stack[slot, sample] = dense
         for layer in self.model.layers[index:]:
-            stack = layer.forward(self.params, stack) if isinstance(layer, Affine) else layer.forward(stack)
+            stack = layer.forward(self.params, stack)
         return stack[slot, sample]
 
     def _losses(self, by_class, rows):
         """Per-sample losses (R,) of the logits `by_class` (C, R) of `rows`."""
         labels = rows.once("labels", lambda: self.labels[rows.sample])
         return losses_by_class(self.model.loss_layer, by_class, labels)
+
+
+def unsupported_layer(model):
+    """The first layer of `model` whose `kind` is not in `BATCHED_KINDS`, or None if none is.
+
+    The evaluator follows a perturbed column through the layers, which only affine and
+    elementwise layers keep apart; any other layer would mix columns it cannot see.
+    """
+    return next((layer for layer in model.layers
+                 if getattr(layer, "kind", None) not in BATCHED_KINDS), None)
 
 
 def _check_moved(stored, name, shape, entries, originals, step) -> None:

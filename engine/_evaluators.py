@@ -20,7 +20,8 @@ from ._schemes import Scheme, auto_step
 from ._space import ParamSpace
 
 __all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
-           "bind", "is_model_objective", "loss_at", "LoopOptions", "Report", "EVALUATOR_NAMES"]
+           "bind", "is_model_objective", "model_of", "loss_at", "LoopOptions", "Report",
+           "EVALUATOR_NAMES"]
 
 EVALUATOR_NAMES = ("loop", "batched")
 
@@ -28,6 +29,13 @@ EVALUATOR_NAMES = ("loop", "batched")
 def is_model_objective(f: Any) -> bool:
     """True for a layered model's own loss, ``model.loss(params, x, t)`` (a bound method)."""
     return getattr(f, "__func__", None) is Sequential.loss and isinstance(f.__self__, Sequential)
+
+
+def model_of(f: Any) -> Sequential | None:
+    """The `Sequential` whose loss `f` is (a `ModelLoss` or ``model.loss``), else None."""
+    if isinstance(f, ModelLoss):
+        return f.model
+    return f.__self__ if is_model_objective(f) else None
 
 
 def bind(f: Callable, args: tuple, x: Any) -> Callable:

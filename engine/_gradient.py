@@ -29,11 +29,11 @@ import numpy as np
 from ._threads import one_blas_thread
 from ._worker import Job
 from ._backends import make_pool, shared_pool
-from ._batched import DEFAULT_BLOCK_MEMORY
+from ._batched import BATCHED_KINDS, DEFAULT_BLOCK_MEMORY, unsupported_layer
 from ._errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
                      WorkerLost, WorkerLostError)
 from ._evaluators import (EVALUATOR_NAMES, LoopOptions, Report, bind, checked_output,
-                         get_evaluator, is_model_objective, loss_at)
+                         get_evaluator, is_model_objective, loss_at, model_of)
 from ._execution import Execution, check_positive_int
 from ._model import ModelLoss
 from ._payload import dumps_bundle
@@ -475,20 +475,28 @@ def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = Non
     """Resolve ``"auto"`` to ``"batched"`` where `f` is a layered model's loss over `x`.
 
     `loop_only` names an option that only the loop evaluator supports, if one is set.
+    ``"auto"`` warns where it would have chosen ``"batched"`` but a layer of the model
+    is neither affine nor elementwise (see `engine._batched.unsupported_layer`).
 
     Raises
     ------
     ValueError
-        For an unknown name, or ``"batched"`` with an `f` or option it cannot evaluate.
+        For an unknown name, or ``"batched"`` with an `f`, a layer or an option it cannot
+        evaluate.
     """
     batched_ok = (isinstance(f, ModelLoss) and f.params is x) or (
         is_model_objective(f) and isinstance(x, dict))
+    layer = unsupported_layer(model_of(f)) if batched_ok else None
     if evaluator == "auto":
         if isinstance(f, ModelLoss) and not batched_ok:
             warnings.warn("`f` is a ModelLoss, but `x` is not its params dict, so evaluator='auto' "
                           "uses the loop evaluator (about 1,000x slower on the book's net): pass "
                           "x = f.params", stacklevel=4)
-        return "batched" if batched_ok and loop_only is None else "loop"
+        if layer is not None and loop_only is None:
+            warnings.warn(f"the model of `f` has the layer {layer!r}, whose `kind` is not one of "
+                          f"{BATCHED_KINDS}, so evaluator='auto' uses the loop evaluator (the "
+                          "batched one takes only such layers)", stacklevel=4)
+        return "batched" if batched_ok and layer is None and loop_only is None else "loop"
     if evaluator not in EVALUATOR_NAMES:
         raise ValueError(f"`evaluator` must be one of {('auto',) + EVALUATOR_NAMES}, got {evaluator!r}")
     if evaluator == "batched" and loop_only is not None:
@@ -499,6 +507,10 @@ def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = Non
             "params dict as `x` (g(params, inputs, labels)), or an engine._model.ModelLoss "
             "over `x` (net.loss_function(inputs, labels) with x = net.params); use 'loop' "
             "for any other f")
+    if evaluator == "batched" and layer is not None:
+        raise ValueError(f"evaluator='batched' cannot take the layer {layer!r} of the model of "
+                         f"`f`: its `kind` is not one of {BATCHED_KINDS} (see engine._layers); "
+                         "use 'loop' or 'auto'")
     return evaluator
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine._functions import to_labels
-from engine._layers import ACTIVATIONS, Affine, SoftmaxCrossEntropy
+from engine._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
 
 
 def _as_batch(x):
@@ -25,51 +25,31 @@ def _as_batch(x):
     return x
 
 
-def _lookup(params, name):
-    """Return ``params[name]``, or ValueError naming the missing parameter."""
-    try:
-        return params[name]
-    except KeyError:
-        raise ValueError(f"`params` has no entry {name!r}.") from None
-
-
-def _check_affine(layer, params, n_in):
-    """Check the shapes of an Affine layer's parameters for input width `n_in`; return n_out."""
-    w_shape = np.shape(_lookup(params, layer.weight))
-    if len(w_shape) != 2 or w_shape[0] != n_in:
-        raise ValueError(
-            f"`params[{layer.weight!r}]` must have shape ({n_in}, n_out), got {w_shape}."
-        )
-    if layer.bias is not None:
-        b_shape = np.shape(_lookup(params, layer.bias))
-        if b_shape != (w_shape[1],):
-            raise ValueError(
-                f"`params[{layer.bias!r}]` must have shape ({w_shape[1]},), got {b_shape}."
-            )
-    return w_shape[1]
-
-
-def _backward_step(layer, params, a, z, dout, grads):
-    """Backpropagate `dout` through `layer` (input `a`, output `z`); add to `grads`."""
-    if not isinstance(layer, Affine):
-        return layer.backward(a, z, dout)
-    da, layer_grads = layer.backward(params, a, dout)
+def _backward_step(layer, params, z, out, dout, grads):
+    """Backpropagate `dout` through `layer` (input `z`, output `out`); add to `grads`."""
+    dz, layer_grads = layer.backward(params, z, out, dout)
     for name, g in layer_grads.items():
         # A name used by several layers (shared weights) collects all contributions.
         grads[name] = grads[name] + g if name in grads else g
-    return da
+    return dz
 
 
 class Sequential:
-    """Feed-forward net: layers applied in order, then a loss layer on the logits."""
+    """Feed-forward net: layers applied in order, then a loss layer on the logits.
+
+    Every layer has the interface described in :mod:`engine._layers`; TypeError names a
+    layer that lacks one of its methods.
+    """
 
     def __init__(self, layers, loss_layer):
         layers = list(layers)
         if not layers:
             raise ValueError("`layers` is empty; a net needs at least one layer.")
         for layer in layers:
-            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
-                raise TypeError(f"`layers` holds {layer!r}, which has no forward/backward.")
+            missing = [method for method in LAYER_METHODS if not hasattr(layer, method)]
+            if missing:
+                raise TypeError(f"`layers` holds {layer!r}, which has no {', '.join(missing)}; "
+                                f"a layer needs {', '.join(LAYER_METHODS)} (see engine._layers).")
         for method in ("per_sample", "loss", "backward"):
             if not hasattr(loss_layer, method):
                 raise TypeError(f"`loss_layer` {loss_layer!r} has no method {method!r}.")
@@ -83,8 +63,7 @@ class Sequential:
         """Names of the parameters the layers use, in layer order, each once; list of str."""
         names = []
         for layer in self.layers:
-            if isinstance(layer, Affine):
-                names.extend(n for n in layer.param_names() if n not in names)
+            names.extend(n for n in layer.param_names() if n not in names)
         return names
 
     def _check_params(self, params, n_in):
@@ -93,8 +72,7 @@ class Sequential:
             raise TypeError(f"`params` must be a dict of arrays, got {type(params).__name__}.")
         width = n_in
         for layer in self.layers:
-            if isinstance(layer, Affine):
-                width = _check_affine(layer, params, width)
+            width = layer.check(params, width)
         return width
 
     def _inputs(self, params, x, t):
@@ -106,14 +84,14 @@ class Sequential:
     def _forward(self, params, z):
         """Logits for an already checked batch `z`."""
         for layer in self.layers:
-            z = layer.forward(params, z) if isinstance(layer, Affine) else layer.forward(z)
+            z = layer.forward(params, z)
         return z
 
     def _trace(self, params, z):
         """Inputs of every layer, then the logits, for an already checked batch `z`."""
         trace = [z]
         for layer in self.layers:
-            z = layer.forward(params, z) if isinstance(layer, Affine) else layer.forward(z)
+            z = layer.forward(params, z)
             trace.append(z)
         return trace
 

@@ -1,7 +1,9 @@
 """The batched evaluator as it was before per-sample sparsity (commit 2152a6f), kept unchanged.
 
 The reference for `engine._batched`, which must give the same bits: every sample of the
-batch is computed for every perturbation. Only the imports differ from that version.
+batch is computed for every perturbation. Only the imports and the calls of the layers
+(their common interface, engine._layers: `kind`, ``forward(params, z)``) differ from that
+version.
 
 Original docstring follows.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine._layers import Affine
+from engine._layers import AFFINE
 from engine._schemes import Scheme
 from engine._space import ParamSpace
 
@@ -84,12 +86,12 @@ class _Forward:
         # Each affine layer's product before its bias is added: the loop evaluator's
         # forward pass computes (z @ W) + b in that order, and so does this one.
         self.products = {k: self.trace[k] @ f.params[layer.weight]
-                         for k, layer in enumerate(f.model.layers) if isinstance(layer, Affine)}
+                         for k, layer in enumerate(f.model.layers) if layer.kind == AFFINE}
         self.batch = f.x.shape[0]
         self.width = max(t.shape[-1] for t in self.trace)
         self.roles = {}
         for k, layer in enumerate(self.model.layers):
-            if isinstance(layer, Affine):
+            if layer.kind == AFFINE:
                 self.roles[layer.weight] = (k, "weight")
                 if layer.bias is not None:
                     self.roles[layer.bias] = (k, "bias")
@@ -137,16 +139,15 @@ class _Forward:
         for index in range(layer_index, len(layers)):
             layer = layers[index]
             if dense is not None:
-                dense = (layer.forward(self.params, dense) if isinstance(layer, Affine)
-                         else layer.forward(dense))
-            elif isinstance(layer, Affine):
+                dense = layer.forward(self.params, dense)
+            elif layer.kind == AFFINE:
                 weight = self.params[layer.weight]
                 change = column - trace[index][:, columns].T             # (K, B)
                 dense = self.products[index][None] + change[:, :, None] * weight[columns][:, None, :]
                 if layer.bias is not None:
                     dense = dense + self.params[layer.bias]
             else:
-                column = layer.forward(column)
+                column = layer.forward(self.params, column)
         if dense is None:  # the perturbed layer was the last one: only its logit column moved
             dense = np.repeat(trace[-1][None], column.shape[0], axis=0)
             dense[np.arange(column.shape[0]), :, columns] = column

@@ -167,7 +167,8 @@ class TestBrokenBackprop:
     def test_a_forgotten_activation_derivative_is_caught_in_the_arrays_before_it(self, small,
                                                                                 monkeypatch):
         net, x, t = small
-        monkeypatch.setattr(net.model.layers[1], "backward", lambda a, z, dout: dout)
+        monkeypatch.setattr(net.model.layers[1], "backward",
+                            lambda params, z, out, dout: (dout, {}))
         report = gradient_check(net, x, t)
         assert failures(report, default_tol("central")) == ["w1", "b1"]
         assert report["w1"].relative > 0.1
@@ -355,7 +356,8 @@ class TestCommand:
         assert main(["--batch-size", "10"]) == 0
 
     def test_a_broken_layer_backward_exits_1_naming_the_arrays_before_it(self, monkeypatch, capsys):
-        monkeypatch.setattr(Sigmoid, "backward", lambda self, a, z, dout: dout * z)   # no (1 - z)
+        monkeypatch.setattr(Sigmoid, "backward",
+                            lambda self, params, z, out, dout: (dout * out, {}))   # no (1 - out)
         assert main(["--batch-size", "10"]) == 1
         assert "in w1, b1\n" in capsys.readouterr().err
 
