@@ -17,7 +17,7 @@ from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedErr
 from ._execution import Execution
 from ._gradcheck import GradientDifference, format_table, gradient_check
 from ._gradient import Failure, Gradient, Jacobian, Plan
-from ._layers import Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from ._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from ._model import ModelLoss, Sequential, mlp
 from ._nets import MLP, SimpleNet, ThreeLayerNet
 from ._parallel import jacobian, parallel_numerical_gradient
@@ -46,6 +46,7 @@ __all__ = [
     "Sequential",
     "mlp",
     "ModelLoss",
+    "Layer",
     "Affine",
     "Sigmoid",
     "ReLU",

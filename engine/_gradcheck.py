@@ -16,13 +16,14 @@ from ._execution import Execution
 from ._functions import to_labels
 from ._nets import Net
 from ._parallel import parallel_numerical_gradient
-from ._schemes import DEFAULT_STEP
+from ._evaluators import AUTO_EVALUATOR
+from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
-           "LABEL_FORMS"]
+           "LABEL_FORMS", "DEFAULT_WORKERS"]
 
 LABEL_FORMS = ("auto", "one-hot", "int")
-_IN_PROCESS = Execution(workers=1)   # a check runs in this process unless told otherwise
+DEFAULT_WORKERS = 1   # a check runs in this process unless told otherwise
 
 # Largest relative error accepted by default, at h = 1e-4 (docs/accuracy.md). A correct
 # backprop measured up to 2.8e-6 (central, central4; float64) and 1.8e-4 (float32) over
@@ -49,8 +50,8 @@ class GradientDifference:
     max_grad: float   # max(max |g_num|, max |g_bp|)
 
 
-def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
-                   h: float | str | dict = DEFAULT_STEP, evaluator: str = "auto",
+def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
+                   h: float | str | dict = DEFAULT_STEP, evaluator: str = AUTO_EVALUATOR,
                    labels: str = "auto", execution: Execution | None = None,
                    **execution_options: Any) -> dict[str, GradientDifference]:
     """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
@@ -120,7 +121,7 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = "central",
     if labels not in LABEL_FORMS:
         raise ValueError(f"`labels` must be one of {', '.join(map(repr, LABEL_FORMS))}, "
                          f"got {labels!r}")
-    execution = Execution.from_options(_IN_PROCESS if execution is None else execution,
+    execution = Execution.from_options(Execution(workers=DEFAULT_WORKERS) if execution is None else execution,
                                        **execution_options)
     options = dict(scheme=scheme, h=h, evaluator=evaluator, execution=execution)
     t, exact = _labels_the_net_takes(net, x, t, labels)

@@ -32,12 +32,12 @@ from ._backends import make_pool, shared_pool
 from ._batched import BATCHED_KINDS, DEFAULT_BLOCK_MEMORY, unsupported_layer
 from ._errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
                      WorkerLost, WorkerLostError)
-from ._evaluators import (EVALUATOR_NAMES, LoopOptions, Report, bind, checked_output,
-                         get_evaluator, is_model_objective, loss_at, model_of)
+from ._evaluators import (AUTO_EVALUATOR, EVALUATOR_CHOICES, EVALUATOR_NAMES, LoopOptions, Report,
+                          bind, checked_output, get_evaluator, is_model_objective, loss_at, model_of)
 from ._execution import Execution, check_positive_int
 from ._model import ModelLoss
 from ._payload import dumps_bundle
-from ._schemes import AUTO, DEFAULT_STEP, check_step, get_scheme, resolve_steps
+from ._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP, check_step, get_scheme, resolve_steps
 from ._space import ParamSpace, split_range
 
 __all__ = ["Gradient", "Jacobian", "Plan", "Failure", "choose_evaluator", "plan_chunks",
@@ -111,7 +111,7 @@ class Gradient:
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`; ``"batched"``
         evaluates blocks of perturbations through a layered model (``model.loss``, or a
-        `engine._model.ModelLoss` over `x`); ``"auto"`` picks batched where it can.
+        `engine.ModelLoss` over `x`); ``"auto"`` picks batched where it can.
     block_memory : int, default 256 MiB
         Batched evaluator: the most bytes of temporaries per worker.
     check_state : bool, default True
@@ -167,7 +167,7 @@ class Gradient:
     _vector = False   # a Jacobian: f returns an array
 
     def __init__(self, f: Callable, *, h: float | str | dict = DEFAULT_STEP,
-                 scheme: str = "central", evaluator: str = "auto",
+                 scheme: str = DEFAULT_SCHEME, evaluator: str = AUTO_EVALUATOR,
                  block_memory: int = DEFAULT_BLOCK_MEMORY, check_state: bool = True,
                  on_failure: str = "raise", bounds: tuple | None = None,
                  execution: Execution | None = None, **execution_options: Any):
@@ -181,8 +181,8 @@ class Gradient:
             raise ValueError(f"`bounds` must be a pair (lower, upper), got {bounds!r}")
         self.on_failure, self.bounds = on_failure, bounds
         self.failures: list[Failure] = []   # the last call's replaced evaluations
-        if evaluator not in ("auto",) + EVALUATOR_NAMES:
-            raise ValueError(f"`evaluator` must be one of {('auto',) + EVALUATOR_NAMES}, "
+        if evaluator not in EVALUATOR_CHOICES:
+            raise ValueError(f"`evaluator` must be one of {EVALUATOR_CHOICES}, "
                              f"got {evaluator!r}")
         if not isinstance(check_state, (bool, np.bool_)):
             raise ValueError(f"`check_state` must be True or False, got {check_state!r}")
@@ -487,7 +487,7 @@ def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = Non
     batched_ok = (isinstance(f, ModelLoss) and f.params is x) or (
         is_model_objective(f) and isinstance(x, dict))
     layer = unsupported_layer(model_of(f)) if batched_ok else None
-    if evaluator == "auto":
+    if evaluator == AUTO_EVALUATOR:
         if isinstance(f, ModelLoss) and not batched_ok:
             warnings.warn("`f` is a ModelLoss, but `x` is not its params dict, so evaluator='auto' "
                           "uses the loop evaluator (about 1,000x slower on the book's net): pass "
@@ -498,13 +498,13 @@ def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = Non
                           "batched one takes only such layers)", stacklevel=4)
         return "batched" if batched_ok and layer is None and loop_only is None else "loop"
     if evaluator not in EVALUATOR_NAMES:
-        raise ValueError(f"`evaluator` must be one of {('auto',) + EVALUATOR_NAMES}, got {evaluator!r}")
+        raise ValueError(f"`evaluator` must be one of {EVALUATOR_CHOICES}, got {evaluator!r}")
     if evaluator == "batched" and loop_only is not None:
         raise ValueError(f"evaluator='batched' does not support {loop_only}: use 'loop' or 'auto'")
     if evaluator == "batched" and not batched_ok:
         raise ValueError(
             "evaluator='batched' needs `f` to be a layered model's loss: `model.loss` with a "
-            "params dict as `x` (g(params, inputs, labels)), or an engine._model.ModelLoss "
+            "params dict as `x` (g(params, inputs, labels)), or an engine.ModelLoss "
             "over `x` (net.loss_function(inputs, labels) with x = net.params); use 'loop' "
             "for any other f")
     if evaluator == "batched" and layer is not None:

@@ -5,7 +5,7 @@ a ``params`` dict at call time, so one net serves any number of parameter sets (
 perturbed copies of a finite-difference gradient among them). Backward passes take what
 the forward pass saw as arguments instead of caching it on the layer.
 
-Every layer of a :class:`~engine._model.Sequential` but the loss layer has one interface,
+Every layer of a :class:`~engine.Sequential` but the loss layer has one interface,
 so that the forward pass, backprop and the batched evaluator walk the layers without
 asking their types:
 
@@ -33,7 +33,7 @@ asking their types:
 
 A new layer type subclasses :class:`Layer`, which gives the defaults of a layer without
 parameters, and is complete in its own class; :data:`ACTIVATIONS` names the activations
-that :func:`engine._model.mlp` can build.
+that :func:`engine.mlp` can build.
 """
 
 import numpy as np

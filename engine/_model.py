@@ -13,6 +13,9 @@ import numpy as np
 from engine._functions import to_labels
 from engine._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
 
+DEFAULT_ACTIVATION = "sigmoid"   # the teaching text's hidden layer
+DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation
+
 
 def _as_batch(x):
     """Return `x` as a float 2-D batch (B, n_in); a 1-D `x` is a batch of one."""
@@ -305,7 +308,7 @@ def _check_sizes(sizes):
     return [int(size) for size in sizes]
 
 
-def mlp(sizes, activation="sigmoid"):
+def mlp(sizes, activation=DEFAULT_ACTIVATION):
     """Multi-layer perceptron ``Affine, act, Affine, act, ..., Affine`` with softmax loss.
 
     Parameters
@@ -345,7 +348,7 @@ def mlp(sizes, activation="sigmoid"):
     return Sequential(layers, SoftmaxCrossEntropy())
 
 
-def init_params(sizes, weight_init_std=0.01, seed=None, dtype=np.float64):
+def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.float64):
     """Parameters for :func:`mlp`: Gaussian weights, zero biases.
 
     Parameters

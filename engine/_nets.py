@@ -2,7 +2,7 @@
 
 `SimpleNet` and `ThreeLayerNet` keep the book's names (`params['w1']`, `predict`,
 `loss`, `accuracy`, `numerical_gradient`, `gradient`); `MLP` is the same thing with
-any number of layers. Each holds a `engine._model.Sequential` and a params dict; the
+any number of layers. Each holds a `engine.Sequential` and a params dict; the
 numerical gradient goes through `parallel_numerical_gradient`, backprop through the
 model.
 """
@@ -15,10 +15,13 @@ import numpy as np
 from ._functions import softmax
 from ._execution import Execution
 from ._gradient import Gradient
+from ._data import N_CLASSES, N_PIXELS
 from ._layers import Affine, SoftmaxCrossEntropy
-from ._model import ModelLoss, Sequential, init_params, mlp
+from ._model import DEFAULT_ACTIVATION, DEFAULT_WEIGHT_STD, ModelLoss, Sequential, init_params, mlp
 
-__all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP"]
+__all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP", "BOOK_SIZES"]
+
+BOOK_SIZES = (N_PIXELS, 100, N_CLASSES)   # the teaching text's net: 784-100-10
 
 
 class Net:
@@ -86,8 +89,9 @@ class SimpleNet(Net):
 class MLP(Net):
     """A multi-layer perceptron of widths `sizes`, e.g. ``[784, 100, 50, 10]``."""
 
-    def __init__(self, sizes, activation: str = "sigmoid", weight_init_std: float = 0.01,
-                 seed: int | None = None, dtype=np.float64):
+    def __init__(self, sizes, activation: str = DEFAULT_ACTIVATION,
+                 weight_init_std: float = DEFAULT_WEIGHT_STD, seed: int | None = None,
+                 dtype=np.float64):
         super().__init__(mlp(sizes, activation),
                          init_params(sizes, weight_init_std, seed=seed, dtype=dtype))
         self.sizes = list(sizes)
@@ -96,6 +100,8 @@ class MLP(Net):
 class ThreeLayerNet(MLP):
     """The book's net: ``x @ w1 + b1 -> sigmoid -> @ w2 + b2 -> softmax``, params w1, b1, w2, b2."""
 
-    def __init__(self, input_size: int = 784, hidden_size: int = 100, output_size: int = 10,
-                 weight_init_std: float = 0.01, seed: int | None = None):
-        super().__init__([input_size, hidden_size, output_size], "sigmoid", weight_init_std, seed)
+    def __init__(self, input_size: int = BOOK_SIZES[0], hidden_size: int = BOOK_SIZES[1],
+                 output_size: int = BOOK_SIZES[2], weight_init_std: float = DEFAULT_WEIGHT_STD,
+                 seed: int | None = None):
+        super().__init__([input_size, hidden_size, output_size], DEFAULT_ACTIVATION, weight_init_std,
+                         seed)

@@ -54,7 +54,7 @@ def parallel_numerical_gradient(f: Callable[[Any], Any], x: Any, *,
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`;
         ``"batched"`` evaluates blocks of perturbations at once and needs `f` to be a
-        `engine._model.ModelLoss` over `x`; ``"auto"`` picks batched when it can.
+        `engine.ModelLoss` over `x`; ``"auto"`` picks batched when it can.
     block_memory : int, default 256 MiB
         Batched evaluator only: the most bytes of temporaries one worker uses.
     check_state : bool, default True

@@ -13,10 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Scheme", "SCHEMES", "DEFAULT_STEP", "AUTO", "get_scheme", "resolve_steps",
+__all__ = ["Scheme", "SCHEMES", "DEFAULT_STEP", "DEFAULT_SCHEME", "AUTO", "get_scheme", "resolve_steps",
            "check_step", "auto_step"]
 
 DEFAULT_STEP = 1e-4   # the teaching text's h
+DEFAULT_SCHEME = "central"   # and its formula, (f(x + h) - f(x - h)) / 2h
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,14 @@ from typing import Any, Callable
 
 from ._threads import one_blas_thread
 from ._evaluators import loop_evaluate
-from ._schemes import DEFAULT_STEP, get_scheme, resolve_steps
+from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP, get_scheme, resolve_steps
 from ._space import ParamSpace
 
 __all__ = ["numerical_gradient"]
 
 
 def numerical_gradient(
-    f: Callable[[Any], Any], x: Any, h: float | dict = DEFAULT_STEP, *, scheme: str = "central"
+    f: Callable[[Any], Any], x: Any, h: float | dict = DEFAULT_STEP, *, scheme: str = DEFAULT_SCHEME
 ) -> Any:
     """Numerical gradient of `f` at `x`, one entry at a time, in this process.
 

@@ -14,21 +14,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._data import N_CLASSES, N_PIXELS, Dataset
-from ._evaluators import EVALUATOR_NAMES
+from ._data import Dataset
+from ._evaluators import AUTO_EVALUATOR
 from ._execution import Execution
 from ._gradient import Gradient, Plan
-from ._model import init_params, mlp
-from ._nets import Net
-from ._schemes import DEFAULT_STEP
+from ._model import DEFAULT_WEIGHT_STD, init_params, mlp
+from ._nets import BOOK_SIZES, Net
+from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP
 
-__all__ = ["TrainConfig", "TrainingState", "Trainer", "BOOK_SIZES", "GRADIENTS", "EVALUATORS"]
+__all__ = ["TrainConfig", "TrainingState", "Trainer", "GRADIENTS"]
 
-BOOK_SIZES = (N_PIXELS, 100, N_CLASSES)    # the teaching text's net: 784-100-10
 NUMERICAL, BACKPROP = "numerical", "backprop"
 GRADIENTS = (NUMERICAL, BACKPROP)          # how a step's gradient is computed
-AUTO_EVALUATOR = "auto"                    # batched where the model allows, else loop
-EVALUATORS = (AUTO_EVALUATOR, *EVALUATOR_NAMES)
 
 
 @dataclass(frozen=True)
@@ -39,12 +36,12 @@ class TrainConfig:
     """
 
     sizes: tuple[int, ...] = BOOK_SIZES
-    weight_init_std: float = 0.01
+    weight_init_std: float = DEFAULT_WEIGHT_STD
     lr: float = 0.1
     batch_size: int = 1
     steps: int = 100
     h: float = DEFAULT_STEP
-    scheme: str = "central"
+    scheme: str = DEFAULT_SCHEME
     seed: int = 0
     shuffle: bool = False
     gradient: str = NUMERICAL

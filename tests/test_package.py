@@ -17,7 +17,7 @@ EXPORTS = {
     "Failure": "_gradient", "Execution": "_execution",
     "gradient_check": "_gradcheck", "GradientDifference": "_gradcheck", "format_table": "_gradcheck",
     "SimpleNet": "_nets", "ThreeLayerNet": "_nets", "MLP": "_nets",
-    "Sequential": "_model", "mlp": "_model", "ModelLoss": "_model", "Affine": "_layers",
+    "Sequential": "_model", "mlp": "_model", "ModelLoss": "_model", "Layer": "_layers", "Affine": "_layers",
     "Sigmoid": "_layers", "ReLU": "_layers", "Tanh": "_layers", "SoftmaxCrossEntropy": "_layers",
     "Trainer": "_training", "TrainConfig": "_training", "TrainingState": "_training",
     "Dataset": "_data", "DataError": "_data", "load_embedded_mnist": "_data",
@@ -70,6 +70,14 @@ def test_without_the_train_extra_the_embedded_data_exits_2_naming_it(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "numgrad-engine[train]" in done.stderr and "--train-csv" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_without_the_train_extra_the_gradient_check_exits_2_naming_it():
+    script = ("import sys; sys.modules['mlxtend'] = None; from engine.cli.gradcheck import main; "
+              "raise SystemExit(main([]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "numgrad-engine[train]" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path):

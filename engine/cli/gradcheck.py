@@ -1,5 +1,6 @@
 """``engine-gradcheck`` (also ``python -m engine.cli.gradcheck``): backprop against the
-numerical gradient on an MLP and real MNIST images; prints a table, exits 1 above a tolerance."""
+numerical gradient on an MLP and real MNIST images; prints a table, exits 1 above a tolerance,
+2 for bad flags or without the embedded data (the ``[train]`` extra)."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +9,19 @@ from typing import Sequence
 
 import numpy as np
 
-from engine._data import N_CLASSES, N_PIXELS, load_embedded_mnist
+from engine._data import N_CLASSES, N_PIXELS, DataError, load_embedded_mnist
+from engine._evaluators import EVALUATOR_CHOICES
 from engine._execution import DEFAULT_BACKEND
-from engine._gradcheck import default_tol, failures, format_table, gradient_check
+from engine._gradcheck import DEFAULT_WORKERS, default_tol, failures, format_table, gradient_check
 from engine._layers import ACTIVATIONS
+from engine._model import DEFAULT_ACTIVATION
 from engine._nets import MLP
 from engine._schemes import AUTO, DEFAULT_STEP, SCHEMES
-from engine._training import EVALUATORS, TrainConfig
+from engine._training import TrainConfig
 
 __all__ = ["main"]
 
+EXIT_BAD_INPUT = 2          # bad flags, or data that cannot be read (argparse's status too)
 _BOOK_RUN = TrainConfig()   # the teaching text's net, batch, seed and differences: the defaults
 _DTYPES = ("float64", "float32")
 
@@ -29,13 +33,13 @@ def _parser() -> argparse.ArgumentParser:
                     "images (the embedded train split). Prints, per parameter array, the max "
                     "and mean absolute difference and the relative error max|num-bp| / "
                     "max(max|num|, max|bp|); exits 0 if every relative error is <= --tol, "
-                    "1 if not, 2 for bad flags.")
+                    "1 if not, 2 for bad flags or without the embedded data (the [train] extra).")
     add = parser.add_argument
     add("--sizes", type=int, nargs="+", default=list(_BOOK_RUN.sizes), metavar="N",
         help=f"layer widths, input first: {N_PIXELS} (the image), hidden..., at least "
              f"{N_CLASSES} outputs (default: {' '.join(map(str, _BOOK_RUN.sizes))}, the teaching "
              "text's net)")
-    add("--activation", choices=sorted(ACTIVATIONS), default="sigmoid",
+    add("--activation", choices=sorted(ACTIVATIONS), default=DEFAULT_ACTIVATION,
         help="activation between affine layers (default: sigmoid)")
     add("--batch-size", type=int, default=_BOOK_RUN.batch_size, metavar="B",
         help="check on the first B images of the embedded MNIST train split "
@@ -46,11 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--h", type=_step, default=DEFAULT_STEP,
         help=f"finite-difference step, or '{AUTO}' (default: {DEFAULT_STEP:g}; with --dtype "
              "float32, --scheme central4 --h 1e-2 is far more accurate, see docs/accuracy.md)")
-    add("--workers", type=int, default=1,
-        help="workers for the numerical gradient; -1 for all cores (default: 1)")
+    add("--workers", type=int, default=DEFAULT_WORKERS,
+        help=f"workers for the numerical gradient; -1 for all cores (default: {DEFAULT_WORKERS})")
     add("--backend", default=DEFAULT_BACKEND,
         help=f"parallel backend when --workers > 1 (default: {DEFAULT_BACKEND})")
-    add("--evaluator", choices=EVALUATORS, default=_BOOK_RUN.evaluator,
+    add("--evaluator", choices=EVALUATOR_CHOICES, default=_BOOK_RUN.evaluator,
         help="loop: one loss per perturbation, as the teaching text; batched: blocks of "
              "perturbations through the layers (the same differences to ~1e-10, hundreds of "
              f"times faster); auto: batched (default: {_BOOK_RUN.evaluator})")
@@ -87,10 +91,14 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_im
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``engine-gradcheck``; return its exit status (0 ok, 1 above tol, 2 bad flags)."""
+    """Run ``engine-gradcheck``; return its exit status (0 ok, 1 above tol, 2 bad flags or no data)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    train, _ = load_embedded_mnist()
+    try:
+        train, _ = load_embedded_mnist()
+    except DataError as error:   # the embedded split needs the [train] extra
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _check_flags(parser, args, len(train.images))
     tol = default_tol(args.scheme, args.dtype) if args.tol is None else args.tol
     x, t = train.images[:args.batch_size], train.labels[:args.batch_size]

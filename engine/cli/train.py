@@ -37,7 +37,9 @@ from engine._plots import plot_training, plots_available
 from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
 from engine._schemes import DEFAULT_STEP, SCHEMES
-from engine._training import BOOK_SIZES, EVALUATORS, GRADIENTS, TrainConfig, Trainer, TrainingState
+from engine._evaluators import EVALUATOR_CHOICES
+from engine._nets import BOOK_SIZES
+from engine._training import GRADIENTS, TrainConfig, Trainer, TrainingState
 
 __all__ = ["main"]
 
@@ -119,7 +121,7 @@ def _add_data_flags(add, d: dict[str, Any]) -> None:
 
 
 def _add_gradient_flags(add, d: dict[str, Any]) -> None:
-    add("--evaluator", choices=EVALUATORS,
+    add("--evaluator", choices=EVALUATOR_CHOICES,
         help="how perturbations are evaluated: loop = the text's way, one forward pass each; "
              "batched = blocks through the layers after the perturbed one" + _default(d["evaluator"]))
     add("--gradient", choices=GRADIENTS,
@@ -263,7 +265,7 @@ def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
             if csv is not None:
                 splits.append(read_mnist_csv(csv))
             else:
-                embedded = embedded or load_embedded_mnist()
+                embedded = embedded or _embedded_mnist()
                 splits.append(embedded[0 if kind == "train" else 1])
     datasets = []
     for kind, data in zip(("train", "test"), splits):
@@ -274,6 +276,14 @@ def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
             data = data.head(size)
         datasets.append(data)
     return datasets[0], datasets[1]
+
+
+def _embedded_mnist() -> tuple[Dataset, Dataset]:
+    try:
+        return load_embedded_mnist()
+    except DataError as exc:   # without the [train] extra
+        raise UsageError(f"{exc}; or give your own data with --train-csv / --test-csv or "
+                         "--mnist-dir") from exc
 
 
 # -- the output folder: created, locked, and never holding another run ---------------------------
