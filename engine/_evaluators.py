@@ -21,11 +21,12 @@ from ._space import ParamSpace
 
 __all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
            "bind", "is_model_objective", "model_of", "loss_at", "LoopOptions", "Report",
-           "EVALUATOR_NAMES", "AUTO_EVALUATOR", "EVALUATOR_CHOICES"]
+           "EVALUATOR_NAMES", "AUTO_EVALUATOR", "EVALUATOR_CHOICES", "ON_FAILURE"]
 
 EVALUATOR_NAMES = ("loop", "batched")
 AUTO_EVALUATOR = "auto"   # batched where the model allows, else loop
 EVALUATOR_CHOICES = (AUTO_EVALUATOR, *EVALUATOR_NAMES)
+ON_FAILURE = ("raise", "one-sided", "nan")   # what a failed evaluation of f does; the first is the default
 
 
 def is_model_objective(f: Any) -> bool:
@@ -102,7 +103,7 @@ class LoopOptions:
         `f` returns an array (a Jacobian), not a scalar.
     """
 
-    on_failure: str = "raise"
+    on_failure: str = ON_FAILURE[0]
     bounds: tuple | None = None
     vector: bool = False
 

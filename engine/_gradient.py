@@ -32,18 +32,16 @@ from ._backends import make_pool, shared_pool
 from ._batched import BATCHED_KINDS, DEFAULT_BLOCK_MEMORY, unsupported_layer
 from ._errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
                      WorkerLost, WorkerLostError)
-from ._evaluators import (AUTO_EVALUATOR, EVALUATOR_CHOICES, EVALUATOR_NAMES, LoopOptions, Report,
-                          bind, checked_output, get_evaluator, is_model_objective, loss_at, model_of)
+from ._evaluators import (AUTO_EVALUATOR, EVALUATOR_CHOICES, EVALUATOR_NAMES, ON_FAILURE, LoopOptions,
+                          Report, bind, checked_output, get_evaluator, is_model_objective, loss_at,
+                          model_of)
 from ._execution import Execution, check_positive_int
 from ._model import ModelLoss
 from ._payload import dumps_bundle
 from ._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP, check_step, get_scheme, resolve_steps
 from ._space import ParamSpace, split_range
 
-__all__ = ["Gradient", "Jacobian", "Plan", "Failure", "choose_evaluator", "plan_chunks",
-           "ON_FAILURE"]
-
-ON_FAILURE = ("raise", "one-sided", "nan")
+__all__ = ["Gradient", "Jacobian", "Plan", "Failure", "choose_evaluator", "plan_chunks"]
 
 log = logging.getLogger("engine")
 
@@ -169,7 +167,7 @@ class Gradient:
     def __init__(self, f: Callable, *, h: float | str | dict = DEFAULT_STEP,
                  scheme: str = DEFAULT_SCHEME, evaluator: str = AUTO_EVALUATOR,
                  block_memory: int = DEFAULT_BLOCK_MEMORY, check_state: bool = True,
-                 on_failure: str = "raise", bounds: tuple | None = None,
+                 on_failure: str = ON_FAILURE[0], bounds: tuple | None = None,
                  execution: Execution | None = None, **execution_options: Any):
         if not callable(f):
             raise TypeError(f"`f` must be callable, got {type(f).__name__}")
