@@ -297,7 +297,7 @@ class ModelLoss:
         return self.model._loss(self.params, self.x, self.labels)
 
 
-def _check_sizes(sizes):
+def check_sizes(sizes):
     """Return `sizes` as a list of at least two positive ints, or raise."""
     sizes = list(sizes)
     if len(sizes) < 2:
@@ -334,7 +334,7 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION):
     >>> mlp([784, 100, 10]).layers
     [Affine('w1', 'b1'), Sigmoid(), Affine('w2', 'b2')]
     """
-    sizes = _check_sizes(sizes)
+    sizes = check_sizes(sizes)
     if activation not in ACTIVATIONS:
         raise ValueError(
             f"`activation` {activation!r} is unknown; choose from {sorted(ACTIVATIONS)}."
@@ -380,7 +380,7 @@ def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.f
     >>> {k: v.shape for k, v in init_params([784, 100, 10], seed=0).items()}
     {'w1': (784, 100), 'b1': (100,), 'w2': (100, 10), 'b2': (10,)}
     """
-    sizes = _check_sizes(sizes)
+    sizes = check_sizes(sizes)
     if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
         raise ValueError(f"`weight_init_std` must be finite and >= 0, got {weight_init_std!r}.")
     dtype = np.dtype(dtype)

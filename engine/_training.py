@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Real
 from typing import Any, Callable
 
 import numpy as np
 
 from ._data import Dataset
 from ._evaluators import AUTO_EVALUATOR
-from ._execution import Execution
+from ._execution import Execution, check_positive_int
 from ._gradient import Gradient, Plan
-from ._model import DEFAULT_WEIGHT_STD, init_params, mlp
+from ._model import DEFAULT_WEIGHT_STD, check_sizes, init_params, mlp
 from ._nets import BOOK_SIZES, Net
 from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP
 
@@ -33,6 +34,15 @@ class TrainConfig:
     """Everything that decides the numbers a run produces.
 
     The defaults are the teaching text's run, and the one source of engine-train's.
+    `h`, `scheme` and `evaluator` are checked by the `engine.Gradient` a `Trainer` builds.
+
+    Raises
+    ------
+    ValueError
+        Naming the field: `sizes` not at least two positive ints; `lr` or
+        `weight_init_std` not a positive finite number; `batch_size` not a positive int;
+        `steps`, `seed` or `eval_every` not a non-negative int; `shuffle` not a bool;
+        `gradient` not one of `GRADIENTS`.
     """
 
     sizes: tuple[int, ...] = BOOK_SIZES
@@ -47,6 +57,21 @@ class TrainConfig:
     gradient: str = NUMERICAL
     evaluator: str = AUTO_EVALUATOR
     eval_every: int = 0          # steps between test evaluations; 0: each epoch's end only
+
+    def __post_init__(self):
+        object.__setattr__(self, "sizes", tuple(check_sizes(self.sizes)))
+        for name in ("lr", "weight_init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+        check_positive_int("batch_size", self.batch_size)
+        for name in ("steps", "seed", "eval_every"):
+            check_positive_int(name, getattr(self, name), zero_allowed=True)
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValueError(f"`shuffle` must be True or False, got {self.shuffle!r}")
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"`gradient` must be one of {GRADIENTS}, got {self.gradient!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sizes": list(self.sizes)}
@@ -84,6 +109,11 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, train: Dataset, test: Dataset, *,
                  execution: Execution | None = None, state: TrainingState | None = None):
+        _check_data(config, train, "train")
+        _check_data(config, test, "test")
+        if config.batch_size > len(train):
+            raise ValueError(f"`batch_size` {config.batch_size} is more than the {len(train)} "
+                             "training images")
         self.config, self.train, self.test = config, train, test
         self.net = Net(mlp(config.sizes), {})   # the structure; its params are the state's
         self.gradient = None
@@ -177,3 +207,16 @@ class Trainer:
     def _evaluates_after(self, step: int, epoch_ended: bool) -> bool:
         every = self.config.eval_every
         return epoch_ended or step == self.config.steps or (every > 0 and step % every == 0)
+
+
+def _check_data(config: TrainConfig, data: Dataset, name: str) -> None:
+    """ValueError unless `data` fits the net of `config`: the input width and the classes."""
+    if not isinstance(data, Dataset):
+        raise TypeError(f"`{name}` must be an engine.Dataset, got {type(data).__name__}")
+    n_in, n_classes = config.sizes[0], config.sizes[-1]
+    if data.images.shape[1] != n_in:
+        raise ValueError(f"`{name}` images have {data.images.shape[1]} values each, but the net's "
+                         f"input width (`sizes[0]`) is {n_in}")
+    if len(data) and int(data.labels.max()) >= n_classes:
+        raise ValueError(f"`{name}` has label {int(data.labels.max())}, but the net has "
+                         f"{n_classes} outputs (`sizes[-1]`)")

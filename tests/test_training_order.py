@@ -61,3 +61,28 @@ def test_without_shuffle_every_epoch_is_in_file_order(data):
     _, orders = run_recording_orders(data, shuffle=False, seed=3)
     assert len(orders) == EPOCHS + 1
     assert all(np.array_equal(order, np.arange(N_TRAIN)) for order in orders)
+
+
+class TestBadConfigIsRefusedBeforeAnyWork:
+    """TrainConfig and Trainer are public: a bad field is a ValueError naming it, at once."""
+
+    @pytest.mark.parametrize("field, value", [
+        ("lr", -0.1), ("lr", float("nan")), ("lr", True), ("weight_init_std", 0.0),
+        ("batch_size", 0), ("batch_size", 2.0), ("steps", -1), ("seed", 1.5), ("eval_every", -2),
+        ("shuffle", "yes"), ("gradient", "symbolic"), ("sizes", (784,)), ("sizes", (784, 0, 10)),
+    ])
+    def test_a_bad_field(self, field, value):
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            TrainConfig(**{field: value})
+
+    def test_sizes_given_as_a_list_are_kept_as_a_tuple(self):
+        assert TrainConfig(sizes=[784, 5, 10]).sizes == (784, 5, 10)
+
+    @pytest.mark.parametrize("config, match", [
+        (TrainConfig(batch_size=N_TRAIN + 1, gradient="backprop"), "`batch_size` 11 is more than the 10"),
+        (TrainConfig(sizes=(780, 10), gradient="backprop"), r"input width \(`sizes\[0\]`\) is 780"),
+        (TrainConfig(sizes=(784, 5), gradient="backprop"), r"label 9, but the net has 5 outputs"),
+    ])
+    def test_data_that_does_not_fit_the_net(self, data, config, match):
+        with pytest.raises(ValueError, match=match):
+            Trainer(config, *data)
