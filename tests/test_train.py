@@ -16,7 +16,8 @@ from engine._data import Dataset, load_embedded_mnist, write_mnist_csv
 from engine._evaluators import EVALUATOR_NAMES
 from engine._schemes import SCHEMES
 from engine._training import TrainConfig
-from engine.cli.train import _DEFAULTS, OUTPUTS, build_parser, main
+from engine.cli._setup import DEFAULTS as _DEFAULTS
+from engine.cli.train import OUTPUTS, build_parser, main
 
 QUICK = ["--hidden", "12", "--iters", "6", "--train-size", "20", "--test-size", "10", "--no-progress"]
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import importlib.util
 import signal
 import sys
 import time
@@ -27,42 +25,22 @@ from typing import Any
 
 import numpy as np
 
-from engine._checkpoint import (CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
-                                save_npz_atomic, write_json_atomic)
-from engine._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, EMBEDDED_TEST_SIZE,
-                          EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_CLASSES, N_PIXELS, DataError, Dataset,
-                          load_embedded_mnist, load_mnist_dir, read_mnist_csv)
-from engine._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND, Execution, check_backend
+from engine._checkpoint import (CheckpointError, atomic_write, save_checkpoint, save_npz_atomic,
+                                write_json_atomic)
+from engine._data import EMBEDDED_TEST_SIZE, EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_PIXELS, DataError
+from engine._evaluators import EVALUATOR_CHOICES
+from engine._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND
+from engine._nets import BOOK_SIZES
 from engine._plots import plot_training, plots_available
 from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
 from engine._schemes import DEFAULT_STEP, SCHEMES
-from engine._evaluators import EVALUATOR_CHOICES
-from engine._nets import BOOK_SIZES
-from engine._training import GRADIENTS, TrainConfig, Trainer, TrainingState
+from engine._training import GRADIENTS, Trainer
+from engine.cli._setup import CHECKPOINT_EVERY, DEFAULTS, UsageError, prepare
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
-# Flags that set a TrainConfig field of another name; --hidden sets the middle of `sizes`.
-_FLAG_OF_FIELD = {"steps": "iters"}
-
-
-def _flag_defaults() -> dict[str, Any]:
-    """The default of every flag that the checkpoint keeps: TrainConfig's, and the data's sizes."""
-    defaults = {_FLAG_OF_FIELD.get(f.name, f.name): f.default
-                for f in dataclasses.fields(TrainConfig)}
-    defaults["hidden"] = list(defaults.pop("sizes")[1:-1])   # the data gives the outer widths
-    return {**defaults, "train_size": BOOK_TRAIN_SIZE, "test_size": BOOK_TEST_SIZE}
-
-
-# Flags default to None, so that a resume can tell the given ones; these fill in the rest.
-_DEFAULTS = _flag_defaults()
-_CHECKPOINT_EVERY = 100
-
-
-class UsageError(Exception):
-    """A flag, data file, checkpoint or output folder that the run cannot use; exit status 2."""
 
 
 class Terminated(BaseException):
@@ -83,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
                     "text's run.")
     for add_flags in (_add_run_flags, _add_data_flags, _add_gradient_flags, _add_output_flags):
-        add_flags(p.add_argument, _DEFAULTS)
+        add_flags(p.add_argument, DEFAULTS)
     return p
 
 
@@ -135,7 +113,7 @@ def _add_gradient_flags(add, d: dict[str, Any]) -> None:
 
 def _add_output_flags(add, d: dict[str, Any]) -> None:
     add("--checkpoint-every", metavar="N", type=int, help="write a checkpoint every N steps and at the end; "
-        "kept in the checkpoint for --resume" + _default(_CHECKPOINT_EVERY))
+        "kept in the checkpoint for --resume" + _default(CHECKPOINT_EVERY))
     add("--out", metavar="DIR", type=Path, help=f"folder for {', '.join(OUTPUTS)} [default: a new "
         f"{RUNS_FOLDER}/run-N, with {LATEST_LINK} pointing to it]")
     add("--force", action="store_true", help="let --out replace the run it holds")
@@ -148,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        run = _prepare(args)                # flags, data, checkpoint: nothing written yet
+        run = prepare(args)                # flags, data, checkpoint: nothing written yet
         folder = _claim_folder(run, args)   # the folder: created, locked, checked
     except (UsageError, FolderError, DataError, CheckpointError, FileNotFoundError,
             FolderBusyError, ValueError, TypeError) as exc:
@@ -158,132 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         return _train(run, args)
     finally:
         folder.release()
-
-
-# -- preparing a run: validate everything before anything is written ---------------------------
-
-def _prepare(args) -> dict[str, Any]:
-    backend = _given_or(args.backend, DEFAULT_BACKEND)
-    _check_backend(backend, args.scheduler)
-    execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
-    if args.resume is not None:
-        run = _resumed_run(args)
-    else:
-        run = _fresh_run(args)
-    run.update(execution=execution, workers=execution.n_workers, backend=backend,
-               scheduler=args.scheduler, progress=not args.no_progress)
-    return run
-
-
-def _given_or(value, default):
-    return default if value is None else value
-
-
-def _check_backend(backend: str, scheduler: str | None) -> None:
-    try:
-        check_backend(backend)   # the engine's own check: its backends and joblib's registry
-    except ValueError as exc:
-        raise UsageError(f"--backend: {exc}") from None
-    if backend == "dask" and importlib.util.find_spec("distributed") is None:
-        raise UsageError("--backend dask needs Dask's distributed package: "
-                         "pip install 'numgrad-engine[dask]'")
-    if backend != "dask" and scheduler is not None:
-        raise UsageError("--scheduler is only used with --backend dask")
-
-
-def _fresh_run(args) -> dict[str, Any]:
-    flags = {k: _given_or(getattr(args, k), v) for k, v in _DEFAULTS.items()}
-    _check_flags(flags, args)
-    data = _data_source(args, flags)
-    train, test = _load_data(data)
-    if flags["batch_size"] > len(train):
-        raise UsageError(f"--batch-size {flags['batch_size']} is more than the {len(train)} "
-                         "training images")
-    steps_per_epoch = -(-len(train) // flags["batch_size"])
-    steps = args.epochs * steps_per_epoch if args.epochs is not None else flags["iters"]
-    settings = {f.name: flags[_FLAG_OF_FIELD.get(f.name, f.name)]
-                for f in dataclasses.fields(TrainConfig) if f.name != "sizes"}
-    config = TrainConfig(**{**settings, "steps": steps,
-                            "sizes": (train.images.shape[1], *flags["hidden"], N_CLASSES)})
-    return {"config": config, "data": data, "train": train, "test": test, "out": args.out,
-            "state": None, "checkpoint_every": _given_or(args.checkpoint_every, _CHECKPOINT_EVERY)}
-
-
-def _check_flags(flags: dict, args) -> None:
-    positive = {"--lr": flags["lr"], "--h": flags["h"], "--batch-size": flags["batch_size"],
-                "--train-size": flags["train_size"], "--test-size": flags["test_size"],
-                "--iters": flags["iters"], "--weight-init-std": flags["weight_init_std"]}
-    if args.epochs is not None:
-        positive["--epochs"] = args.epochs
-    for name, value in positive.items():
-        if not (np.isfinite(value) and value > 0):
-            raise UsageError(f"{name} must be a positive number, got {value}")
-    if any(width < 1 for width in flags["hidden"]):
-        raise UsageError(f"--hidden widths must be positive, got {flags['hidden']}")
-    if flags["eval_every"] < 0:
-        raise UsageError(f"--eval-every must be >= 0, got {flags['eval_every']}")
-    if flags["seed"] < 0:
-        raise UsageError(f"--seed must be >= 0, got {flags['seed']}")
-    if args.mnist_dir is not None and (args.train_csv is not None or args.test_csv is not None):
-        raise UsageError("--mnist-dir gives both splits; it cannot be combined with "
-                         "--train-csv / --test-csv")
-    if args.force and args.out is None:
-        raise UsageError("--force replaces the run in --out; without --out every run gets "
-                         f"its own {RUNS_FOLDER}/run-N and nothing is replaced")
-
-
-def _data_source(args, flags) -> dict[str, Any]:
-    source = {"train_csv": None, "test_csv": None, "mnist_dir": None,
-              "train_size": flags["train_size"], "test_size": flags["test_size"]}
-    for key in ("train_csv", "test_csv"):
-        path = getattr(args, key)
-        if path is not None:
-            if not path.is_file():
-                raise UsageError(f"--{key.replace('_', '-')}: no such file: {path}")
-            source[key] = str(path.resolve())
-            size_flag = key.replace("csv", "size")
-            source[size_flag] = getattr(args, size_flag)   # None: the whole file
-    if args.mnist_dir is not None:
-        source.update(mnist_dir=str(args.mnist_dir.resolve()), train_size=args.train_size,
-                      test_size=args.test_size)
-    return source
-
-
-def _load_data(source: dict[str, Any]) -> tuple[Dataset, Dataset]:
-    if source.get("mnist_dir") is not None:
-        try:
-            splits = load_mnist_dir(source["mnist_dir"])
-        except FileNotFoundError as exc:
-            raise UsageError(f"--mnist-dir: {exc}") from exc
-    else:
-        embedded = None
-        splits = []
-        for kind in ("train", "test"):
-            csv = source[f"{kind}_csv"]
-            if csv is not None:
-                splits.append(read_mnist_csv(csv))
-            else:
-                embedded = embedded or _embedded_mnist()
-                splits.append(embedded[0 if kind == "train" else 1])
-    datasets = []
-    for kind, data in zip(("train", "test"), splits):
-        size = source[f"{kind}_size"]
-        if size is not None:
-            if size > len(data):
-                raise UsageError(f"--{kind}-size {size} is more than the {len(data)} images available")
-            data = data.head(size)
-        datasets.append(data)
-    return datasets[0], datasets[1]
-
-
-def _embedded_mnist() -> tuple[Dataset, Dataset]:
-    try:
-        return load_embedded_mnist()
-    except DataError as exc:   # without the [train] extra
-        raise UsageError(f"{exc}; or give your own data with --train-csv / --test-csv or "
-                         "--mnist-dir") from exc
 
 
 # -- the output folder: created, locked, and never holding another run ---------------------------
@@ -300,56 +152,6 @@ def _claim_folder(run: dict[str, Any], args) -> ClaimedFolder:
               file=sys.stderr)
     run.update(out=folder.path, latest=folder.latest)
     return folder
-
-
-# -- resuming --------------------------------------------------------------------------------------
-
-def _resumed_run(args) -> dict[str, Any]:
-    folder = args.resume
-    if args.out is not None and args.out.resolve() != folder.resolve():
-        raise UsageError(f"--resume continues the run in its own folder, {folder}; --out "
-                         f"{args.out} cannot move it (copy the folder there and resume the copy)")
-    if args.force:
-        raise UsageError("--force is for a fresh run into --out; --resume replaces nothing")
-    params, saved = load_checkpoint(folder)
-    try:
-        config = TrainConfig(**{**saved["config"], "sizes": tuple(saved["config"]["sizes"])})
-        data = saved["data"]
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint in {folder} lacks its configuration ({exc})") from exc
-    _check_same_flags(args, config, data)
-    train, test = _load_data(data)
-    state = _state_from_checkpoint(saved, params, config, len(train), folder)
-    every = _given_or(args.checkpoint_every, saved.get("checkpoint_every", _CHECKPOINT_EVERY))
-    return {"config": config, "data": data, "train": train, "test": test, "out": folder,
-            "state": state, "checkpoint_every": every}
-
-
-def _check_same_flags(args, config: TrainConfig, data: dict) -> None:
-    given = {k: getattr(args, k) for k in _DEFAULTS if getattr(args, k) is not None}
-    saved = {**config.to_dict(), **data, "hidden": list(config.sizes[1:-1]), "iters": config.steps}
-    clashes = [f"--{k.replace('_', '-')} {v} (checkpoint: {saved[k]})"
-               for k, v in given.items() if k in saved and saved[k] != v]
-    if any(getattr(args, k) is not None for k in ("epochs", "train_csv", "test_csv", "mnist_dir")):
-        clashes.append("--epochs/--train-csv/--test-csv/--mnist-dir (the checkpoint fixes the "
-                       "data and length)")
-    if clashes:
-        raise UsageError("--resume continues a run with its own settings; these flags differ: "
-                         + "; ".join(clashes))
-
-
-def _state_from_checkpoint(saved, params, config, n_train, folder) -> TrainingState:
-    shapes = {f"w{i}": (a, b) for i, (a, b) in enumerate(zip(config.sizes, config.sizes[1:]), 1)}
-    shapes.update({f"b{i}": (b,) for i, b in enumerate(config.sizes[1:], 1)})
-    if {k: v.shape for k, v in params.items()} != shapes:
-        raise CheckpointError(f"checkpoint in {folder} holds parameters of other shapes than "
-                              f"its {'-'.join(map(str, config.sizes))} net")
-    order = np.asarray(saved["order"], dtype=np.int64)
-    if order.shape != (n_train,) or not 0 <= saved["position"] <= n_train:
-        raise CheckpointError(f"checkpoint in {folder} does not fit the {n_train} training images")
-    return TrainingState(params, saved["step"], saved["epoch"], saved["position"], order,
-                         saved["rng_state"], tuple(saved["losses"]), tuple(saved["seconds"]),
-                         tuple(saved["evaluations"]))
 
 
 # -- running it ----------------------------------------------------------------------------------
