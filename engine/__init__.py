@@ -6,8 +6,8 @@ evaluated twice) computed by many workers, with bit-for-bit the serial numbers.
 What a user imports is this package's ``__all__``; the modules with a leading underscore
 are internal. Layers, lowest first: data (`_data`) and the layered model (`_functions`,
 `_layers`, `_model`); the gradient engine (`_space`: what is perturbed; `_evaluators` /
-`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_gradient`: the
-resident gradient object; `_parallel`, `_serial`: the one-shot calls); the book's nets
+`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_planning`:
+whether the workers are worth it, and the chunks; `_gradient`: the resident gradient object; `_parallel`, `_serial`: the one-shot calls); the book's nets
 (`_nets`); the gradient check and the trainer (`_gradcheck`, `_training`); the command
 lines (`engine.cli`).
 """
@@ -16,11 +16,12 @@ from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedErr
                       StepSizeWarning, WorkerError, WorkerLostError)
 from ._execution import Execution
 from ._gradcheck import GradientDifference, format_table, gradient_check
-from ._gradient import Failure, Gradient, Jacobian, Plan
+from ._gradient import Failure, Gradient, Jacobian
 from ._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from ._model import ModelLoss, Sequential, mlp
 from ._nets import MLP, SimpleNet, ThreeLayerNet
 from ._parallel import jacobian, parallel_numerical_gradient
+from ._planning import Plan
 from ._serial import numerical_gradient
 from ._training import TrainConfig, Trainer, TrainingState
 

@@ -11,9 +11,9 @@ import pytest
 from engine import numerical_gradient
 from engine._errors import NumericalFallbackWarning, StateNotShippedError, StepSizeWarning
 from engine._execution import Execution
-from engine._gradient import (Gradient, Jacobian, Plan, _bounds_per_array,
-                             _default_chunks_per_worker, _lost_message, _Planner, _Resources,
-                             _signature, choose_evaluator, plan_chunks)
+from engine._gradient import (Gradient, Jacobian, _bounds_per_array, _lost_message, _Resources,
+                             _signature, choose_evaluator)
+from engine._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
 from engine._model import ModelLoss, init_params, mlp
 from engine._space import ParamSpace, split_range
 
@@ -71,8 +71,8 @@ def test_chunks_of_a_given_size_cover_the_range_the_last_shorter():
     ("loop", 1e-3, 50, 2, 2),           # 50 ms / (2 * 10 ms) = 2.5
     ("loop", 1.0, 100, 2, 4),           # never more than 4
 ])
-def test_default_chunks_per_worker(evaluator, seconds, size, workers, expected):
-    assert _default_chunks_per_worker(evaluator, seconds, size, workers) == expected
+def testdefault_chunks_per_worker(evaluator, seconds, size, workers, expected):
+    assert default_chunks_per_worker(evaluator, seconds, size, workers) == expected
 
 
 # --- bounds ----------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_plans_print_where_and_why_and_cannot_be_changed():
 # --- the planner -----------------------------------------------------------------------------
 
 def planner(workers, dispatch="auto"):
-    return _Planner(Execution.from_options(None, workers=workers, dispatch=dispatch), workers)
+    return Planner(Execution.from_options(None, workers=workers, dispatch=dispatch), workers)
 
 
 def test_the_first_plan_follows_the_options():

@@ -12,7 +12,7 @@ LEVEL = {
     "_errors": 0, "_functions": 0, "_data": 0, "_layers": 1, "_model": 2, "_loss_by_class": 2,
     # the gradient engine: what is perturbed, how chunks are evaluated, where they run
     "_space": 3, "_schemes": 3, "_payload": 3, "_threads": 3, "_execution": 3,
-    "_evaluators": 4, "_batched": 4, "_worker": 5, "_backends": 6, "_dask": 6,
+    "_evaluators": 4, "_batched": 4, "_planning": 4, "_worker": 5, "_backends": 6, "_dask": 6,
     "_serial": 7, "_gradient": 7, "_parallel": 8,
     # above the engine
     "_nets": 9, "_gradcheck": 10, "_checkpoint": 10, "_plots": 10, "_training": 10,

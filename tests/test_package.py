@@ -13,7 +13,7 @@ PACKAGE = Path(engine.__file__).parent
 COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
     "numerical_gradient": "_serial", "parallel_numerical_gradient": "_parallel",
-    "jacobian": "_parallel", "Gradient": "_gradient", "Jacobian": "_gradient", "Plan": "_gradient",
+    "jacobian": "_parallel", "Gradient": "_gradient", "Jacobian": "_gradient", "Plan": "_planning",
     "Failure": "_gradient", "Execution": "_execution",
     "gradient_check": "_gradcheck", "GradientDifference": "_gradcheck", "format_table": "_gradcheck",
     "SimpleNet": "_nets", "ThreeLayerNet": "_nets", "MLP": "_nets",
