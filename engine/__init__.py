@@ -6,10 +6,10 @@ evaluated twice) computed by many workers, with bit-for-bit the serial numbers.
 What a user imports is this package's ``__all__``; the modules with a leading underscore
 are internal. Layers, lowest first: data (`_data`) and the layered model (`_functions`,
 `_layers`, `_model`); the gradient engine (`_space`: what is perturbed; `_evaluators` /
-`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_planning`:
-whether the workers are worth it, and the chunks; `_gradient`: the resident gradient object; `_parallel`, `_serial`: the one-shot calls); the book's nets
-(`_nets`); the gradient check and the trainer (`_gradcheck`, `_training`); the command
-lines (`engine.cli`).
+`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_planning`: whether
+the workers are worth it, and the chunks; `_gradient`: the resident gradient object;
+`_parallel`, `_serial`: the one-shot calls); the book's nets (`_nets`); the gradient check
+and the trainer (`_gradcheck`, `_training`); the command lines (`engine.cli`).
 """
 from ._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
 from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
