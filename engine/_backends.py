@@ -18,13 +18,9 @@ between are removed by the next pool that starts.
 """
 from __future__ import annotations
 
-import glob
-import mmap
 import os
 import queue
-import re
 import signal
-import tempfile
 import threading
 import uuid
 from multiprocessing.connection import wait
@@ -32,6 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ._shared_memory import SharedValues, remove_stale_shared_files
 from ._threads import SINGLE_THREAD_ENVIRONMENT
 from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
 from ._errors import PayloadError, RemoteTraceback, WorkerLost
@@ -39,7 +36,6 @@ from ._execution import in_daemonic_process
 
 __all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]
 
-_SHM_PREFIX = "numgrad-"
 # A fresh process's glibc returns every large temporary to the system at once and maps it
 # anew on the next call (a batch of 100 images: ~96,000 page faults, 1.7x the parent's
 # time); a long-lived process has raised these thresholds to their dynamic maximum (32 MiB,
@@ -227,7 +223,7 @@ class ProcessPool(_ResidentPool):
         super().__init__(workers)
         self._processes: list = []
         self._pipes: list = []
-        self._values: dict[str, _SharedValues] = {}
+        self._values: dict[str, SharedValues] = {}
         self._pending_unlink = None
 
     def _start(self) -> None:
@@ -273,7 +269,7 @@ class ProcessPool(_ResidentPool):
         self._processes, self._pipes, self._values = [], [], {}
 
     def _shared_values(self, arrays):
-        values = _SharedValues.create(arrays)
+        values = SharedValues.create(arrays)
         self._pending_unlink = values
         return values.spec
 
@@ -418,77 +414,3 @@ def _with_remote_traceback(error: BaseException) -> BaseException:
     if text and error.__cause__ is None:
         error.__cause__ = RemoteTraceback(text)
     return error
-
-
-class _SharedValues:
-    """A RAM-backed file holding the current values of `x`'s arrays, mapped by every worker."""
-
-    def __init__(self, path: str, mapping: mmap.mmap, layout: list, views: list[np.ndarray]):
-        self.path, self._mapping, self.layout, self.views = path, mapping, layout, views
-
-    @classmethod
-    def create(cls, arrays: list[np.ndarray]) -> _SharedValues:
-        layout, size = [], 0
-        for array in arrays:
-            layout.append((size, array.shape, array.dtype.str))
-            size += -(-array.nbytes // 64) * 64   # each array 64-byte aligned
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        fd, path = tempfile.mkstemp(prefix=f"{_SHM_PREFIX}{os.getpid()}-", suffix=".values", dir=folder)
-        try:
-            os.ftruncate(fd, max(size, 1))
-            mapping = mmap.mmap(fd, max(size, 1))
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        views = [np.ndarray(shape, dtype=np.dtype(dtype), buffer=mapping, offset=offset)
-                 for offset, shape, dtype in layout]
-        return cls(path, mapping, layout, views)
-
-    @property
-    def spec(self) -> tuple[str, list]:
-        return self.path, self.layout
-
-    def write(self, arrays: list[np.ndarray]) -> None:
-        for view, array in zip(self.views, arrays):
-            view[...] = array
-
-    def unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def close(self) -> None:
-        self.unlink()
-        self.views = []
-        try:
-            self._mapping.close()
-        except BufferError:   # a view is still referenced somewhere; the OS frees it at exit
-            pass
-
-
-def remove_stale_shared_files() -> list[str]:
-    """Remove values files left by callers that died before unlinking them; return their paths."""
-    removed = []
-    for folder in ("/dev/shm", tempfile.gettempdir()):
-        for path in glob.glob(os.path.join(folder, f"{_SHM_PREFIX}*")):
-            match = re.match(rf"{_SHM_PREFIX}(\d+)-", os.path.basename(path))
-            if match and not _alive(int(match.group(1))):
-                try:
-                    os.unlink(path)
-                    removed.append(path)
-                except OSError:
-                    pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's process
-        return True
-    return True
