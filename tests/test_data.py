@@ -8,18 +8,20 @@ import pytest
 
 from _mnist_files import write_mnist_dir
 from engine._data import (
-    MNIST_IDX_FILES,
     DataError,
     Dataset,
-    find_mnist_idx,
     load_embedded_mnist,
-    load_mnist_dir,
-    load_mnist_idx,
     materialise_book_csvs,
-    read_idx_images,
-    read_idx_labels,
     read_mnist_csv,
     write_mnist_csv,
+)
+from engine._mnist_idx import (
+    MNIST_IDX_FILES,
+    find_mnist_idx,
+    load_mnist_dir,
+    load_mnist_idx,
+    read_idx_images,
+    read_idx_labels,
 )
 
 

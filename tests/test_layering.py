@@ -9,7 +9,8 @@ MODULES = sorted(PACKAGE.glob("*.py")) + sorted(PACKAGE.glob("cli/*.py"))
 
 LEVEL = {
     # data and the layered model
-    "_errors": 0, "_functions": 0, "_data": 0, "_layers": 1, "_model": 2, "_loss_by_class": 2,
+    "_errors": 0, "_functions": 0, "_data": 0, "_mnist_idx": 1, "_layers": 1, "_model": 2,
+    "_loss_by_class": 2,
     # the gradient engine: what is perturbed, how chunks are evaluated, where they run
     "_space": 3, "_schemes": 3, "_payload": 3, "_threads": 3, "_execution": 3, "_shared_memory": 3,
     "_evaluators": 4, "_batched": 4, "_planning": 4, "_worker": 5, "_backends": 6, "_dask": 6,

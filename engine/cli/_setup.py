@@ -10,8 +10,9 @@ import numpy as np
 
 from engine._checkpoint import CheckpointError, load_checkpoint
 from engine._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_CLASSES, DataError, Dataset,
-                          load_embedded_mnist, load_mnist_dir, read_mnist_csv)
+                          load_embedded_mnist, read_mnist_csv)
 from engine._execution import DEFAULT_BACKEND, Execution, check_backend
+from engine._mnist_idx import load_mnist_dir
 from engine._run_folder import RUNS_FOLDER
 from engine._training import TrainConfig, TrainingState
 
