@@ -127,7 +127,7 @@ class TestBadConfigIsRefusedBeforeAnyWork:
         (TrainConfig(batch_size=N_TRAIN + 1, gradient="backprop"), "`batch_size` 11 is more than the 10"),
         (TrainConfig(sizes=(780, 10), gradient="backprop"), r"input width \(`sizes\[0\]`\) is 780"),
         (TrainConfig(sizes=(784, 5), gradient="backprop"), r"label 9, but the net has 5 outputs"),
-    ])
+    ], ids=["batch-larger-than-the-set", "input-width", "label-beyond-the-outputs"])
     def test_data_that_does_not_fit_the_net(self, data, config, match):
         with pytest.raises(ValueError, match=match):
             Trainer(config, *data)
