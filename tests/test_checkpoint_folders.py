@@ -316,7 +316,7 @@ def test_a_checkpoint_moved_on_before_the_lock_is_refused_and_the_lock_let_go(tm
     assert_free(tmp_path)
 
 
-def test_a_resumed_checkpoint_become_unreadable_is_a_checkpoint_error_and_the_lock_let_go(tmp_path):
+def test_a_resumed_checkpoint_now_unreadable_is_a_checkpoint_error_and_the_lock_let_go(tmp_path):
     (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(b"not a zip")
     with pytest.raises(checkpoint.CheckpointError):
         claim_folder(tmp_path, resumed_step=3)
