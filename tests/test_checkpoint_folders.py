@@ -1,16 +1,22 @@
 """Run folders without a training run: the lock, numbered folders, the `latest` link,
-and the temporary names of atomic writes."""
+the temporary names of atomic writes, and claiming a folder (created, locked, a run in it
+refused or replaced) as engine-train does."""
+import dataclasses
+import errno
 import fcntl
 import os
 import secrets
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine import _checkpoint as checkpoint
+from engine import _run_folder as run_folder
 from engine._checkpoint import atomic_write
-from engine._run_folder import LOCK_NAME, FolderBusyError, lock_folder, new_numbered_folder, point_link
+from engine._run_folder import (LOCK_NAME, ClaimedFolder, FolderBusyError, FolderError, claim_folder,
+                                claim_new_folder, lock_folder, new_numbered_folder, point_link)
 
 
 def open_descriptors():
@@ -135,3 +141,231 @@ def test_a_folder_that_cannot_be_opened_is_not_synced_and_not_an_error(tmp_path)
     assert checkpoint._fsync_directory(tmp_path / "missing") is None
     checkpoint._fsync_directory(tmp_path)
     assert open_descriptors() == before
+
+
+# --- claiming a run's folder -----------------------------------------------------------------
+
+def write_checkpoint(folder, step, steps=10):
+    checkpoint.save_checkpoint(folder, {"w": np.zeros(2)}, {"step": step, "config": {"steps": steps}})
+
+
+def assert_locked_by_this_process(folder):
+    with pytest.raises(FolderBusyError, match=rf"pid {os.getpid()}\)"):
+        lock_folder(folder)
+
+
+def assert_free(folder):
+    os.close(lock_folder(folder))
+
+
+def test_a_new_run_gets_the_next_numbered_folder_locked_and_linked_as_latest(tmp_path):
+    runs = tmp_path / "runs"
+    first = claim_new_folder(runs)
+    try:
+        assert first == ClaimedFolder(runs / "run-1", first.lock, latest=True, replaced=None)
+        assert runs.joinpath("run-1").is_dir() and os.readlink(runs / "latest") == "run-1"
+        assert (runs / "run-1" / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        assert_locked_by_this_process(runs / "run-1")
+        second = claim_new_folder(runs)
+        assert (second.path, second.latest) == (runs / "run-2", True)
+        assert os.readlink(runs / "latest") == "run-2"
+        second.release()
+        assert_free(runs / "run-2")
+    finally:
+        first.release()
+    assert_free(runs / "run-1")
+
+
+def test_a_claimed_folder_is_frozen(tmp_path):
+    claimed = claim_folder(tmp_path / "out")
+    claimed.release()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        claimed.lock = 0
+
+
+def test_a_new_run_leaves_a_latest_that_is_not_a_link_alone(tmp_path):
+    (tmp_path / "latest").write_text("mine")
+    claimed = claim_new_folder(tmp_path)
+    claimed.release()
+    assert (claimed.path, claimed.latest) == (tmp_path / "run-1", False)
+    assert (tmp_path / "latest").read_text() == "mine"
+
+
+def test_a_runs_folder_that_is_a_file_is_a_folder_error_naming_out(tmp_path):
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(FolderError, match=rf"^cannot create a run folder in {tmp_path / 'runs'} "
+                                          r"\(.*File exists.*\); choose one with --out$"):
+        claim_new_folder(tmp_path / "runs")
+
+
+def test_a_missing_out_is_made_with_its_parents_and_locked(tmp_path):
+    out = tmp_path / "a" / "b"
+    claimed = claim_folder(out)
+    try:
+        assert claimed == ClaimedFolder(out, claimed.lock, latest=None, replaced=None)
+        assert out.is_dir()
+        assert_locked_by_this_process(out)
+    finally:
+        claimed.release()
+    assert_free(out)
+
+
+def test_an_empty_existing_out_is_claimed_and_other_files_are_left_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    claim_folder(tmp_path).release()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_temporaries_of_a_killed_writer_are_removed_others_kept(tmp_path):
+    orphans = [tmp_path / ".params.npz.0a1b2c.tmp", tmp_path / f".{checkpoint.CHECKPOINT_NAME}.ff.tmp"]
+    for orphan in orphans + [tmp_path / ".notes.txt.0a1b2c.tmp"]:
+        orphan.write_bytes(b"half")
+    claim_folder(tmp_path).release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, ".notes.txt.0a1b2c.tmp"]
+
+
+@pytest.mark.parametrize("setup, held", [
+    (lambda out: write_checkpoint(out, 10), "a finished run"),
+    (lambda out: write_checkpoint(out, 11), "a finished run"),
+    (lambda out: (out / "params.npz").write_bytes(b"p"), "a finished run's params.npz"),
+    (lambda out: [(out / n).write_bytes(b"x") for n in ("training.png", "metrics.json")],
+     "a finished run's metrics.json, training.png"),
+], ids=["finished", "past-the-end", "params-only", "metrics-and-plot"])
+def test_a_fresh_run_refuses_a_folder_holding_a_finished_run(tmp_path, setup, held):
+    setup(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    descriptors = open_descriptors()
+    with pytest.raises(FolderError) as caught:
+        claim_folder(tmp_path)
+    assert str(caught.value) == (f"{tmp_path} holds {held}; choose another --out, or omit --out "
+                                 "for a new runs/run-N, or pass --force to replace it")
+    assert caught.value.__class__.__bases__ == (Exception,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + [LOCK_NAME])
+    assert open_descriptors() == descriptors   # the lock was let go
+    assert_free(tmp_path)
+
+
+def test_an_unfinished_run_is_refused_suggesting_resume(tmp_path):
+    write_checkpoint(tmp_path, 3)
+    with pytest.raises(FolderError) as caught:
+        claim_folder(tmp_path, force=False)
+    assert str(caught.value) == (f"{tmp_path} holds an unfinished run (step 3 of 10); continue it "
+                                 f"with --resume {tmp_path}, choose another --out, or omit --out "
+                                 "for a new runs/run-N, or pass --force to replace it")
+    assert_free(tmp_path)
+
+
+@pytest.mark.parametrize("state, reason", [
+    (None, r"CheckpointError: .*checkpoint\.npz"),
+    ({"step": 3}, "KeyError: 'config'"),
+    ({"step": 3, "config": [10]}, "TypeError: list indices"),
+], ids=["corrupt", "no-config", "config-a-list"])
+def test_a_checkpoint_that_cannot_be_read_is_refused_saying_why(tmp_path, state, reason):
+    if state is None:
+        (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(b"not a zip")
+    else:
+        checkpoint.save_checkpoint(tmp_path, {"w": np.zeros(2)}, state)
+    with pytest.raises(FolderError, match=rf"^{tmp_path} holds a checkpoint that cannot be read "
+                                          rf"\({reason}.*\); choose another --out"):
+        claim_folder(tmp_path)
+    assert (tmp_path / checkpoint.CHECKPOINT_NAME).exists()
+
+
+def test_force_deletes_the_outputs_of_the_run_it_replaces_and_nothing_else(tmp_path):
+    write_checkpoint(tmp_path, 3)
+    for name in ("params.npz", "metrics.json", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    claimed = claim_folder(tmp_path, force=True)
+    try:
+        assert claimed.replaced == "an unfinished run (step 3 of 10)"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, "notes.txt"]
+        assert_locked_by_this_process(tmp_path)
+    finally:
+        claimed.release()
+
+
+def test_force_on_a_folder_holding_only_a_checkpoint_or_nothing(tmp_path):
+    write_checkpoint(tmp_path, 10)
+    claimed = claim_folder(tmp_path, force=True)
+    claimed.release()
+    assert claimed.replaced == "a finished run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
+    claimed = claim_folder(tmp_path, force=True)
+    claimed.release()
+    assert claimed.replaced is None
+
+
+def test_a_resumed_run_keeps_its_outputs_when_the_checkpoint_is_still_at_its_step(tmp_path):
+    write_checkpoint(tmp_path, 3)
+    (tmp_path / "metrics.json").write_text("{}")
+    claimed = claim_folder(tmp_path, resumed_step=3)
+    try:
+        assert claimed == ClaimedFolder(tmp_path, claimed.lock, latest=None, replaced=None)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [LOCK_NAME, checkpoint.CHECKPOINT_NAME, "metrics.json"])
+        assert_locked_by_this_process(tmp_path)
+    finally:
+        claimed.release()
+
+
+def test_a_checkpoint_moved_on_before_the_lock_is_refused_and_the_lock_let_go(tmp_path):
+    write_checkpoint(tmp_path, 4)
+    with pytest.raises(FolderError, match=rf"^the checkpoint in {tmp_path} changed while this run "
+                                          "started; run the command again$"):
+        claim_folder(tmp_path, resumed_step=3)
+    assert_free(tmp_path)
+
+
+def test_a_resumed_checkpoint_now_unreadable_is_a_checkpoint_error_and_the_lock_let_go(tmp_path):
+    (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(b"not a zip")
+    with pytest.raises(checkpoint.CheckpointError):
+        claim_folder(tmp_path, resumed_step=3)
+    assert_free(tmp_path)
+
+
+def test_a_folder_locked_by_another_run_is_busy_not_a_folder_error(tmp_path):
+    holder = lock_folder(tmp_path)
+    try:
+        with pytest.raises(FolderBusyError, match=f"{tmp_path} is in use by another run"):
+            claim_folder(tmp_path)
+    finally:
+        os.close(holder)
+
+
+@pytest.mark.parametrize("resumed_step, flag", [(None, "--out"), (3, "--resume")],
+                         ids=["fresh", "resumed"])
+def test_an_out_that_cannot_be_a_folder_is_refused_naming_the_flag(tmp_path, resumed_step, flag):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FolderError, match=rf"^{flag} {tmp_path / 'file'} exists and is not a folder$"):
+        claim_folder(tmp_path / "file", resumed_step=resumed_step)
+    with pytest.raises(FolderError, match=rf"^{flag} {tmp_path / 'file' / 'out'}: part of that path "
+                                          "is a file, not a folder$"):
+        claim_folder(tmp_path / "file" / "out", resumed_step=resumed_step)
+
+
+def test_an_out_that_cannot_be_created_is_refused_saying_why(tmp_path, monkeypatch):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(FolderError, match=rf"^--out {tmp_path / 'out'}: cannot create the folder "
+                                          r"\(Read-only file system\)$"):
+        claim_folder(tmp_path / "out")
+
+
+@pytest.mark.parametrize("error, message", [
+    (PermissionError(errno.EACCES, "Permission denied"), " is not writable (Permission denied)"),
+    (OSError(errno.ENOSPC, "No space left on device"), ": cannot write there (No space left on device)"),
+], ids=["permission", "no-space"])
+def test_a_folder_whose_lock_cannot_be_written_is_refused_saying_why(tmp_path, monkeypatch, error,
+                                                                     message):
+    def fail(directory):
+        raise error
+
+    monkeypatch.setattr(run_folder, "lock_folder", fail)
+    with pytest.raises(FolderError) as caught:
+        claim_folder(tmp_path)
+    assert str(caught.value) == f"--out {tmp_path}{message}"
+    with pytest.raises(FolderError) as caught:
+        claim_new_folder(tmp_path / "runs")
+    assert str(caught.value) == f"--out {tmp_path / 'runs' / 'run-1'}{message}"

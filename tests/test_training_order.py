@@ -5,10 +5,12 @@ draws the initial weights first (`init_params(sizes, std, seed=rng)`), then one
 ``rng.permutation(n_train)`` per epoch, epoch 0 first. Without --shuffle every epoch
 takes the images in file order.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
-from engine._data import load_embedded_mnist
+from engine._data import Dataset, load_embedded_mnist
 from engine._model import init_params
 from engine._training import TrainConfig, Trainer
 
@@ -75,14 +77,87 @@ class TestBadConfigIsRefusedBeforeAnyWork:
         with pytest.raises(ValueError, match=f"`{field}`"):
             TrainConfig(**{field: value})
 
+    @pytest.mark.parametrize("field, value, message", [
+        ("lr", -0.1, "`lr` must be a positive finite number, got -0.1"),
+        ("lr", 0, "`lr` must be a positive finite number, got 0"),
+        ("lr", float("inf"), "`lr` must be a positive finite number, got inf"),
+        ("lr", "0.1", "`lr` must be a positive finite number, got '0.1'"),
+        ("lr", None, "`lr` must be a positive finite number, got None"),
+        ("lr", np.True_, "`lr` must be a positive finite number, got np.True_"),
+        ("weight_init_std", float("-inf"), "`weight_init_std` must be a positive finite number, got -inf"),
+        ("batch_size", 0, "`batch_size` must be a positive int, got 0"),
+        ("steps", 1.0, "`steps` must be a non-negative int, got 1.0"),
+        ("seed", -1, "`seed` must be a non-negative int, got -1"),
+        ("eval_every", True, "`eval_every` must be a non-negative int, got True"),
+        ("shuffle", 1, "`shuffle` must be True or False, got 1"),
+        ("gradient", "Backprop", "`gradient` must be one of ('numerical', 'backprop'), got 'Backprop'"),
+        ("sizes", (784, 10.0), "`sizes` must hold positive ints, got 10.0 in [784, 10.0]."),
+    ], ids=["lr-negative", "lr-0", "lr-inf", "lr-str", "lr-None", "lr-np.True_", "std--inf",
+            "batch_size-0", "steps-float", "seed-negative", "eval_every-True", "shuffle-int",
+            "gradient-case", "sizes-float"])
+    def test_the_message_names_the_field_and_the_value(self, field, value, message):
+        with pytest.raises(ValueError) as caught:
+            TrainConfig(**{field: value})
+        assert str(caught.value) == message
+
+    def test_the_defaults_are_engine_trains_documented_ones(self):
+        c = TrainConfig()
+        assert (c.sizes, c.weight_init_std, c.lr, c.batch_size, c.steps, c.h, c.scheme, c.seed,
+                c.shuffle, c.gradient, c.evaluator, c.eval_every) == (
+            (784, 100, 10), 0.01, 0.1, 1, 100, 1e-4, "central", 0, False, "numerical", "auto", 0)
+
+    def test_good_values_at_the_edges_are_kept(self):
+        c = TrainConfig(sizes=(np.int64(3), 1), lr=2, weight_init_std=np.float32(1e-30), steps=0,
+                        seed=np.int64(5), eval_every=0, shuffle=np.True_, gradient="backprop")
+        assert c.sizes == (3, 1) and type(c.sizes[0]) is int
+        assert (c.lr, c.weight_init_std, c.steps, c.seed, c.shuffle) == (2, np.float32(1e-30), 0, 5, True)
+
     def test_sizes_given_as_a_list_are_kept_as_a_tuple(self):
         assert TrainConfig(sizes=[784, 5, 10]).sizes == (784, 5, 10)
+
+    def test_a_config_is_frozen_and_its_dict_lists_the_sizes(self):
+        c = TrainConfig(sizes=(784, 5, 10), lr=0.5)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            c.lr = 1.0
+        d = c.to_dict()
+        assert d["sizes"] == [784, 5, 10] and d["lr"] == 0.5 and d["gradient"] == "numerical"
+        assert TrainConfig(**d) == c
 
     @pytest.mark.parametrize("config, match", [
         (TrainConfig(batch_size=N_TRAIN + 1, gradient="backprop"), "`batch_size` 11 is more than the 10"),
         (TrainConfig(sizes=(780, 10), gradient="backprop"), r"input width \(`sizes\[0\]`\) is 780"),
         (TrainConfig(sizes=(784, 5), gradient="backprop"), r"label 9, but the net has 5 outputs"),
-    ])
+    ], ids=["batch-larger-than-the-set", "input-width", "label-beyond-the-outputs"])
     def test_data_that_does_not_fit_the_net(self, data, config, match):
         with pytest.raises(ValueError, match=match):
             Trainer(config, *data)
+
+    def test_the_messages_name_the_dataset_and_both_numbers(self, data):
+        train, test = data
+        narrow = Dataset(test.images[:, :780].copy(), test.labels)
+        with pytest.raises(ValueError) as caught:
+            Trainer(TrainConfig(gradient="backprop"), train, narrow)
+        assert str(caught.value) == ("`test` images have 780 values each, but the net's input "
+                                     "width (`sizes[0]`) is 784")
+        top = int(train.labels.max())   # 9: a net of exactly 9 outputs has no class 9
+        with pytest.raises(ValueError) as caught:
+            Trainer(TrainConfig(sizes=(784, 3, top), gradient="backprop"), train, test)
+        assert str(caught.value) == f"`train` has label {top}, but the net has {top} outputs (`sizes[-1]`)"
+
+    def test_labels_below_the_outputs_an_empty_test_set_and_a_whole_batch_are_accepted(self, data):
+        train, test = data
+        top = int(max(train.labels.max(), test.labels.max()))
+        config = TrainConfig(sizes=(784, 3, top + 1), batch_size=len(train), steps=1, gradient="backprop")
+        trainer = Trainer(config, train, test.head(0))
+        assert trainer.state.step == 0 and trainer.gradient is None
+        trainer = Trainer(config, train, test)
+        trainer.run()
+        assert (trainer.state.step, trainer.state.epoch, trainer.state.position) == (1, 1, 0)
+
+    @pytest.mark.parametrize("which", ["train", "test"])
+    def test_data_must_be_a_dataset(self, data, which):
+        given = dict(zip(("train", "test"), data))
+        given[which] = (given[which].images, given[which].labels)
+        with pytest.raises(TypeError) as caught:
+            Trainer(TrainConfig(gradient="backprop"), given["train"], given["test"])
+        assert str(caught.value) == f"`{which}` must be an engine.Dataset, got tuple"
