@@ -213,10 +213,12 @@ def _check_data(config: TrainConfig, data: Dataset, name: str) -> None:
     """ValueError unless `data` fits the net of `config`: the input width and the classes."""
     if not isinstance(data, Dataset):
         raise TypeError(f"`{name}` must be an engine.Dataset, got {type(data).__name__}")
+    if len(data) == 0:   # an empty test set would make every accuracy NaN
+        raise ValueError(f"`{name}` holds no images")
     n_in, n_classes = config.sizes[0], config.sizes[-1]
     if data.images.shape[1] != n_in:
         raise ValueError(f"`{name}` images have {data.images.shape[1]} values each, but the net's "
                          f"input width (`sizes[0]`) is {n_in}")
-    if len(data) and int(data.labels.max()) >= n_classes:
+    if int(data.labels.max()) >= n_classes:
         raise ValueError(f"`{name}` has label {int(data.labels.max())}, but the net has "
                          f"{n_classes} outputs (`sizes[-1]`)")

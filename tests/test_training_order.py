@@ -144,13 +144,20 @@ class TestBadConfigIsRefusedBeforeAnyWork:
             Trainer(TrainConfig(sizes=(784, 3, top), gradient="backprop"), train, test)
         assert str(caught.value) == f"`train` has label {top}, but the net has {top} outputs (`sizes[-1]`)"
 
-    def test_labels_below_the_outputs_an_empty_test_set_and_a_whole_batch_are_accepted(self, data):
+    @pytest.mark.parametrize("which", ["train", "test"])
+    def test_an_empty_data_set_is_refused(self, data, which):
+        given = dict(zip(("train", "test"), data))
+        given[which] = given[which].head(0)
+        with pytest.raises(ValueError) as caught:
+            Trainer(TrainConfig(gradient="backprop"), given["train"], given["test"])
+        assert str(caught.value) == f"`{which}` holds no images"
+
+    def test_labels_below_the_outputs_and_a_whole_batch_are_accepted(self, data):
         train, test = data
         top = int(max(train.labels.max(), test.labels.max()))
         config = TrainConfig(sizes=(784, 3, top + 1), batch_size=len(train), steps=1, gradient="backprop")
-        trainer = Trainer(config, train, test.head(0))
-        assert trainer.state.step == 0 and trainer.gradient is None
         trainer = Trainer(config, train, test)
+        assert trainer.state.step == 0 and trainer.gradient is None
         trainer.run()
         assert (trainer.state.step, trainer.state.epoch, trainer.state.position) == (1, 1, 0)
 
