@@ -267,6 +267,44 @@ class TestLayers:
         expected = (softmax(logits) - np.eye(3)[labels]) / 4
         np.testing.assert_allclose(layer.backward(logits, labels), expected, rtol=1e-15)
 
+    def test_relu_derivative_at_the_kink_is_zero(self):
+        z = np.array([-1.0, -0.0, 0.0, 1e-300, 2.0])
+        dz, _ = ReLU().backward({}, z, ReLU().forward({}, z), np.full(5, 3.0))
+        assert np.array_equal(dz, [0.0, 0.0, 0.0, 3.0, 3.0])
+
+    def test_affine_bias_name_must_be_a_string_or_none(self):
+        with pytest.raises(TypeError, match="`bias` must be a parameter name"):
+            Affine("w", 3)
+        assert Affine("w").bias is None and Affine("w", None).param_names() == ["w"]
+        assert Affine("w", "b").param_names() == ["w", "b"]
+
+    def test_reprs_name_the_parameters(self):
+        # Errors and warnings about a net name its layers by these.
+        assert [repr(layer) for layer in (Affine("w1", "b1"), Affine("w"), Sigmoid(), ReLU(),
+                                          Tanh(), SoftmaxCrossEntropy())] == [
+            "Affine('w1', 'b1')", "Affine('w', None)", "Sigmoid()", "ReLU()", "Tanh()",
+            "SoftmaxCrossEntropy()"]
+
+    @pytest.mark.parametrize("method", ["per_sample", "loss"])
+    def test_loss_layer_checks_labels_by_default(self, method):
+        call = getattr(SoftmaxCrossEntropy(), method)
+        with pytest.raises(ValueError, match=r"\[0, 3\), got 3"):
+            call(np.zeros((2, 3)), np.array([0, 3]))
+
+    @pytest.mark.parametrize(
+        "logits, labels, match",
+        [
+            (np.zeros((2, 2, 3)), np.array([0, 1]), r"`logits` must have shape \(B, C\)"),
+            (np.zeros(3), np.array([0]), r"`logits` must have shape \(B, C\)"),
+            (np.zeros((2, 3)), np.array([0, 3]), r"\[0, 3\), got 3"),
+            (np.zeros((2, 3)), np.array([0, 1, 2]), "`labels` must have shape"),
+        ],
+        ids=["3d-logits", "1d-logits", "label-out-of-range", "too-many-labels"],
+    )
+    def test_loss_layer_backward_refuses(self, logits, labels, match):
+        with pytest.raises(ValueError, match=match):
+            SoftmaxCrossEntropy().backward(logits, labels)
+
 
 # ------------------------------------------------------------------------------- model
 
