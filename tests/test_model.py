@@ -403,6 +403,7 @@ class TestSequential:
             (lambda p: p.update(w2=np.zeros((4, 4))), r"params\['w2'\]"),
             (lambda p: p.update(b1=np.zeros(4)), r"params\['b1'\]"),
         ],
+        ids=["no-b2", "w2-shape", "b1-shape"],   # no spaces: tools/mutate.py --record reads ids
     )
     def test_bad_params(self, problem, change, match):
         net, params, x, labels = problem
@@ -501,6 +502,8 @@ class TestMlpAndInit:
             (lambda: mlp([3, True]), "positive ints, got True"),
             (lambda: init_params([3, 2], dtype=np.int32), "`dtype`"),
         ],
+        ids=["one-size", "zero-width", "float-width", "unknown-activation", "negative-std",
+             "inf-std", "nan-std", "bool-width", "int-dtype"],
     )
     def test_errors(self, call, match):
         with pytest.raises(ValueError, match=match):
