@@ -126,7 +126,7 @@ OTHER_LAYERS = [Centre(), Scale("s")]
 
 @pytest.mark.parametrize("problem", [softplus_problem, softplus_logits_problem] + [
     lambda layer=layer: other_problem(layer) for layer in OTHER_LAYERS],
-    ids=["softplus", "softplus logits"] + [repr(layer) for layer in OTHER_LAYERS])
+    ids=["softplus", "softplus-logits"] + [repr(layer) for layer in OTHER_LAYERS])
 def test_backprop_through_a_new_layer_matches_central_differences(problem):
     net, params, x, labels = problem()
     numerical = central_differences(lambda: net.loss(params, x, labels), params)
@@ -138,7 +138,7 @@ def test_backprop_through_a_new_layer_matches_central_differences(problem):
 
 
 @pytest.mark.parametrize("problem", [softplus_problem, softplus_logits_problem],
-                         ids=["softplus", "softplus logits"])
+                         ids=["softplus", "softplus-logits"])
 def test_a_new_elementwise_layer_goes_through_the_batched_evaluator_to_rounding(problem):
     """Bound as in test_batched: a few ulps of the loss per difference, or 1e-9 relative."""
     net, params, x, labels = problem()

@@ -21,7 +21,7 @@ from engine._functions import (
     to_labels,
 )
 from engine._layers import ACTIVATIONS, Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
-from engine._model import ModelLoss, Sequential, init_params, mlp
+from engine._model import ModelLoss, Sequential, check_sizes, init_params, mlp
 
 H = 1e-5  # finite-difference step
 GRAD_RTOL = 1e-6  # max |numerical - backprop| / max |backprop|, per parameter array
@@ -267,6 +267,44 @@ class TestLayers:
         expected = (softmax(logits) - np.eye(3)[labels]) / 4
         np.testing.assert_allclose(layer.backward(logits, labels), expected, rtol=1e-15)
 
+    def test_relu_derivative_at_the_kink_is_zero(self):
+        z = np.array([-1.0, -0.0, 0.0, 1e-300, 2.0])
+        dz, _ = ReLU().backward({}, z, ReLU().forward({}, z), np.full(5, 3.0))
+        assert np.array_equal(dz, [0.0, 0.0, 0.0, 3.0, 3.0])
+
+    def test_affine_bias_name_must_be_a_string_or_none(self):
+        with pytest.raises(TypeError, match="`bias` must be a parameter name"):
+            Affine("w", 3)
+        assert Affine("w").bias is None and Affine("w", None).param_names() == ["w"]
+        assert Affine("w", "b").param_names() == ["w", "b"]
+
+    def test_reprs_name_the_parameters(self):
+        # Errors and warnings about a net name its layers by these.
+        assert [repr(layer) for layer in (Affine("w1", "b1"), Affine("w"), Sigmoid(), ReLU(),
+                                          Tanh(), SoftmaxCrossEntropy())] == [
+            "Affine('w1', 'b1')", "Affine('w', None)", "Sigmoid()", "ReLU()", "Tanh()",
+            "SoftmaxCrossEntropy()"]
+
+    @pytest.mark.parametrize("method", ["per_sample", "loss"])
+    def test_loss_layer_checks_labels_by_default(self, method):
+        call = getattr(SoftmaxCrossEntropy(), method)
+        with pytest.raises(ValueError, match=r"\[0, 3\), got 3"):
+            call(np.zeros((2, 3)), np.array([0, 3]))
+
+    @pytest.mark.parametrize(
+        "logits, labels, match",
+        [
+            (np.zeros((2, 2, 3)), np.array([0, 1]), r"`logits` must have shape \(B, C\)"),
+            (np.zeros(3), np.array([0]), r"`logits` must have shape \(B, C\)"),
+            (np.zeros((2, 3)), np.array([0, 3]), r"\[0, 3\), got 3"),
+            (np.zeros((2, 3)), np.array([0, 1, 2]), "`labels` must have shape"),
+        ],
+        ids=["3d-logits", "1d-logits", "label-out-of-range", "too-many-labels"],
+    )
+    def test_loss_layer_backward_refuses(self, logits, labels, match):
+        with pytest.raises(ValueError, match=match):
+            SoftmaxCrossEntropy().backward(logits, labels)
+
 
 # ------------------------------------------------------------------------------- model
 
@@ -365,6 +403,7 @@ class TestSequential:
             (lambda p: p.update(w2=np.zeros((4, 4))), r"params\['w2'\]"),
             (lambda p: p.update(b1=np.zeros(4)), r"params\['b1'\]"),
         ],
+        ids=["no-b2", "w2-shape", "b1-shape"],   # no spaces: tools/mutate.py --record reads ids
     )
     def test_bad_params(self, problem, change, match):
         net, params, x, labels = problem
@@ -382,6 +421,34 @@ class TestSequential:
             net.loss(params, np.zeros((2, 6)), 1)
         with pytest.raises(TypeError, match="`params`"):
             net.loss([1, 2], x, labels)
+
+    def test_trace_checks_its_input_too(self, problem):
+        net, params, x, _ = problem
+        with pytest.raises(ValueError, match=r"params\['w1'\]"):
+            net.trace(params, np.zeros(7))
+        with pytest.raises(TypeError, match="`params`"):
+            net.trace([1, 2], x)
+
+    def test_float_input_keeps_its_dtype_other_input_becomes_float64(self):
+        net, params = mlp([4, 3, 2]), init_params([4, 3, 2], seed=0, dtype=np.float32)
+        x32 = np.arange(8.0, dtype=np.float32).reshape(2, 4) / 8
+        assert net.logits(params, x32).dtype == np.float32
+        assert net.trace(params, x32)[0].dtype == np.float32
+        ints = np.arange(8).reshape(2, 4)
+        first = net.trace(params, ints)[0]
+        assert first.dtype == np.float64 and np.array_equal(first, ints)
+
+    def test_needs_a_layer_and_a_loss_layer(self):
+        with pytest.raises(ValueError, match="`layers` is empty"):
+            Sequential([], SoftmaxCrossEntropy())
+        with pytest.raises(TypeError, match="`loss_layer` .* has no method 'per_sample'"):
+            Sequential([Affine("w")], Sigmoid())
+
+    def test_reprs(self):
+        net = mlp([3, 2])
+        assert repr(net) == "Sequential([Affine('w1', 'b1')], SoftmaxCrossEntropy())"
+        f = ModelLoss(net, init_params([3, 2], seed=0), np.ones((4, 3)), [0, 1, 0, 1])
+        assert repr(f) == f"ModelLoss(model={net!r}, batch=4)"
 
 
 class TestMlpAndInit:
@@ -406,6 +473,22 @@ class TestMlpAndInit:
         assert all(a.dtype == np.float32 for a in as32.values())
         np.testing.assert_array_equal(as32["w1"], params["w1"].astype(np.float32))
 
+    def test_init_params_default_draws_exactly(self):
+        """Default std 0.01 (the book's); w1 then w2 from one generator; zero biases."""
+        params, rng = init_params([5, 4, 3], seed=1), np.random.default_rng(1)
+        assert np.array_equal(params["w1"], 0.01 * rng.standard_normal((5, 4)))
+        assert np.array_equal(params["w2"], 0.01 * rng.standard_normal((4, 3)))
+        assert np.array_equal(params["b1"], np.zeros(4))
+
+    def test_init_params_zero_std_gives_zero_weights(self):
+        params = init_params([5, 4, 3], weight_init_std=0.0, seed=1)
+        assert all(np.array_equal(a, np.zeros_like(a)) for a in params.values())
+
+    def test_width_one_is_allowed(self):
+        assert check_sizes((np.int64(1), 1)) == [1, 1]
+        assert all(type(n) is int for n in check_sizes((np.int64(1), 1)))
+        assert mlp([1, 1]).logits(init_params([1, 1], seed=0), [[2.0]]).shape == (1, 1)
+
     @pytest.mark.parametrize(
         "call, match",
         [
@@ -414,8 +497,13 @@ class TestMlpAndInit:
             (lambda: mlp([3, 2.5]), "positive ints, got 2.5"),
             (lambda: mlp([3, 2], "softplus"), "'softplus' is unknown"),
             (lambda: init_params([3, 2], weight_init_std=-1.0), "`weight_init_std`"),
+            (lambda: init_params([3, 2], weight_init_std=np.inf), "`weight_init_std`"),
+            (lambda: init_params([3, 2], weight_init_std=np.nan), "`weight_init_std`"),
+            (lambda: mlp([3, True]), "positive ints, got True"),
             (lambda: init_params([3, 2], dtype=np.int32), "`dtype`"),
         ],
+        ids=["one-size", "zero-width", "float-width", "unknown-activation", "negative-std",
+             "inf-std", "nan-std", "bool-width", "int-dtype"],
     )
     def test_errors(self, call, match):
         with pytest.raises(ValueError, match=match):
