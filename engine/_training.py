@@ -91,6 +91,34 @@ class TrainingState:
     seconds: tuple[float, ...] = ()
     evaluations: tuple[dict, ...] = field(default=())   # {"step", "epoch", "test_accuracy"}
 
+    def to_document(self) -> dict[str, Any]:
+        """Everything but `params`, as a checkpoint stores it: ints, lists, dicts, `order`."""
+        return {"step": self.step, "epoch": self.epoch, "position": self.position,
+                "order": self.order, "rng_state": self.rng_state, "losses": list(self.losses),
+                "seconds": list(self.seconds), "evaluations": list(self.evaluations)}
+
+    @classmethod
+    def from_document(cls, params: dict[str, np.ndarray], document: dict[str, Any],
+                      sizes: tuple[int, ...], n_train: int) -> TrainingState:
+        """The state that `to_document` wrote, with its `params`, for the net of `sizes`.
+
+        Raises
+        ------
+        ValueError
+            If `params` are not the arrays of that net, or the sample order does not fit
+            `n_train` training images; KeyError if `document` lacks a field.
+        """
+        expected = {name: array.shape for name, array in init_params(sizes, 0.0).items()}
+        if {name: array.shape for name, array in params.items()} != expected:
+            raise ValueError(f"holds parameters of other shapes than its "
+                             f"{'-'.join(map(str, sizes))} net")
+        order = np.asarray(document["order"], dtype=np.int64)
+        if order.shape != (n_train,) or not 0 <= document["position"] <= n_train:
+            raise ValueError(f"does not fit the {n_train} training images")
+        return cls(params, document["step"], document["epoch"], document["position"], order,
+                   document["rng_state"], tuple(document["losses"]), tuple(document["seconds"]),
+                   tuple(document["evaluations"]))
+
 
 class Trainer:
     """SGD on the net of `config`, over `train`, tested on `test`.

@@ -1,4 +1,5 @@
 """Checkpoints: killed, interrupted and resumed runs end bit-identical; bad checkpoints are refused."""
+import json
 import random
 import signal
 import subprocess
@@ -214,3 +215,16 @@ def test_resume_refuses_another_out_and_takes_its_own(tmp_path, monkeypatch, cap
     assert f"--out {elsewhere} cannot move it" in capsys.readouterr().err
     assert not elsewhere.exists()
     assert main(["--resume", str(out), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+
+
+def test_checkpoint_without_its_training_state_is_refused(tmp_path):
+    out = interrupted_run(tmp_path)
+    path = out / CHECKPOINT_NAME
+    with np.load(path) as data:
+        arrays = dict(data)
+    document = json.loads(str(arrays["state.json"]))
+    del document["rng_state"]
+    arrays["state.json"] = np.array(json.dumps(document))
+    np.savez(path, **arrays)
+    status, _, err = finish("--resume", out, "--no-progress")
+    assert status == 2 and "lacks its training state" in err and "rng_state" in err

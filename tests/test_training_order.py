@@ -12,7 +12,7 @@ import pytest
 
 from engine._data import Dataset, load_embedded_mnist
 from engine._model import init_params
-from engine._training import TrainConfig, Trainer
+from engine._training import TrainConfig, Trainer, TrainingState
 
 N_TRAIN, BATCH, EPOCHS = 10, 5, 4
 
@@ -168,3 +168,47 @@ class TestBadConfigIsRefusedBeforeAnyWork:
         with pytest.raises(TypeError) as caught:
             Trainer(TrainConfig(gradient="backprop"), given["train"], given["test"])
         assert str(caught.value) == f"`{which}` must be an engine.Dataset, got tuple"
+
+
+class TestTheCheckpointDocument:
+    """A TrainingState round-trips through the document a checkpoint stores, and a document
+    that does not fit the net or the data is refused, naming why."""
+
+    def state(self, data):
+        config = TrainConfig(sizes=(784, 3, 10), batch_size=BATCH, steps=3, gradient="backprop")
+        trainer = Trainer(config, *data)
+        trainer.run()
+        return config, trainer.state
+
+    def test_round_trip_is_exact(self, data):
+        config, state = self.state(data)
+        document = state.to_document()
+        back = TrainingState.from_document(state.params, document, config.sizes, N_TRAIN)
+        assert (back.step, back.epoch, back.position) == (state.step, state.epoch, state.position)
+        assert np.array_equal(back.order, state.order) and back.order.dtype == np.int64
+        assert back.rng_state == state.rng_state and back.losses == state.losses
+        assert back.seconds == state.seconds and back.evaluations == state.evaluations
+        assert back.params is state.params
+
+    def test_parameters_of_another_net_are_refused(self, data):
+        config, state = self.state(data)
+        with pytest.raises(ValueError, match="other shapes than its 784-4-10 net"):
+            TrainingState.from_document(state.params, state.to_document(), (784, 4, 10), N_TRAIN)
+
+    @pytest.mark.parametrize("change", ["order-length", "position-past-the-end"])
+    def test_an_order_that_does_not_fit_the_data_is_refused(self, data, change):
+        config, state = self.state(data)
+        document = state.to_document()
+        if change == "order-length":
+            document["order"] = document["order"][:-1]
+        else:
+            document["position"] = N_TRAIN + 1
+        with pytest.raises(ValueError, match=f"does not fit the {N_TRAIN} training images"):
+            TrainingState.from_document(state.params, document, config.sizes, N_TRAIN)
+
+    def test_a_missing_field_is_a_key_error(self, data):
+        config, state = self.state(data)
+        document = state.to_document()
+        del document["rng_state"]
+        with pytest.raises(KeyError, match="rng_state"):
+            TrainingState.from_document(state.params, document, config.sizes, N_TRAIN)

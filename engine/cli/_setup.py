@@ -182,7 +182,12 @@ def _resumed_run(args) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint in {folder} lacks its configuration ({exc})") from exc
     _check_same_flags(args, config, data)
     train, test = _load_data(data)
-    state = _state_from_checkpoint(saved, params, config, len(train), folder)
+    try:
+        state = TrainingState.from_document(params, saved, config.sizes, len(train))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint in {folder} {exc}") from exc
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint in {folder} lacks its training state ({exc})") from exc
     every = _given_or(args.checkpoint_every, saved.get("checkpoint_every", CHECKPOINT_EVERY))
     return {"config": config, "data": data, "train": train, "test": test, "out": folder,
             "state": state, "checkpoint_every": every}
@@ -199,17 +204,3 @@ def _check_same_flags(args, config: TrainConfig, data: dict) -> None:
     if clashes:
         raise UsageError("--resume continues a run with its own settings; these flags differ: "
                          + "; ".join(clashes))
-
-
-def _state_from_checkpoint(saved, params, config, n_train, folder) -> TrainingState:
-    shapes = {f"w{i}": (a, b) for i, (a, b) in enumerate(zip(config.sizes, config.sizes[1:]), 1)}
-    shapes.update({f"b{i}": (b,) for i, b in enumerate(config.sizes[1:], 1)})
-    if {k: v.shape for k, v in params.items()} != shapes:
-        raise CheckpointError(f"checkpoint in {folder} holds parameters of other shapes than "
-                              f"its {'-'.join(map(str, config.sizes))} net")
-    order = np.asarray(saved["order"], dtype=np.int64)
-    if order.shape != (n_train,) or not 0 <= saved["position"] <= n_train:
-        raise CheckpointError(f"checkpoint in {folder} does not fit the {n_train} training images")
-    return TrainingState(params, saved["step"], saved["epoch"], saved["position"], order,
-                         saved["rng_state"], tuple(saved["losses"]), tuple(saved["seconds"]),
-                         tuple(saved["evaluations"]))

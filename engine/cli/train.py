@@ -207,12 +207,9 @@ def _after_step(trainer: Trainer, run, bar) -> None:
 
 
 def _checkpoint(trainer: Trainer, run) -> Path:
-    s = trainer.state
-    state = {"config": run["config"].to_dict(), "data": run["data"], "step": s.step,
-             "epoch": s.epoch, "position": s.position, "order": s.order, "rng_state": s.rng_state,
-             "losses": list(s.losses), "seconds": list(s.seconds), "evaluations": list(s.evaluations),
-             "checkpoint_every": run["checkpoint_every"]}
-    return save_checkpoint(run["out"], s.params, state)
+    document = {"config": run["config"].to_dict(), "data": run["data"],
+                "checkpoint_every": run["checkpoint_every"], **trainer.state.to_document()}
+    return save_checkpoint(run["out"], trainer.state.params, document)
 
 
 def _finish(trainer: Trainer, run, wall: float) -> int:
