@@ -16,7 +16,7 @@ import numpy as np
 from joblib import cpu_count
 
 __all__ = ["Execution", "resolve_workers", "check_positive_int", "BUILTIN_BACKENDS",
-           "DEFAULT_BACKEND", "DISPATCH_MODES", "MAX_WORKERS_PER_CORE"]
+           "DEFAULT_BACKEND", "DISPATCH_MODES", "EXECUTION_FIELDS", "MAX_WORKERS_PER_CORE"]
 
 BUILTIN_BACKENDS = ("loky", "threading", "dask")   # and any backend registered with joblib
 DEFAULT_BACKEND = "loky"
@@ -102,10 +102,10 @@ class Execution:
         TypeError
             For a keyword that is not a field of `Execution`.
         """
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(options) - known)
+        unknown = sorted(set(options) - EXECUTION_FIELDS)
         if unknown:
-            raise TypeError(f"unknown execution option(s) {unknown}; the options are {sorted(known)}")
+            raise TypeError(f"unknown execution option(s) {unknown}; the options are "
+                            f"{sorted(EXECUTION_FIELDS)}")
         base = cls() if execution is None else execution
         if not isinstance(base, Execution):
             raise TypeError(f"`execution` must be an engine.Execution, got {type(base).__name__}")
@@ -115,6 +115,10 @@ class Execution:
     def n_workers(self) -> int:
         """The number of workers asked for, ``None`` / ``-1`` resolved to the cores."""
         return resolve_workers(self.workers, self.backend)
+
+
+# The keywords that configure an `Execution`; the rest of a call's keywords are the gradient's.
+EXECUTION_FIELDS = frozenset(field.name for field in fields(Execution))
 
 
 def resolve_workers(workers: Any, backend: str = DEFAULT_BACKEND) -> int:

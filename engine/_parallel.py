@@ -8,15 +8,13 @@ should keep a `Gradient`, which ships `f` once.
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Callable
 
-from ._execution import Execution
+from ._execution import EXECUTION_FIELDS, Execution
 from ._gradient import Gradient, Jacobian
 
 __all__ = ["parallel_numerical_gradient", "jacobian"]
-
-_EXECUTION_FIELDS = frozenset(field.name for field in fields(Execution))
 
 
 def parallel_numerical_gradient(f: Callable[[Any], Any], x: Any, *,
@@ -115,7 +113,7 @@ def jacobian(f: Callable[[Any], Any], x: Any, *, execution: Execution | None = N
 def _one_shot(kind: type[Gradient], f: Callable, x: Any, execution: Execution | None,
               options: dict[str, Any]) -> Any:
     """One call of a `kind` built from `options`, on the shared worker processes."""
-    execution_options = {name: options.pop(name) for name in list(options) if name in _EXECUTION_FIELDS}
+    execution_options = {name: options.pop(name) for name in list(options) if name in EXECUTION_FIELDS}
     execution = Execution.from_options(execution, **execution_options)
     if execution.dispatch == "auto":   # nothing to learn from in a single call
         execution = replace(execution, dispatch="parallel")
