@@ -1,5 +1,5 @@
 """Preparing an ``engine-train`` run: every flag, the data and a resumed checkpoint checked
-before anything is written. `prepare` returns the run's settings; `UsageError` is exit status 2."""
+before anything is written. `prepare` returns the run's settings; `UsageError` is `EXIT_BAD_INPUT`."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,9 @@ from engine._mnist_idx import load_mnist_dir
 from engine._run_folder import RUNS_FOLDER
 from engine._training import TrainConfig, TrainingState
 
-__all__ = ["prepare", "UsageError", "DEFAULTS", "CHECKPOINT_EVERY"]
+__all__ = ["prepare", "UsageError", "DEFAULTS", "CHECKPOINT_EVERY", "EXIT_BAD_INPUT"]
+
+EXIT_BAD_INPUT = 2   # the commands' status for bad flags, data, checkpoint or folder (argparse's too)
 
 # Flags that set a TrainConfig field of another name; --hidden sets the middle of `sizes`.
 _FLAG_OF_FIELD = {"steps": "iters"}

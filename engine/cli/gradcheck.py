@@ -18,10 +18,10 @@ from engine._model import DEFAULT_ACTIVATION
 from engine._nets import MLP
 from engine._schemes import AUTO, DEFAULT_STEP, SCHEMES
 from engine._training import TrainConfig
+from engine.cli._setup import EXIT_BAD_INPUT
 
 __all__ = ["main"]
 
-EXIT_BAD_INPUT = 2          # bad flags, or data that cannot be read (argparse's status too)
 _BOOK_RUN = TrainConfig()   # the teaching text's net, batch, seed and differences: the defaults
 _DTYPES = ("float64", "float32")
 

@@ -36,11 +36,9 @@ from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder
                                 FolderError, claim_folder, claim_new_folder)
 from engine._schemes import DEFAULT_STEP, SCHEMES
 from engine._training import GRADIENTS, Trainer
-from engine.cli._setup import CHECKPOINT_EVERY, DEFAULTS, UsageError, prepare
+from engine.cli._setup import CHECKPOINT_EVERY, DEFAULTS, EXIT_BAD_INPUT, UsageError, prepare
 
 __all__ = ["main"]
-
-EXIT_BAD_INPUT = 2
 
 
 class Terminated(BaseException):
