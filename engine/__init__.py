@@ -11,19 +11,19 @@ the workers are worth it, and the chunks; `_gradient`: the resident gradient obj
 `_parallel`, `_serial`: the one-shot calls); the book's nets (`_nets`); the gradient check
 and the trainer (`_gradcheck`, `_training`); the command lines (`engine.cli`).
 """
-from ._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
+from .data._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
 from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
                       StepSizeWarning, WorkerError, WorkerLostError)
-from ._execution import Execution
-from ._gradcheck import GradientDifference, format_table, gradient_check
-from ._gradient import Failure, Gradient, Jacobian
-from ._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
-from ._model import ModelLoss, Sequential, mlp
-from ._nets import MLP, SimpleNet, ThreeLayerNet
-from ._parallel import jacobian, parallel_numerical_gradient
-from ._planning import Plan
-from ._serial import numerical_gradient
-from ._training import TrainConfig, Trainer, TrainingState
+from .run._execution import Execution
+from .train._gradcheck import GradientDifference, format_table, gradient_check
+from .derivatives._gradient import Failure, Gradient, Jacobian
+from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from .nn._model import ModelLoss, Sequential, mlp
+from .book._nets import MLP, SimpleNet, ThreeLayerNet
+from .derivatives._parallel import jacobian, parallel_numerical_gradient
+from .run._planning import Plan
+from .derivatives._serial import numerical_gradient
+from .train._training import TrainConfig, Trainer, TrainingState
 
 __all__ = [
     # gradients

@@ -1,8 +1,8 @@
 """The batched evaluator as it was before per-sample sparsity (commit 2152a6f), kept unchanged.
 
-The reference for `engine._batched`, which must give the same bits: every sample of the
+The reference for `engine.batched._batched`, which must give the same bits: every sample of the
 batch is computed for every perturbation. Only the imports and the calls of the layers
-(their common interface, engine._layers: `kind`, ``forward(params, z)``) differ from that
+(their common interface, engine.nn._layers: `kind`, ``forward(params, z)``) differ from that
 version.
 
 Original docstring follows.
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine._layers import AFFINE
-from engine._schemes import Scheme
-from engine._space import ParamSpace
+from engine.nn._layers import AFFINE
+from engine.fd._schemes import Scheme
+from engine.fd._space import ParamSpace
 
 __all__ = ["batched_evaluate", "DEFAULT_BLOCK_MEMORY"]
 
@@ -53,7 +53,7 @@ def batched_evaluate(
 
     Parameters
     ----------
-    f : engine._model.ModelLoss
+    f : engine.nn._model.ModelLoss
         The loss whose `params` dict is ``space.structure``.
     cache : dict, optional
         Kept for one call: holds the unperturbed forward pass, computed once.

@@ -4,7 +4,7 @@ import struct
 
 import numpy as np
 
-from engine._mnist_idx import MNIST_IDX_FILES
+from engine.data._mnist_idx import MNIST_IDX_FILES
 
 
 def idx_images(pixels) -> bytes:

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from engine import parallel_numerical_gradient
-from engine._data import load_embedded_mnist
-from engine._evaluators import loop_evaluate
-from engine._nets import MLP, ThreeLayerNet
-from engine._schemes import get_scheme
-from engine._space import ParamSpace
+from engine.data._data import load_embedded_mnist
+from engine.fd._evaluators import loop_evaluate
+from engine.book._nets import MLP, ThreeLayerNet
+from engine.fd._schemes import get_scheme
+from engine.fd._space import ParamSpace
 
 H = 1e-4
 SAMPLE_PER_ARRAY = 150
@@ -109,7 +109,7 @@ def test_every_activation_agrees_with_backprop(mnist, activation):
 
 
 def test_auto_picks_batched_for_a_model_loss_and_loop_otherwise(mnist, monkeypatch):
-    import engine._batched as batched
+    import engine.batched._batched as batched
 
     calls = []
     original = batched.batched_evaluate

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 import _batched_reference as reference
-from engine import _batched as batched, _loss_by_class
-from engine._data import load_embedded_mnist
-from engine._evaluators import loop_evaluate
-from engine._functions import softmax_cross_entropy
-from engine._layers import Affine, Sigmoid, SoftmaxCrossEntropy, Tanh
-from engine._model import ModelLoss, Sequential, init_params, mlp
-from engine._schemes import SCHEMES, get_scheme
-from engine._space import ParamSpace
+from engine.batched import _batched as batched
+from engine.nn import _loss_by_class
+from engine.data._data import load_embedded_mnist
+from engine.fd._evaluators import loop_evaluate
+from engine.nn._functions import softmax_cross_entropy
+from engine.nn._layers import Affine, Sigmoid, SoftmaxCrossEntropy, Tanh
+from engine.nn._model import ModelLoss, Sequential, init_params, mlp
+from engine.fd._schemes import SCHEMES, get_scheme
+from engine.fd._space import ParamSpace
 
 H = 1e-4
 NETS = {   # sizes, activation, weight std: ReLU nets have many exact zeros in their hidden layers

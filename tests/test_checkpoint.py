@@ -5,7 +5,7 @@ import stat
 import numpy as np
 import pytest
 
-from engine._checkpoint import (CHECKPOINT_NAME, atomic_write, load_checkpoint, remove_temporaries,
+from engine.train._checkpoint import (CHECKPOINT_NAME, atomic_write, load_checkpoint, remove_temporaries,
                                save_checkpoint, save_npz_atomic)
 
 PARAMS = {"w1": np.arange(6.0).reshape(2, 3), "b1": np.zeros(3)}

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import _checkpoint as checkpoint
-from engine import _run_folder as run_folder
-from engine._checkpoint import atomic_write
-from engine._run_folder import (LOCK_NAME, ClaimedFolder, FolderBusyError, FolderError, claim_folder,
+from engine.train import _checkpoint as checkpoint
+from engine.train import _run_folder as run_folder
+from engine.train._checkpoint import atomic_write
+from engine.train._run_folder import (LOCK_NAME, ClaimedFolder, FolderBusyError, FolderError, claim_folder,
                                 claim_new_folder, lock_folder, new_numbered_folder, point_link)
 
 

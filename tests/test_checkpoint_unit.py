@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine._checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
+from engine.train._checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
                                save_npz_atomic)
 
 

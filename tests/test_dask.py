@@ -16,10 +16,10 @@ import pytest
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
 
-import engine._dask  # noqa: E402
+import engine.run._dask  # noqa: E402
 from engine import WorkerLostError, numerical_gradient, parallel_numerical_gradient  # noqa: E402
-from engine._data import load_embedded_mnist  # noqa: E402
-from engine._nets import ThreeLayerNet  # noqa: E402
+from engine.data._data import load_embedded_mnist  # noqa: E402
+from engine.book._nets import ThreeLayerNet  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -265,8 +265,8 @@ class TestFailures:
     def test_killed_worker_error_makes_the_engine_retry(self, cluster, book, tmp_path, monkeypatch):
         net, image, label, _, expected = book
         attempts = []
-        run_once = engine._dask.DaskPool.run_once
-        monkeypatch.setattr(engine._dask.DaskPool, "run_once",
+        run_once = engine.run._dask.DaskPool.run_once
+        monkeypatch.setattr(engine.run._dask.DaskPool, "run_once",
                             lambda self, *args: attempts.append(args) or run_once(self, *args))
         f = self_killing_loss(net, image, label, tmp_path / "killed", at_call=500)
         with allowed_failures(cluster, 0):   # the first death of a chunk's worker: KilledWorker
@@ -302,9 +302,9 @@ class TestFailures:
 
     def test_missing_dask_names_the_extra(self, monkeypatch, rng):
         monkeypatch.setitem(sys.modules, "distributed", None)   # import distributed -> ImportError
-        monkeypatch.delitem(sys.modules, "engine._dask", raising=False)
+        monkeypatch.delitem(sys.modules, "engine.run._dask", raising=False)
         with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[dask\]'"):
-            importlib.import_module("engine._dask")
+            importlib.import_module("engine.run._dask")
         w = rng.standard_normal(4)
         with pytest.raises(ImportError, match=r"\[dask\]"):
             parallel_numerical_gradient(lambda v: float(w.sum()), w, workers=2, backend="dask")

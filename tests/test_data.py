@@ -1,4 +1,4 @@
-"""Tests for engine._data: the embedded split, the book's CSV format, and IDX files."""
+"""Tests for engine.data._data: the embedded split, the book's CSV format, and IDX files."""
 
 import gzip
 import struct
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from _mnist_files import write_mnist_dir
-from engine._data import (
+from engine.data._data import (
     DataError,
     Dataset,
     load_embedded_mnist,
@@ -15,7 +15,7 @@ from engine._data import (
     read_mnist_csv,
     write_mnist_csv,
 )
-from engine._mnist_idx import (
+from engine.data._mnist_idx import (
     MNIST_IDX_FILES,
     find_mnist_idx,
     load_mnist_dir,

@@ -7,7 +7,7 @@ import pytest
 
 import engine
 
-MODULES = sorted(info.name for info in pkgutil.iter_modules(engine.__path__, "engine."))
+MODULES = sorted(info.name for info in pkgutil.walk_packages(engine.__path__, "engine."))
 
 
 @pytest.mark.parametrize("name", MODULES)

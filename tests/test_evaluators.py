@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from engine._batched import batched_evaluate
-from engine._evaluators import (LoopOptions, Report, annotate_error, bind, checked_loss,
-                               checked_output, get_evaluator, is_model_objective, loop_evaluate)
-from engine._model import ModelLoss, init_params, mlp
-from engine._schemes import auto_step, get_scheme
-from engine._space import ParamSpace
+from engine.batched._batched import batched_evaluate
+from engine.batched._detect import bind, get_evaluator, is_model_objective
+from engine.fd._evaluators import (LoopOptions, Report, annotate_error, checked_loss, checked_output,
+                                   loop_evaluate)
+from engine.nn._model import ModelLoss, init_params, mlp
+from engine.fd._schemes import auto_step, get_scheme
+from engine.fd._space import ParamSpace
 
 H = 1e-4
 

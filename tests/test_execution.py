@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine import _execution
-from engine._execution import (DEFAULT_BACKEND, DISPATCH_MODES, MAX_WORKERS_PER_CORE, Execution,
+from engine.run import _execution
+from engine.run._execution import (DEFAULT_BACKEND, DISPATCH_MODES, MAX_WORKERS_PER_CORE, Execution,
                                check_backend, check_positive_int, in_daemonic_process,
                                resolve_workers)
 

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from engine import numerical_gradient, parallel_numerical_gradient
-from engine._data import load_embedded_mnist
-from engine._gradcheck import GradientDifference, default_tol, failures, format_table, gradient_check
-from engine._evaluators import EVALUATOR_NAMES
-from engine._layers import ACTIVATIONS, Sigmoid
-from engine._schemes import SCHEMES
-from engine._training import TrainConfig
+from engine.data._data import load_embedded_mnist
+from engine.train._gradcheck import GradientDifference, default_tol, failures, format_table, gradient_check
+from engine.batched._detect import EVALUATOR_NAMES
+from engine.nn._layers import ACTIVATIONS, Sigmoid
+from engine.fd._schemes import SCHEMES
+from engine.train._training import TrainConfig
 from engine.cli.gradcheck import _parser, main
-from engine._nets import MLP, ThreeLayerNet
+from engine.book._nets import MLP, ThreeLayerNet
 
 SMALL_NET_TOL = {("central", 1e-4): 1e-7, ("central4", 3e-3): 1e-8, ("forward", 1e-4): 1e-3}
 SMALL_CLI = ["--sizes", "784", "12", "10", "--batch-size", "2"]
@@ -272,7 +272,7 @@ class TestBookLabels:
             gradient_check(net, x, np.eye(4)[labels], labels="one-hot")
 
     def test_labels_no_form_fits_fail_before_any_work(self, monkeypatch):
-        import engine._gradcheck as module
+        import engine.train._gradcheck as module
 
         def no_work(*args, **kwargs):
             raise AssertionError("the numerical gradient was started")

@@ -1,4 +1,4 @@
-"""`engine._gradient` in this process: choosing the evaluator, chunking, bounds, the planner,
+"""`engine.derivatives._gradient` in this process: choosing the evaluator, chunking, bounds, the planner,
 warnings, and `Gradient` with workers=1 or on two threads (no worker processes)."""
 import math
 import threading
@@ -10,12 +10,12 @@ import pytest
 
 from engine import numerical_gradient
 from engine._errors import NumericalFallbackWarning, StateNotShippedError, StepSizeWarning
-from engine._execution import Execution
-from engine._gradient import (Gradient, Jacobian, _bounds_per_array, _lost_message, _Resources,
+from engine.run._execution import Execution
+from engine.derivatives._gradient import (Gradient, Jacobian, _bounds_per_array, _lost_message, _Resources,
                              _signature, choose_evaluator)
-from engine._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
-from engine._model import ModelLoss, init_params, mlp
-from engine._space import ParamSpace, split_range
+from engine.run._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
+from engine.nn._model import ModelLoss, init_params, mlp
+from engine.fd._space import ParamSpace, split_range
 
 
 def squares(v):

@@ -1,72 +1,101 @@
-"""Imports run one way: data and model below the engine, the engine below nets, trainer and CLIs."""
+"""Imports run one way: the finite-difference core below the runtime, the engine below nets and trainer.
+
+Each subpackage of `engine` holds one concern and has a level; a module may import its
+own package and lower levels, never a higher level or another package of its own level.
+Within a package, and across the whole tree, the imports form no cycle.
+"""
 import ast
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "engine"
-MODULES = sorted(PACKAGE.glob("*.py")) + sorted(PACKAGE.glob("cli/*.py"))
+MODULES = sorted(PACKAGE.rglob("*.py"))
 
 LEVEL = {
-    # data and the layered model
-    "_errors": 0, "_functions": 0, "_data": 0, "_mnist_idx": 1, "_layers": 1, "_model": 2,
-    "_loss_by_class": 2,
-    # the gradient engine: what is perturbed, how chunks are evaluated, where they run
-    "_space": 3, "_schemes": 3, "_payload": 3, "_threads": 3, "_execution": 3, "_shared_memory": 3,
-    "_evaluators": 4, "_batched": 4, "_planning": 4, "_worker": 5, "_backends": 6, "_dask": 6,
-    "_serial": 7, "_gradient": 7, "_parallel": 8,
-    # above the engine
-    "_nets": 9, "_gradcheck": 10, "_checkpoint": 10, "_plots": 10, "_training": 10,
-    "_run_folder": 11, "__init__": 11,
+    # shared exception types
+    "_errors": 0,
+    # what is perturbed and how a chunk is evaluated by the loop; the data; the layered model
+    "fd": 1, "data": 1, "nn": 1,
+    # the batched evaluator and the detection of a model's loss
+    "batched": 2,
+    # where chunks run: execution options, planner, worker loop, pools, shared memory, Dask
+    "run": 3,
+    # the derivative objects and one-shot calls users hold: gradients, Jacobians
+    "derivatives": 4,
+    # above the engine: the book's nets, then gradient check and training
+    "book": 5,
+    "train": 6,
+    "__init__": 7,
     # the command lines
-    "cli": 12,
+    "cli": 8,
 }
 
-# Imports within one level, each on purpose (a lazy import of an optional part).
-SAME_LEVEL = {("_evaluators", "_batched"), ("_backends", "_dask")}
+
+def unit_of(path: Path) -> str:
+    """The `LEVEL` name of a module: its subpackage, or its own name at the top."""
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
 
 
-def module_name(path: Path) -> str:
-    return "cli" if path.parent.name == "cli" else path.stem
+def module_of(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
 
 
 def engine_imports(path: Path) -> set[str]:
-    """The engine modules `path` imports, by their `LEVEL` names (every command is "cli")."""
+    """The engine modules `path` imports, as dotted names (``engine.fd._space``)."""
+    package = module_of(path).rsplit(".", 1)[0] if path.stem != "__init__" else module_of(path)[:-9]
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level and path.parent.name == "cli":
-                raise AssertionError(f"cli/{path.name}: a relative import reads as engine.cli's "
-                                     f"own module; import engine._... by name: {ast.unparse(node)}")
-            if node.level == 1 and node.module:
-                names.add(node.module.split(".")[0])
+            if node.level and unit_of(path) == "cli":
+                raise AssertionError(f"cli/{path.name}: import engine's modules by name: "
+                                     f"{ast.unparse(node)}")
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                if not node.module:
+                    raise AssertionError(f"{path.name}: import from a module, not a package: "
+                                         f"{ast.unparse(node)}")
+                names.add(".".join(base + node.module.split(".")))
             elif node.module and node.module.startswith("engine."):
-                names.add(node.module.split(".")[1])
-            elif node.level or node.module == "engine":
+                names.add(node.module)
+            elif node.module == "engine":
                 raise AssertionError(f"{path.name}: import from the package, not a module: "
                                      f"{ast.unparse(node)}")
         elif isinstance(node, ast.Import):
-            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("engine."))
+            names.update(a.name for a in node.names if a.name.startswith("engine."))
     return names
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}.{p.stem}")
+def unit_of_name(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=module_of)
 def test_no_module_imports_a_higher_one(path):
-    name = module_name(path)
-    assert name in LEVEL, f"add {name} to LEVEL in {__file__}"
-    imports = engine_imports(path)
-    unknown = imports - set(LEVEL)
+    unit = unit_of(path)
+    assert unit in LEVEL, f"add {unit} to LEVEL in {__file__}"
+    imported = {unit_of_name(name) for name in engine_imports(path)}
+    unknown = imported - set(LEVEL)
     assert not unknown, f"add {unknown} to LEVEL in {__file__}"
-    higher = {other for other in imports if LEVEL[other] > LEVEL[name]}
-    assert not higher, f"{name} imports {higher}"
-    same = {other for other in imports if LEVEL[other] == LEVEL[name]} - {name}
-    assert same <= {b for a, b in SAME_LEVEL if a == name}, f"{name} imports {same}"
+    higher = {other for other in imported if LEVEL[other] > LEVEL[unit]}
+    assert not higher, f"{module_of(path)} imports {higher}"
+    same = {other for other in imported if LEVEL[other] == LEVEL[unit]} - {unit}
+    assert not same, f"{module_of(path)} imports {same}, a package of its own level"
+
+
+def test_every_import_names_a_module_that_exists():
+    known = {module_of(path) for path in MODULES}
+    known |= {name[:-9] for name in known if name.endswith(".__init__")}
+    for path in MODULES:
+        missing = engine_imports(path) - known
+        assert not missing, f"{module_of(path)} imports {missing}"
 
 
 def test_the_import_graph_has_no_cycle():
-    graph = {}
-    for path in MODULES:
-        graph.setdefault(module_name(path), set()).update(engine_imports(path) - {module_name(path)})
+    graph = {module_of(path): engine_imports(path) - {module_of(path)} for path in MODULES}
     done, active = set(), []
 
     def visit(node):
@@ -81,3 +110,9 @@ def test_the_import_graph_has_no_cycle():
 
     for node in graph:
         visit(node)
+
+
+def test_each_package_init_is_small():
+    for path in PACKAGE.rglob("__init__.py"):
+        if path.parent != PACKAGE:
+            assert len(path.read_text().splitlines()) <= 20, f"{path} holds code: keep it small"

@@ -11,12 +11,13 @@ import warnings
 import numpy as np
 import pytest
 
-from engine._batched import batched_evaluate
-from engine._gradient import Gradient, choose_evaluator
-from engine._layers import ELEMENTWISE, Affine, Layer, SoftmaxCrossEntropy, Tanh
-from engine._model import ModelLoss, Sequential, init_params
-from engine._schemes import get_scheme
-from engine._space import ParamSpace
+from engine.batched._batched import batched_evaluate
+from engine.batched._detect import choose_evaluator
+from engine.derivatives._gradient import Gradient
+from engine.nn._layers import ELEMENTWISE, Affine, Layer, SoftmaxCrossEntropy, Tanh
+from engine.nn._model import ModelLoss, Sequential, init_params
+from engine.fd._schemes import get_scheme
+from engine.fd._space import ParamSpace
 
 H_BACKPROP = 1e-5   # the step of the central difference written here
 GRAD_RTOL = 1e-6    # max |numerical - backprop| / max |backprop|, per array (as in test_model)

@@ -1,4 +1,4 @@
-"""Tests for engine._functions, engine._layers and engine._model.
+"""Tests for engine.nn._functions, engine.nn._layers and engine.nn._model.
 
 Backprop is checked against a central finite difference written here, independent of the
 engine; the stable functions against their textbook formulas where those do not overflow.
@@ -11,7 +11,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from engine._functions import (
+from engine.nn._functions import (
     cross_entropy_error,
     log_softmax,
     logsumexp,
@@ -20,8 +20,8 @@ from engine._functions import (
     softmax_cross_entropy,
     to_labels,
 )
-from engine._layers import ACTIVATIONS, Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
-from engine._model import ModelLoss, Sequential, check_sizes, init_params, mlp
+from engine.nn._layers import ACTIVATIONS, Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from engine.nn._model import ModelLoss, Sequential, check_sizes, init_params, mlp
 
 H = 1e-5  # finite-difference step
 GRAD_RTOL = 1e-6  # max |numerical - backprop| / max |backprop|, per parameter array

@@ -12,18 +12,19 @@ import engine
 PACKAGE = Path(engine.__file__).parent
 COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
-    "numerical_gradient": "_serial", "parallel_numerical_gradient": "_parallel",
-    "jacobian": "_parallel", "Gradient": "_gradient", "Jacobian": "_gradient", "Plan": "_planning",
-    "Failure": "_gradient", "Execution": "_execution",
-    "gradient_check": "_gradcheck", "GradientDifference": "_gradcheck", "format_table": "_gradcheck",
-    "SimpleNet": "_nets", "ThreeLayerNet": "_nets", "MLP": "_nets",
-    "Sequential": "_model", "mlp": "_model", "ModelLoss": "_model", "Layer": "_layers", "Affine": "_layers",
-    "Sigmoid": "_layers", "ReLU": "_layers", "Tanh": "_layers", "SoftmaxCrossEntropy": "_layers",
-    "Trainer": "_training", "TrainConfig": "_training", "TrainingState": "_training",
-    "Dataset": "_data", "DataError": "_data", "load_embedded_mnist": "_data",
-    "read_mnist_csv": "_data", "write_mnist_csv": "_data",
-    "PayloadError": "_errors", "StateNotShippedError": "_errors", "WorkerError": "_errors",
-    "WorkerLostError": "_errors", "NumericalFallbackWarning": "_errors", "StepSizeWarning": "_errors",
+    "numerical_gradient": "derivatives._serial", "parallel_numerical_gradient": "derivatives._parallel",
+    "jacobian": "derivatives._parallel", "Gradient": "derivatives._gradient",
+    "Jacobian": "derivatives._gradient", "Plan": "run._planning", "Failure": "derivatives._gradient",
+    "Execution": "run._execution", "gradient_check": "train._gradcheck",
+    "GradientDifference": "train._gradcheck", "format_table": "train._gradcheck", "SimpleNet": "book._nets",
+    "ThreeLayerNet": "book._nets", "MLP": "book._nets", "Sequential": "nn._model", "mlp": "nn._model",
+    "ModelLoss": "nn._model", "Layer": "nn._layers", "Affine": "nn._layers", "Sigmoid": "nn._layers",
+    "ReLU": "nn._layers", "Tanh": "nn._layers", "SoftmaxCrossEntropy": "nn._layers",
+    "Trainer": "train._training", "TrainConfig": "train._training", "TrainingState": "train._training",
+    "Dataset": "data._data", "DataError": "data._data", "load_embedded_mnist": "data._data",
+    "read_mnist_csv": "data._data", "write_mnist_csv": "data._data", "PayloadError": "_errors",
+    "StateNotShippedError": "_errors", "WorkerError": "_errors", "WorkerLostError": "_errors",
+    "NumericalFallbackWarning": "_errors", "StepSizeWarning": "_errors",
 }
 
 
@@ -43,7 +44,8 @@ def test_the_public_surface_is_all_and_the_commands():
     assert public == COMMANDS
     for command in COMMANDS:
         assert importlib.import_module(command).__all__ == ["main"]
-    assert {name for name in dir(engine) if not name.startswith("_")} - {"cli"} == set(engine.__all__)
+    packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert {name for name in dir(engine) if not name.startswith("_")} - packages == set(engine.__all__)
 
 
 def test_an_unknown_name_is_an_attribute_error():
@@ -81,7 +83,7 @@ def test_without_the_train_extra_the_gradient_check_exits_2_naming_it():
 
 
 def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path):
-    from engine._data import Dataset, write_mnist_csv
+    from engine.data._data import Dataset, write_mnist_csv
 
     rng = np.random.default_rng(0)
     data = Dataset(rng.random((20, 784)), np.arange(20) % 10)

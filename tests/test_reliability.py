@@ -14,7 +14,7 @@ import pytest
 
 from engine import (Gradient, WorkerError, WorkerLostError, numerical_gradient,
                     parallel_numerical_gradient)
-from engine._shared_memory import remove_stale_shared_files
+from engine.run._shared_memory import remove_stale_shared_files
 
 
 def alive(pid: int) -> bool:

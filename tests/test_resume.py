@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine._checkpoint import CHECKPOINT_NAME
+from engine.train._checkpoint import CHECKPOINT_NAME
 
 RUN = ["--hidden", "16", "--iters", "240", "--train-size", "50", "--batch-size", "2", "--shuffle",
        "--checkpoint-every", "7", "--evaluator", "batched", "--workers", "1", "--no-progress"]

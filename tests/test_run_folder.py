@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine._checkpoint import CHECKPOINT_NAME
-from engine._data import load_embedded_mnist, write_mnist_csv
-from engine._run_folder import LOCK_NAME
+from engine.train._checkpoint import CHECKPOINT_NAME
+from engine.data._data import load_embedded_mnist, write_mnist_csv
+from engine.train._run_folder import LOCK_NAME
 from engine.cli.train import main
 
 DATA = Path(tempfile.mkdtemp(prefix="engine-run-folder-"))   # small CSV files: no 5,000-image load

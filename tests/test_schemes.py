@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine._schemes import SCHEMES, Scheme, get_scheme, resolve_steps
+from engine.fd._schemes import SCHEMES, Scheme, get_scheme, resolve_steps
 
 X, H = 3.0, 0.5
 

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine._space import ParamSpace, Segment, split_range
+from engine.fd._space import ParamSpace, Segment, split_range
 
 
 def mixed():

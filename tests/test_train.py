@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from _mnist_files import write_mnist_dir
-from engine._data import Dataset, load_embedded_mnist, write_mnist_csv
-from engine._evaluators import EVALUATOR_NAMES
-from engine._schemes import SCHEMES
-from engine._training import TrainConfig
+from engine.data._data import Dataset, load_embedded_mnist, write_mnist_csv
+from engine.batched._detect import EVALUATOR_NAMES
+from engine.fd._schemes import SCHEMES
+from engine.train._training import TrainConfig
 from engine.cli._setup import DEFAULTS as _DEFAULTS
 from engine.cli.train import OUTPUTS, build_parser, main
 

@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine._data import Dataset, load_embedded_mnist
-from engine._model import init_params
-from engine._training import TrainConfig, Trainer, TrainingState
+from engine.data._data import Dataset, load_embedded_mnist
+from engine.nn._model import init_params
+from engine.train._training import TrainConfig, Trainer, TrainingState
 
 N_TRAIN, BATCH, EPOCHS = 10, 5, 4
 

@@ -1,7 +1,7 @@
 """Mutation testing for one module: put small bugs into a copy of it, one at a time, and
 see whether the given tests catch each.
 
-    nice -n 15 python tools/mutate.py engine/_space.py tests/test_space.py tests/test_serial.py
+    nice -n 15 python tools/mutate.py engine/fd/_space.py tests/test_space.py tests/test_serial.py
 
 Each mutant is one single-point change to the module's syntax tree (see `_mutations`):
 an arithmetic or comparison operator swapped, `and`/`or` swapped, a `not` or a minus sign
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("module", help="the module to mutate, relative to the project root, "
-                                       "e.g. engine/_space.py")
+                                       "e.g. engine/fd/_space.py")
     parser.add_argument("tests", nargs="+", help="test files or node ids that cover it")
     parser.add_argument("-k", dest="keyword", help="passed to pytest's -k")
     parser.add_argument("--timeout", type=float, help="seconds per mutant before it counts as "

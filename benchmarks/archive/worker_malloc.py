@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 import engine
-from engine import _backends
-from engine._model import mlp, init_params
+from engine.run import _backends
+from engine.nn._model import mlp, init_params
 
 BATCH = int(sys.argv[1]) if len(sys.argv) > 1 else 100
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 7

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from engine._checkpoint import CheckpointError, load_checkpoint
-from engine._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_CLASSES, DataError, Dataset,
+from engine.train._checkpoint import CheckpointError, load_checkpoint
+from engine.data._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_CLASSES, DataError, Dataset,
                           load_embedded_mnist, read_mnist_csv)
-from engine._execution import DEFAULT_BACKEND, Execution, check_backend
-from engine._mnist_idx import load_mnist_dir
-from engine._run_folder import RUNS_FOLDER
-from engine._training import TrainConfig, TrainingState
+from engine.run._execution import DEFAULT_BACKEND, Execution, check_backend
+from engine.data._mnist_idx import load_mnist_dir
+from engine.train._run_folder import RUNS_FOLDER
+from engine.train._training import TrainConfig, TrainingState
 
 __all__ = ["prepare", "UsageError", "DEFAULTS", "CHECKPOINT_EVERY", "EXIT_BAD_INPUT"]
 

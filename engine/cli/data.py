@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from engine._data import BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_PIXELS, materialise_book_csvs
+from engine.data._data import BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_PIXELS, materialise_book_csvs
 
 __all__ = ["main"]
 

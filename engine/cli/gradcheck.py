@@ -9,15 +9,15 @@ from typing import Sequence
 
 import numpy as np
 
-from engine._data import N_CLASSES, N_PIXELS, DataError, load_embedded_mnist
-from engine._evaluators import EVALUATOR_CHOICES
-from engine._execution import DEFAULT_BACKEND
-from engine._gradcheck import DEFAULT_WORKERS, default_tol, failures, format_table, gradient_check
-from engine._layers import ACTIVATIONS
-from engine._model import DEFAULT_ACTIVATION
-from engine._nets import MLP
-from engine._schemes import AUTO, DEFAULT_STEP, SCHEMES
-from engine._training import TrainConfig
+from engine.data._data import N_CLASSES, N_PIXELS, DataError, load_embedded_mnist
+from engine.batched._detect import EVALUATOR_CHOICES
+from engine.run._execution import DEFAULT_BACKEND
+from engine.train._gradcheck import DEFAULT_WORKERS, default_tol, failures, format_table, gradient_check
+from engine.nn._layers import ACTIVATIONS
+from engine.nn._model import DEFAULT_ACTIVATION
+from engine.book._nets import MLP
+from engine.fd._schemes import AUTO, DEFAULT_STEP, SCHEMES
+from engine.train._training import TrainConfig
 from engine.cli._setup import EXIT_BAD_INPUT
 
 __all__ = ["main"]

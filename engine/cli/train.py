@@ -25,17 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from engine._checkpoint import (CheckpointError, atomic_write, save_checkpoint, save_npz_atomic,
+from engine.train._checkpoint import (CheckpointError, atomic_write, save_checkpoint, save_npz_atomic,
                                 write_json_atomic)
-from engine._data import EMBEDDED_TEST_SIZE, EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_PIXELS, DataError
-from engine._evaluators import EVALUATOR_CHOICES
-from engine._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND
-from engine._nets import BOOK_SIZES
-from engine._plots import plot_training, plots_available
-from engine._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
+from engine.data._data import EMBEDDED_TEST_SIZE, EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_PIXELS, DataError
+from engine.batched._detect import EVALUATOR_CHOICES
+from engine.run._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND
+from engine.book._nets import BOOK_SIZES
+from engine.train._plots import plot_training, plots_available
+from engine.train._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
-from engine._schemes import DEFAULT_STEP, SCHEMES
-from engine._training import GRADIENTS, Trainer
+from engine.fd._schemes import DEFAULT_STEP, SCHEMES
+from engine.train._training import GRADIENTS, Trainer
 from engine.cli._setup import CHECKPOINT_EVERY, DEFAULTS, EXIT_BAD_INPUT, UsageError, prepare
 
 __all__ = ["main"]
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- the output folder: created, locked, and never holding another run ---------------------------
 
 def _claim_folder(run: dict[str, Any], args) -> ClaimedFolder:
-    """Create and lock the run's folder (see `engine._run_folder`). Sets ``run["out"]``."""
+    """Create and lock the run's folder (see `engine.train._run_folder`). Sets ``run["out"]``."""
     if run["state"] is None and run["out"] is None:
         folder = claim_new_folder(RUNS_FOLDER)
     else:
@@ -188,7 +188,7 @@ def _cluster(run):
     """For ``--backend dask``: one client for the whole run (the engine uses the active one)."""
     if run["backend"] != "dask":
         return contextlib.nullcontext()
-    from engine._dask import open_client   # the optional dependency, imported only when asked for
+    from engine.run._dask import open_client   # the optional dependency, imported only when asked for
     return open_client(run["scheduler"], run["workers"])
 
 

@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 
 from ._threads import one_blas_thread
-from ._errors import WorkerError
-from ._evaluators import Report, bind, checked_output, get_evaluator, loss_at
+from .._errors import WorkerError
+from ..batched._detect import bind, get_evaluator
+from ..fd._evaluators import Report, checked_output, loss_at
 from ._payload import loads_bundle
-from ._schemes import get_scheme
-from ._space import ParamSpace
+from ..fd._schemes import get_scheme
+from ..fd._space import ParamSpace
 
 __all__ = ["Job", "Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
            "InlinePayload"]

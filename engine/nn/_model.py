@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine._functions import to_labels
-from engine._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
+from ._functions import to_labels
+from ._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
 
 DEFAULT_ACTIVATION = "sigmoid"   # the teaching text's hidden layer
 DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation

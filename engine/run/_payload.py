@@ -16,7 +16,7 @@ from typing import Any, Callable
 import cloudpickle
 import numpy as np
 
-from ._errors import PayloadError
+from .._errors import PayloadError
 
 __all__ = ["dumps_bundle", "loads_bundle"]
 

@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._loss_by_class import losses_by_class
-from ._layers import AFFINE, ELEMENTWISE
-from ._schemes import Scheme, auto_step
-from ._space import ParamSpace
+from ..nn._loss_by_class import losses_by_class
+from ..nn._layers import AFFINE, ELEMENTWISE
+from ..fd._schemes import Scheme, auto_step
+from ..fd._space import ParamSpace
 
 __all__ = ["batched_evaluate", "unsupported_layer", "BATCHED_KINDS", "DEFAULT_BLOCK_MEMORY"]
 

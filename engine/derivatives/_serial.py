@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._threads import one_blas_thread
-from ._evaluators import loop_evaluate
-from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP, get_scheme, resolve_steps
-from ._space import ParamSpace
+from ..run._threads import one_blas_thread
+from ..fd._evaluators import loop_evaluate
+from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP, get_scheme, resolve_steps
+from ..fd._space import ParamSpace
 
 __all__ = ["numerical_gradient"]
 

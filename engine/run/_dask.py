@@ -42,7 +42,7 @@ from typing import Iterator
 import numpy as np
 
 from ._worker import InlinePayload, Job, Task, evaluate_chunk
-from ._errors import WorkerLost
+from .._errors import WorkerLost
 
 try:
     import dask

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._execution import Execution, check_positive_int
-from ._space import split_range
+from ..fd._space import split_range
 
 __all__ = ["Plan", "Planner", "plan_chunks", "default_chunks_per_worker"]
 

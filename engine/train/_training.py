@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._data import Dataset
-from ._evaluators import AUTO_EVALUATOR
-from ._execution import Execution, check_positive_int
-from ._gradient import Gradient, Plan
-from ._model import DEFAULT_WEIGHT_STD, check_sizes, init_params, mlp
-from ._nets import BOOK_SIZES, Net
-from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP
+from ..data._data import Dataset
+from ..batched._detect import AUTO_EVALUATOR
+from ..run._execution import Execution, check_positive_int
+from ..derivatives._gradient import Gradient, Plan
+from ..nn._model import DEFAULT_WEIGHT_STD, check_sizes, init_params, mlp
+from ..book._nets import BOOK_SIZES, Net
+from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP
 
 __all__ = ["TrainConfig", "TrainingState", "Trainer", "GRADIENTS"]
 

@@ -15,52 +15,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._model import ModelLoss, Sequential
 from ._schemes import Scheme, auto_step
 from ._space import ParamSpace
 
-__all__ = ["loop_evaluate", "get_evaluator", "checked_loss", "checked_output", "annotate_error",
-           "bind", "is_model_objective", "model_of", "loss_at", "LoopOptions", "Report",
-           "EVALUATOR_NAMES", "AUTO_EVALUATOR", "EVALUATOR_CHOICES", "ON_FAILURE"]
+__all__ = ["loop_evaluate", "checked_loss", "checked_output", "annotate_error", "with_arguments",
+           "loss_at", "LoopOptions", "Report", "ON_FAILURE"]
 
-EVALUATOR_NAMES = ("loop", "batched")
-AUTO_EVALUATOR = "auto"   # batched where the model allows, else loop
-EVALUATOR_CHOICES = (AUTO_EVALUATOR, *EVALUATOR_NAMES)
 ON_FAILURE = ("raise", "one-sided", "nan")   # what a failed evaluation of f does; the first is the default
 
 
-def is_model_objective(f: Any) -> bool:
-    """True for a layered model's own loss, ``model.loss(params, x, t)`` (a bound method)."""
-    return getattr(f, "__func__", None) is Sequential.loss and isinstance(f.__self__, Sequential)
-
-
-def model_of(f: Any) -> Sequential | None:
-    """The `Sequential` whose loss `f` is (a `ModelLoss` or ``model.loss``), else None."""
-    if isinstance(f, ModelLoss):
-        return f.model
-    return f.__self__ if is_model_objective(f) else None
-
-
-def bind(f: Callable, args: tuple, x: Any) -> Callable:
-    """``f(x, *args)`` as the one-argument callable ``g(x)`` that the evaluators call.
-
-    A model's own loss ``model.loss`` with ``args = (inputs, labels)`` becomes a
-    `ModelLoss` over `x`, which the batched evaluator understands.
-
-    Raises
-    ------
-    TypeError
-        If `f` is ``model.loss`` and `args` is not ``(inputs, labels)``.
-    """
-    if is_model_objective(f):
-        if len(args) != 2:
-            raise TypeError("`f` is a model's loss, f(params, x, t): call the gradient with the "
-                            f"params, the inputs and the labels, got {len(args)} argument(s) "
-                            "after the params")
-        return ModelLoss(f.__self__, x, *args)
-    if not args:
-        return f
-    return _WithArguments(f, tuple(args))
+def with_arguments(f: Callable, args: tuple) -> Callable:
+    """``f(x, *args)`` as the one-argument callable ``g(x)`` that the evaluators call."""
+    return _WithArguments(f, tuple(args)) if args else f
 
 
 class _WithArguments:
@@ -73,16 +39,6 @@ class _WithArguments:
 
     def __call__(self, x: Any) -> Any:
         return self.f(x, *self.args)
-
-
-def get_evaluator(name: str) -> Callable:
-    """The evaluation function registered under `name` (``"loop"`` or ``"batched"``)."""
-    if name == "loop":
-        return loop_evaluate
-    if name == "batched":
-        from ._batched import batched_evaluate  # the layered-model evaluator
-        return batched_evaluate
-    raise ValueError(f"`evaluator` must be one of {EVALUATOR_NAMES} or {AUTO_EVALUATOR!r}, got {name!r}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from ._shared_memory import SharedValues, remove_stale_shared_files
 from ._threads import SINGLE_THREAD_ENVIRONMENT
 from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
-from ._errors import PayloadError, RemoteTraceback, WorkerLost
+from .._errors import PayloadError, RemoteTraceback, WorkerLost
 from ._execution import in_daemonic_process
 
 __all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
-from ._execution import EXECUTION_FIELDS, Execution
+from ..run._execution import EXECUTION_FIELDS, Execution
 from ._gradient import Gradient, Jacobian
 
 __all__ = ["parallel_numerical_gradient", "jacobian"]

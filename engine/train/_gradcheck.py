@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ._execution import Execution
-from ._functions import to_labels
-from ._nets import Net
-from ._parallel import parallel_numerical_gradient
-from ._evaluators import AUTO_EVALUATOR
-from ._schemes import DEFAULT_SCHEME, DEFAULT_STEP
+from ..run._execution import Execution
+from ..nn._functions import to_labels
+from ..book._nets import Net
+from ..derivatives._parallel import parallel_numerical_gradient
+from ..batched._detect import AUTO_EVALUATOR
+from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
            "LABEL_FORMS", "DEFAULT_WORKERS"]
@@ -111,7 +111,7 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
 
     Examples
     --------
-    >>> from engine._nets import MLP
+    >>> from ..book._nets import MLP
     >>> net = MLP([4, 3, 2], seed=0)
     >>> report = gradient_check(net, np.ones(4), 1)
     >>> all(d.relative < 1e-6 for d in report.values())

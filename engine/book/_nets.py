@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ._functions import softmax
-from ._execution import Execution
-from ._gradient import Gradient
-from ._data import N_CLASSES, N_PIXELS
-from ._layers import Affine, SoftmaxCrossEntropy
-from ._model import DEFAULT_ACTIVATION, DEFAULT_WEIGHT_STD, ModelLoss, Sequential, init_params, mlp
+from ..nn._functions import softmax
+from ..run._execution import Execution
+from ..derivatives._gradient import Gradient
+from ..data._data import N_CLASSES, N_PIXELS
+from ..nn._layers import Affine, SoftmaxCrossEntropy
+from ..nn._model import DEFAULT_ACTIVATION, DEFAULT_WEIGHT_STD, ModelLoss, Sequential, init_params, mlp
 
 __all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP", "BOOK_SIZES"]
 

@@ -38,7 +38,7 @@ that :func:`engine.mlp` can build.
 
 import numpy as np
 
-from engine._functions import _check_logits_labels, sigmoid, softmax, softmax_cross_entropy
+from ._functions import _check_logits_labels, sigmoid, softmax, softmax_cross_entropy
 
 AFFINE = "affine"
 ELEMENTWISE = "elementwise"

@@ -25,23 +25,21 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._threads import one_blas_thread
-from ._worker import Job
-from ._backends import make_pool, shared_pool
-from ._batched import BATCHED_KINDS, DEFAULT_BLOCK_MEMORY, unsupported_layer
-from ._errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
+from ..run._threads import one_blas_thread
+from ..run._worker import Job
+from ..run._backends import make_pool, shared_pool
+from ..batched._batched import DEFAULT_BLOCK_MEMORY
+from ..batched._detect import AUTO_EVALUATOR, EVALUATOR_CHOICES, bind, choose_evaluator, get_evaluator
+from .._errors import (NumericalFallbackWarning, StateNotShippedError, StepSizeWarning,
                      WorkerLost, WorkerLostError)
-from ._evaluators import (AUTO_EVALUATOR, EVALUATOR_CHOICES, EVALUATOR_NAMES, ON_FAILURE, LoopOptions,
-                          Report, bind, checked_output, get_evaluator, is_model_objective, loss_at,
-                          model_of)
-from ._execution import Execution, check_positive_int
-from ._model import ModelLoss
-from ._payload import dumps_bundle
-from ._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
-from ._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP, check_step, get_scheme, resolve_steps
-from ._space import ParamSpace
+from ..fd._evaluators import ON_FAILURE, LoopOptions, Report, checked_output, loss_at
+from ..run._execution import Execution, check_positive_int
+from ..run._payload import dumps_bundle
+from ..run._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
+from ..fd._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP, check_step, get_scheme, resolve_steps
+from ..fd._space import ParamSpace
 
-__all__ = ["Gradient", "Jacobian", "Failure", "choose_evaluator"]
+__all__ = ["Gradient", "Jacobian", "Failure"]
 
 CENTER = -1                  # the task number of f(x) itself
 _STEP_TOLERANCE = 0.01       # warn when the stored step differs from h by more than this share
@@ -436,49 +434,6 @@ class Gradient:
             "function (a closure or lambda), which is shipped together with `x`. If `f` is "
             "not deterministic, pass check_state=False."
         )
-
-
-def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = None) -> str:
-    """Resolve ``"auto"`` to ``"batched"`` where `f` is a layered model's loss over `x`.
-
-    `loop_only` names an option that only the loop evaluator supports, if one is set.
-    ``"auto"`` warns where it would have chosen ``"batched"`` but a layer of the model
-    is neither affine nor elementwise (see `engine._batched.unsupported_layer`).
-
-    Raises
-    ------
-    ValueError
-        For an unknown name, or ``"batched"`` with an `f`, a layer or an option it cannot
-        evaluate.
-    """
-    batched_ok = (isinstance(f, ModelLoss) and f.params is x) or (
-        is_model_objective(f) and isinstance(x, dict))
-    layer = unsupported_layer(model_of(f)) if batched_ok else None
-    if evaluator == AUTO_EVALUATOR:
-        if isinstance(f, ModelLoss) and not batched_ok:
-            warnings.warn("`f` is a ModelLoss, but `x` is not its params dict, so evaluator='auto' "
-                          "uses the loop evaluator (about 1,000x slower on the book's net): pass "
-                          "x = f.params", stacklevel=4)
-        if layer is not None and loop_only is None:
-            warnings.warn(f"the model of `f` has the layer {layer!r}, whose `kind` is not one of "
-                          f"{BATCHED_KINDS}, so evaluator='auto' uses the loop evaluator (the "
-                          "batched one takes only such layers)", stacklevel=4)
-        return "batched" if batched_ok and layer is None and loop_only is None else "loop"
-    if evaluator not in EVALUATOR_NAMES:
-        raise ValueError(f"`evaluator` must be one of {EVALUATOR_CHOICES}, got {evaluator!r}")
-    if evaluator == "batched" and loop_only is not None:
-        raise ValueError(f"evaluator='batched' does not support {loop_only}: use 'loop' or 'auto'")
-    if evaluator == "batched" and not batched_ok:
-        raise ValueError(
-            "evaluator='batched' needs `f` to be a layered model's loss: `model.loss` with a "
-            "params dict as `x` (g(params, inputs, labels)), or an engine.ModelLoss "
-            "over `x` (net.loss_function(inputs, labels) with x = net.params); use 'loop' "
-            "for any other f")
-    if evaluator == "batched" and layer is not None:
-        raise ValueError(f"evaluator='batched' cannot take the layer {layer!r} of the model of "
-                         f"`f`: its `kind` is not one of {BATCHED_KINDS} (see engine._layers); "
-                         "use 'loop' or 'auto'")
-    return evaluator
 
 
 def _bounds_per_array(bounds: tuple | None, space: ParamSpace) -> tuple | None:

@@ -1,0 +1,1 @@
+"""The teaching text's nets (`SimpleNet`, `ThreeLayerNet`, `MLP`), built on the engine."""

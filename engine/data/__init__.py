@@ -1,0 +1,1 @@
+"""The data: the embedded MNIST subset, CSV and IDX files."""

@@ -1,0 +1,1 @@
+"""The derivatives users call: `Gradient`, `Jacobian` and the one-shot functions."""

@@ -1,0 +1,1 @@
+"""The layered model: functions, layers, `Sequential`."""

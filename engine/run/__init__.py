@@ -1,0 +1,1 @@
+"""Where chunks run: execution options, the planner, the worker loop, pools, shared memory, Dask."""

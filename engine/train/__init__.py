@@ -1,0 +1,1 @@
+"""Above the engine: the gradient check, the trainer, checkpoints, run folders and plots."""
