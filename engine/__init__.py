@@ -16,7 +16,8 @@ from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedErr
                       StepSizeWarning, WorkerError, WorkerLostError)
 from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
-from .derivatives._gradient import Failure, Gradient, Jacobian
+from .derivatives._failures import Failure
+from .derivatives._gradient import Gradient, Jacobian
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
