@@ -19,7 +19,8 @@ from ..data._data import Dataset
 from ..batched._detect import AUTO_EVALUATOR
 from ..run._execution import Execution, check_positive_int
 from ..derivatives._gradient import Gradient, Plan
-from ..nn._model import DEFAULT_WEIGHT_STD, check_sizes, init_params, mlp
+from ..nn._layers import ACTIVATIONS
+from ..nn._model import DEFAULT_ACTIVATION, DEFAULT_WEIGHT_STD, check_sizes, init_params, mlp
 from ..book._nets import BOOK_SIZES, Net
 from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP
 
@@ -42,7 +43,8 @@ class TrainConfig:
         Naming the field: `sizes` not at least two positive ints; `lr` or
         `weight_init_std` not a positive finite number; `batch_size` not a positive int;
         `steps`, `seed` or `eval_every` not a non-negative int; `shuffle` not a bool;
-        `gradient` not one of `GRADIENTS`.
+        `gradient` not one of `GRADIENTS`; `activation` not one of ``sigmoid``, ``relu``,
+        ``tanh``.
     """
 
     sizes: tuple[int, ...] = BOOK_SIZES
@@ -50,13 +52,14 @@ class TrainConfig:
     lr: float = 0.1
     batch_size: int = 1
     steps: int = 100
-    h: float = DEFAULT_STEP
+    h: float | str = DEFAULT_STEP   # or "auto"
     scheme: str = DEFAULT_SCHEME
     seed: int = 0
     shuffle: bool = False
     gradient: str = NUMERICAL
     evaluator: str = AUTO_EVALUATOR
     eval_every: int = 0          # steps between test evaluations; 0: each epoch's end only
+    activation: str = DEFAULT_ACTIVATION   # between the affine layers
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(check_sizes(self.sizes)))
@@ -72,6 +75,9 @@ class TrainConfig:
             raise ValueError(f"`shuffle` must be True or False, got {self.shuffle!r}")
         if self.gradient not in GRADIENTS:
             raise ValueError(f"`gradient` must be one of {GRADIENTS}, got {self.gradient!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {sorted(ACTIVATIONS)}, got "
+                             f"{self.activation!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sizes": list(self.sizes)}
@@ -143,7 +149,7 @@ class Trainer:
             raise ValueError(f"`batch_size` {config.batch_size} is more than the {len(train)} "
                              "training images")
         self.config, self.train, self.test = config, train, test
-        self.net = Net(mlp(config.sizes), {})   # the structure; its params are the state's
+        self.net = Net(mlp(config.sizes, config.activation), {})   # the structure; its params are the state's
         self.gradient = None
         if config.gradient != BACKPROP:
             self.gradient = Gradient(self.net.model.loss, h=config.h, scheme=config.scheme,
