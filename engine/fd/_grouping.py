@@ -22,7 +22,6 @@ __all__ = ["Pattern", "group_columns", "check_groups", "members", "scipy_sparse"
 
 SPARSE_EXTRA = "numgrad-engine[sparse]"   # the extra that installs SciPy
 _GRAPH_PAIRS = 4_000_000   # most column pairs the intersection graph is built from
-_REFINE_ROUNDS = 6         # iterated-greedy passes over the best colouring found
 
 
 def scipy_sparse():
@@ -123,8 +122,8 @@ def group_columns(pattern: Any) -> np.ndarray:
     """Group the columns of a sparse Jacobian so that each group costs one evaluation of `f`.
 
     The greedy colouring of the columns' intersection graph, in several orders (natural,
-    DSatur's, largest-first, smallest-last, incidence-degree), each refined by iterated
-    greedy passes; the grouping with the fewest groups is kept. (Patterns whose graph
+    DSatur's, largest-first, smallest-last, incidence-degree); the grouping with the
+    fewest groups is kept. (Patterns whose graph
     would have more than 4 million edges get only the natural order and a largest-first
     order by an upper bound on the degree.)
 
@@ -167,7 +166,7 @@ def group_columns(pattern: Any) -> np.ndarray:
     csc = (pattern.col_ptr.tolist(), pattern.rows.tolist())
     best = None
     for order in _orders(pattern):
-        colours = _refine(_greedy(order, csc, m), csc, m)
+        colours = _greedy(order, csc, m)
         if best is None or colours.max() < best.max():
             best = colours
         if best.max() + 1 == bound:
@@ -231,20 +230,6 @@ def _greedy(order: np.ndarray, csc: tuple[list, list], m: int) -> np.ndarray:
         for i in its_rows:
             used[i] |= bit
         colours[j] = colour
-    return colours
-
-
-def _refine(colours: np.ndarray, csc: tuple[list, list], m: int) -> np.ndarray:
-    """Iterated greedy (Culberson): recolouring the groups one after another, largest group
-    first, never needs more groups, and often needs fewer."""
-    for _ in range(_REFINE_ROUNDS):
-        sizes = np.bincount(colours)
-        rank = np.argsort(np.argsort(-sizes, kind="stable"), kind="stable")
-        order = np.argsort(rank[colours], kind="stable")
-        again = _greedy(order, csc, m)
-        if again.max() >= colours.max():
-            return colours if again.max() > colours.max() else again
-        colours = again
     return colours
 
 
