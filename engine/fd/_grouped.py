@@ -207,10 +207,8 @@ class _Group:
             self._restore()
 
     def _place(self, offsets: np.ndarray) -> np.ndarray:
-        """Move the columns to ``base + offsets`` (kept inside the bounds); the stored steps."""
+        """Move the columns to ``base + offsets``; the steps actually stored."""
         points = self.base + offsets
-        if self.lower is not None:
-            points = np.clip(points, self.lower, self.upper)
         stored = np.empty(offsets.size)
         for position, selected, index in self.places:
             array = self.space.arrays[position]
@@ -227,9 +225,10 @@ class _Group:
         if lost.size:
             j = int(lost[0])
             raise ValueError(
-                f"{self.space.describe(int(self.columns[j]))} = {self.base[j]!r} + {offsets[j]!r} "
-                f"rounds back to {self.base[j]!r}: nothing would be perturbed. Use a larger `h`, "
-                "h='auto' (a step relative to |x_i| and the dtype), or float64")
+                f"{self.space.describe(int(self.columns[j]))} = {float(self.base[j])!r} + "
+                f"{float(offsets[j])!r} rounds back to {float(self.base[j])!r}: nothing would be "
+                "perturbed. Use a larger `h`, h='auto' (a step relative to |x_i| and the dtype), "
+                "or float64")
         fixed = moved & ~self.relative
         if fixed.any():
             deviation = np.abs(stored[fixed] - offsets[fixed]) / np.abs(offsets[fixed])
