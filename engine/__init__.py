@@ -16,7 +16,9 @@ from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedErr
                       StepSizeWarning, WorkerError, WorkerLostError)
 from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
-from .derivatives._gradient import Failure, Gradient, Jacobian
+from .derivatives._gradient import Failure, Gradient
+from .derivatives._sparse import Jacobian
+from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
@@ -32,6 +34,7 @@ __all__ = [
     "Gradient",
     "jacobian",
     "Jacobian",
+    "group_columns",
     "Execution",
     "Plan",
     "Failure",

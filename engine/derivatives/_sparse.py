@@ -1,10 +1,11 @@
-"""Sparse Jacobians: the column groups of a sparsity pattern as the tasks of a `Jacobian`.
+"""`engine.Jacobian`: the dense Jacobian of `engine.derivatives._gradient`, or a sparse one.
 
 With ``sparsity=`` a Jacobian's tasks are not x's entries but groups of structurally
 independent columns (`engine.fd._grouping`); each task perturbs its whole group at once
 (`engine.fd._grouped`), so a tridiagonal Jacobian of any size costs 3 groups. The rows
 of the groups are scattered into a ``scipy.sparse.csr_array`` holding exactly the
-pattern's entries.
+pattern's entries. The chunking, the pool, the plan and the state check are the
+`Gradient`'s, through its hooks.
 """
 from __future__ import annotations
 
@@ -13,12 +14,153 @@ from typing import Any
 
 import numpy as np
 
+from ..batched._detect import AUTO_EVALUATOR, bind
+from ..fd._bounds import bounds_per_array
 from ..fd._evaluators import LoopOptions, loop_evaluate
 from ..fd._grouped import GROUPED_SCHEMES, GroupedOptions
 from ..fd._grouping import Pattern, check_groups, group_columns, members, scipy_sparse
+from ..fd._schemes import resolve_steps
 from ..fd._space import ParamSpace
+from ._gradient import Jacobian as DenseJacobian
 
-__all__ = ["Sparsity", "resolve_sparsity", "assemble_csr", "missed_nonzero"]
+__all__ = ["Jacobian", "Sparsity", "resolve_sparsity", "assemble_csr", "missed_nonzero"]
+
+GROUPED = "grouped"   # the evaluator of a sparse Jacobian (engine.run._job.EVALUATORS)
+
+
+class Jacobian(DenseJacobian):
+    """The Jacobian of a vector-valued ``f(x, *args)`` with respect to `x`, dense or sparse.
+
+    Without `sparsity`, exactly the dense `Jacobian` described below the parameters.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x, *args) -> array`` of m outputs (any shape, flattened in C order).
+    sparsity : scipy.sparse matrix or array, array_like of shape (m, n), or (pattern, groups), optional
+        Which outputs may depend on which inputs: entry (i, j) nonzero (a dense array of
+        bools or 0/1 numbers, or the stored nonzeros of a sparse one) where output i may
+        depend on entry j of `x` (x's entries in flat C order over all its arrays). The
+        columns are grouped by `engine.group_columns`, or by the given ``groups`` (one
+        integer per column, checked: two columns sharing a row in one group are refused,
+        naming them). Each group costs one evaluation of `f` (forward) or two (central),
+        plus ``f(x)`` once per call; the groups are the tasks spread over the workers.
+        Needs SciPy (``pip install 'numgrad-engine[sparse]'``).
+    check_sparsity : bool, default False
+        On the first call, compute the dense Jacobian once, in this process, by the loop
+        evaluator (n or 2n evaluations of `f`) and raise `ValueError` naming an output and
+        an entry of `x` where it is not exactly 0 outside the pattern. A debugging aid:
+        a pattern that misses a real nonzero silently mixes that column into the others
+        of its group.
+    **options
+        As `engine.Gradient` (``h``, ``scheme``, ``on_failure``, ``bounds``, ``check_state``,
+        ``execution`` and the execution keywords). With `sparsity`: ``scheme`` is
+        ``"forward"`` or ``"central"``; near a bound each column of a group steps inward on
+        its own side (forward: ``x_j - h``; central: a one-sided second-order difference,
+        ``x_j + s*h'`` and ``x_j + 2*s*h'``, ``h' = min(h, room / 2)``, with ``f(x)``:
+        SciPy's rule); with ``on_failure`` a failed evaluation concerns every column of its
+        group: ``"nan"`` makes all their entries NaN, ``"one-sided"`` takes the other
+        evaluation with ``f(x)`` (forward: ``x_j - h`` for the group's columns the bounds
+        allow), NaN where none survived. `evaluator` does not apply.
+
+    Returns (calling)
+    -----------------
+    ``J(x, *args)`` with `sparsity`: a ``scipy.sparse.csr_array`` of shape (m, n), float64,
+    holding exactly the pattern's entries (sorted indices; a derivative that is 0 is
+    stored as an explicit 0), whatever `x`'s structure. ``J.value_and_grad(x, *args)``:
+    ``(f(x), that array)``.
+
+    Exactness: the same bits at any worker count, in this process or not. For an `f`
+    whose each output is computed from its own inputs alone (elementwise NumPy,
+    stencils), each entry is bit for bit the dense loop Jacobian's (the rows see the
+    same numbers whether a column moves alone or with its group), except near bounds with
+    the central scheme (the second-order one-sided rule above, where the dense Jacobian
+    takes a first-order one).
+
+    Raises
+    ------
+    ImportError
+        `sparsity` without SciPy, at construction.
+    TypeError, ValueError
+        A bad pattern or groups, a scheme other than forward / central, or `evaluator`
+        with `sparsity`, at construction; a pattern whose n is not x's size, before any
+        work; an `f` whose number of outputs is not the pattern's m, at its first
+        evaluation; a missed nonzero with ``check_sparsity=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pattern = np.eye(5) + np.eye(5, k=1) + np.eye(5, k=-1)        # tridiagonal
+    >>> f = lambda v: v ** 2 + np.roll(v, 1) * (np.arange(5) > 0)      # r_i = v_i^2 + v_(i-1)
+    >>> with Jacobian(f, sparsity=pattern, workers=1) as J:
+    ...     result = J(np.arange(5.0))
+    >>> type(result).__name__, result.nnz
+    ('csr_array', 13)
+    >>> np.round(result.toarray(), 6)
+    array([[0., 0., 0., 0., 0.],
+           [1., 2., 0., 0., 0.],
+           [0., 1., 4., 0., 0.],
+           [0., 0., 1., 6., 0.],
+           [0., 0., 0., 1., 8.]])
+    """
+
+    def __init__(self, f: Any, *, sparsity: Any = None, check_sparsity: bool = False, **options: Any):
+        super().__init__(f, **options)
+        if not isinstance(check_sparsity, (bool, np.bool_)):
+            raise ValueError(f"`check_sparsity` must be True or False, got {check_sparsity!r}")
+        if sparsity is None:
+            if check_sparsity:
+                raise ValueError("`check_sparsity=True` checks a pattern: pass `sparsity` too")
+            self.sparsity, self._check_pending = None, False
+            return
+        if self.evaluator != AUTO_EVALUATOR:
+            raise ValueError(f"`evaluator` does not apply with `sparsity` (the column groups have "
+                             f"their own evaluator), got evaluator={self.evaluator!r}")
+        if self.scheme.name not in GROUPED_SCHEMES:
+            raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES}, "
+                             f"got {self.scheme.name!r}")
+        self.sparsity = resolve_sparsity(sparsity)
+        self._check_pending = bool(check_sparsity)
+
+    # -- the hooks of a derivative kind --------------------------------------------------------
+
+    def _evaluator_name(self, x: Any, steps: list) -> str:
+        return super()._evaluator_name(x, steps) if self.sparsity is None else GROUPED
+
+    def _task_count(self, space: ParamSpace) -> int:
+        return super()._task_count(space) if self.sparsity is None else self.sparsity.n_groups
+
+    def _options(self, space: ParamSpace, evaluator: str) -> Any:
+        if evaluator != GROUPED:
+            return super()._options(space, evaluator)
+        check_shape(self.sparsity, space)
+        return self.sparsity.options(self.on_failure,
+                                     flat_bounds(bounds_per_array(self.bounds, space)))
+
+    def _needs_center(self, evaluator: str) -> bool:
+        if evaluator != GROUPED:
+            return super()._needs_center(evaluator)
+        return self.scheme.uses_center or self.bounds is not None or self.on_failure == "one-sided"
+
+    def _assemble(self, space: ParamSpace, rows: np.ndarray, center: Any) -> Any:
+        if self.sparsity is None:
+            return super()._assemble(space, rows, center)
+        return assemble_csr(self.sparsity, rows)
+
+    def _compute(self, x: Any, args: tuple, want_value: bool) -> tuple[Any, Any]:
+        if self._check_pending:
+            self._check_pattern(x, args)
+        return super()._compute(x, args, want_value)
+
+    def _check_pattern(self, x: Any, args: tuple) -> None:
+        """The first call's `check_sparsity`: the dense Jacobian here, by the loop evaluator."""
+        space = ParamSpace(x)
+        check_shape(self.sparsity, space)
+        steps = resolve_steps(self.h, space.keys, space.labels)
+        loop = LoopOptions(bounds=bounds_per_array(self.bounds, space), vector=True)
+        dense = dense_jacobian(bind(self.f, args, x), space, steps, self.scheme, loop)
+        missed_nonzero(self.sparsity, dense, space)
+        self._check_pending = False
 
 
 @dataclass(frozen=True, eq=False)
