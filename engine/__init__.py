@@ -17,7 +17,9 @@ from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedErr
 from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
 from .derivatives._failures import Failure
-from .derivatives._gradient import Gradient, Jacobian
+from .derivatives._gradient import Gradient
+from .derivatives._sparse import Jacobian
+from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
@@ -33,6 +35,7 @@ __all__ = [
     "Gradient",
     "jacobian",
     "Jacobian",
+    "group_columns",
     "Execution",
     "Plan",
     "Failure",

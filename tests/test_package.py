@@ -14,7 +14,8 @@ COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
     "numerical_gradient": "derivatives._serial", "parallel_numerical_gradient": "derivatives._parallel",
     "jacobian": "derivatives._parallel", "Gradient": "derivatives._gradient",
-    "Jacobian": "derivatives._gradient", "Plan": "run._planning", "Failure": "derivatives._failures",
+    "Jacobian": "derivatives._sparse", "group_columns": "fd._grouping", "Plan": "run._planning",
+    "Failure": "derivatives._failures",
     "Execution": "run._execution", "gradient_check": "train._gradcheck",
     "GradientDifference": "train._gradcheck", "format_table": "train._gradcheck", "SimpleNet": "book._nets",
     "ThreeLayerNet": "book._nets", "MLP": "book._nets", "Sequential": "nn._model", "mlp": "nn._model",

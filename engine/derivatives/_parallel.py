@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from ..run._execution import EXECUTION_FIELDS, Execution
-from ._gradient import Gradient, Jacobian
+from ._gradient import Gradient
+from ._sparse import Jacobian
 
 __all__ = ["parallel_numerical_gradient", "jacobian"]
 

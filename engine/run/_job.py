@@ -22,6 +22,7 @@ import numpy as np
 
 from ..batched._detect import get_evaluator
 from ..fd._evaluators import LoopOptions, Report, checked_output, loss_at
+from ..fd._grouped import grouped_evaluate
 from ..fd._schemes import get_scheme
 from ..fd._space import ParamSpace
 from ._blas import one_blas_thread
@@ -81,6 +82,7 @@ def _batched(f, space, steps, scheme, start, stop, cache, options, report):
 EVALUATORS: dict[str, Callable[..., np.ndarray]] = {
     "loop": _loop,
     "batched": _batched,
+    "grouped": grouped_evaluate,   # a sparse Jacobian's column groups (engine.fd._grouped)
 }
 
 
