@@ -18,14 +18,16 @@ DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation
 
 
 def _as_batch(x):
-    """Return `x` as a float 2-D batch (B, n_in); a 1-D `x` is a batch of one."""
+    """Return `x` as a float batch (B, n_in) or (B, *sample); a 1-D `x` is a batch of one."""
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    x = np.atleast_2d(x)
-    if x.ndim != 2:
-        raise ValueError(f"`x` must be 1-D (n_in,) or 2-D (B, n_in), got shape {x.shape}.")
-    return x
+    return np.atleast_2d(x)
+
+
+def _sample_shape(x):
+    """What the first layer's `check` gets: the width n_in, or the shape of one sample."""
+    return x.shape[1] if x.ndim == 2 else x.shape[1:]
 
 
 def _backward_step(layer, params, z, out, dout, grads):
@@ -69,6 +71,66 @@ class Sequential:
             names.extend(n for n in layer.param_names() if n not in names)
         return names
 
+    def for_inference(self):
+        """The net with every layer that has a ``for_inference()`` in inference mode.
+
+        Returns
+        -------
+        Sequential
+            `self` when no layer changes (no batch normalization or dropout); else a new
+            net over the same loss layer, whose batch-normalization layers read the
+            running statistics from the dict passed as `params` (``{**params, **state}``).
+        """
+        layers = [layer.for_inference() if hasattr(layer, "for_inference") else layer
+                  for layer in self.layers]
+        if all(new is old for new, old in zip(layers, self.layers)):
+            return self
+        return Sequential(layers, self.loss_layer)
+
+    def state_names(self):
+        """Names of the layers' state that is not differentiated (running statistics); list of str."""
+        return [name for layer in self.layers for name in getattr(layer, "state_names", list)()]
+
+    def init_state(self, params, x):
+        """The state before any training step, for inputs shaped like `x`.
+
+        Returns
+        -------
+        dict of str to ndarray
+            One entry per name in :meth:`state_names` (``{}`` for a net without state).
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`logits`.
+        """
+        width = _sample_shape(_as_batch(x))
+        state = {}
+        for layer in self.layers:
+            if hasattr(layer, "init_state"):
+                state.update(layer.init_state(width))
+            width = layer.check(params, width)
+        return state
+
+    def update_state(self, params, state, x):
+        """Advance `state` (running statistics) by one training batch `x`, replacing its arrays.
+
+        Run once per training step, after the gradient: the loss never changes the state,
+        so a numerical gradient's thousands of evaluations leave it as it was.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`logits`; ValueError if `state` lacks a name of :meth:`state_names`.
+        """
+        missing = [name for name in self.state_names() if name not in state]
+        if missing:
+            raise ValueError(f"`state` has no entry {missing[0]!r}; start from init_state().")
+        trace = self.trace(params, x)
+        for layer, z in zip(self.layers, trace):
+            if hasattr(layer, "update_state"):
+                layer.update_state(params, z, state)
+
     def _check_params(self, params, n_in):
         """Check `params` against the layers for input width `n_in`; return C."""
         if not isinstance(params, Mapping):
@@ -81,7 +143,7 @@ class Sequential:
     def _inputs(self, params, x, t):
         """Validate and normalise: return x (B, n_in) float and labels int64 (B,)."""
         x = _as_batch(x)
-        n_classes = self._check_params(params, x.shape[1])
+        n_classes = self._check_params(params, _sample_shape(x))
         return x, to_labels(t, n_classes, batch_size=x.shape[0])
 
     def _forward(self, params, z):
@@ -110,8 +172,10 @@ class Sequential:
         ----------
         params : dict of str to ndarray
             Arrays named by the layers (see :meth:`param_names`).
-        x : array_like, shape (B, n_in) or (n_in,)
-            Inputs; 1-D means a batch of one. Non-float input is converted to float64.
+        x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
+            Inputs; 1-D means a batch of one; samples of several axes (images
+            (B, C, H, W)) go to layers that take them (`engine.nn._conv`). Non-float
+            input is converted to float64.
 
         Returns
         -------
@@ -121,8 +185,8 @@ class Sequential:
         Raises
         ------
         ValueError
-            If `x` has more than 2 dimensions, or `params` lacks an array or has one of
-            the wrong shape for `x`.
+            If a layer cannot take the samples of `x` (naming the layer), or `params`
+            lacks an array or has one of the wrong shape for `x`.
         TypeError
             If `params` is not a mapping.
 
@@ -133,7 +197,7 @@ class Sequential:
         (1, 2)
         """
         x = _as_batch(x)
-        self._check_params(params, x.shape[1])
+        self._check_params(params, _sample_shape(x))
         return self._forward(params, x)
 
     def trace(self, params, x):
@@ -143,13 +207,13 @@ class Sequential:
         ----------
         params : dict of str to ndarray
             As in :meth:`logits`.
-        x : array_like, shape (B, n_in) or (n_in,)
+        x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
             As in :meth:`logits`.
 
         Returns
         -------
         list of ndarray, length ``len(self.layers) + 1``
-            ``trace[0]`` is the float 2-D batch ``np.atleast_2d(x)``; ``trace[i]`` is the
+            ``trace[0]`` is the float batch ``np.atleast_2d(x)``; ``trace[i]`` is the
             input of ``self.layers[i]`` (the output of ``self.layers[i - 1]``); the last
             entry ``trace[len(self.layers)]`` is the logits (B, C), as from :meth:`logits`.
 
@@ -165,7 +229,7 @@ class Sequential:
         [(5, 4), (5, 3), (5, 3), (5, 2)]
         """
         x = _as_batch(x)
-        self._check_params(params, x.shape[1])
+        self._check_params(params, _sample_shape(x))
         return self._trace(params, x)
 
     def loss(self, params, x, t):
@@ -175,7 +239,7 @@ class Sequential:
         ----------
         params : dict of str to ndarray
             As in :meth:`logits`.
-        x : array_like, shape (B, n_in) or (n_in,)
+        x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
             As in :meth:`logits`.
         t : array_like
             Int labels (B,) or a scalar, or one-hot (B, C) or (C,); see
@@ -252,8 +316,8 @@ class ModelLoss:
     params : dict of str to ndarray
         Its parameters. Kept as the very same object (no copy): in-place changes to its
         arrays change the value of ``f``.
-    x : array_like, shape (B, n_in) or (n_in,)
-        Inputs; stored as a float64 C-contiguous copy of shape (B, n_in).
+    x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
+        Inputs; stored as a float64 C-contiguous copy of shape (B, n_in) or (B, *sample).
     t : array_like
         Targets, as in :meth:`Sequential.loss`; stored as int64 labels (B,).
 
@@ -262,7 +326,7 @@ class ModelLoss:
     model : Sequential
     params : dict of str to ndarray
         The object passed in.
-    x : ndarray of float64, shape (B, n_in)
+    x : ndarray of float64, shape (B, n_in) or (B, *sample)
     labels : ndarray of int64, shape (B,)
 
     Raises
