@@ -115,13 +115,18 @@ class SimpleNet(Net):
 
 
 class MLP(Net):
-    """A multi-layer perceptron of widths `sizes`, e.g. ``[784, 100, 50, 10]``."""
+    """A multi-layer perceptron of widths `sizes`, e.g. ``[784, 100, 50, 10]``.
+
+    With ``batch_norm=True`` and/or ``dropout > 0``, the book's ``MultiLayerNetExtend``
+    (see `engine.mlp`); its running statistics start in `state` (means 0, variances 1).
+    """
 
     def __init__(self, sizes, activation: str = DEFAULT_ACTIVATION,
                  weight_init_std: float = DEFAULT_WEIGHT_STD, seed: int | None = None,
-                 dtype=np.float64):
-        super().__init__(mlp(sizes, activation),
-                         init_params(sizes, weight_init_std, seed=seed, dtype=dtype))
+                 dtype=np.float64, *, batch_norm: bool = False, dropout: float = 0.0):
+        model = mlp(sizes, activation, batch_norm=batch_norm, dropout=dropout)
+        params = init_params(sizes, weight_init_std, seed=seed, dtype=dtype, batch_norm=batch_norm)
+        super().__init__(model, params, model.init_state(params, np.zeros((1, sizes[0]))))
         self.sizes = list(sizes)
 
 

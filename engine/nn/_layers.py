@@ -101,8 +101,8 @@ class Affine(Layer):
     def check(self, params, n_in):
         """Return n_out; ValueError unless W is (n_in, n_out) and b, if named, is (n_out,)."""
         if isinstance(n_in, tuple):
-            raise ValueError(f"{self!r} needs rows, samples of one axis, got samples of shape "
-                             f"{n_in}: put Reshape(-1) before it.")
+            raise ValueError(f"{self!r} needs rows, samples of one axis, but `x` (or the layer "
+                             f"before) gives samples of shape {n_in}: put Reshape(-1) before it.")
         w_shape = np.shape(_lookup(params, self.weight))
         if len(w_shape) != 2 or w_shape[0] != n_in:
             raise ValueError(

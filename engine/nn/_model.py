@@ -12,6 +12,7 @@ import numpy as np
 
 from ._functions import to_labels
 from ._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
+from ._regularize import BatchNormalization, Dropout
 
 DEFAULT_ACTIVATION = "sigmoid"   # the teaching text's hidden layer
 DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation
@@ -372,7 +373,7 @@ def check_sizes(sizes):
     return [int(size) for size in sizes]
 
 
-def mlp(sizes, activation=DEFAULT_ACTIVATION):
+def mlp(sizes, activation=DEFAULT_ACTIVATION, *, batch_norm=False, dropout=0.0, dropout_seed=0):
     """Multi-layer perceptron ``Affine, act, Affine, act, ..., Affine`` with softmax loss.
 
     Parameters
@@ -381,17 +382,26 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION):
         Layer widths ``[n_in, hidden..., C]``, at least two, all positive.
     activation : {"sigmoid", "relu", "tanh"}, default "sigmoid"
         Activation between consecutive affine layers.
+    batch_norm : bool, default False
+        A ``BatchNormalization(f"gamma{i}", f"beta{i}")`` after each hidden affine
+        layer i, before its activation (the book's ``MultiLayerNetExtend``).
+    dropout : float in [0, 1), default 0.0
+        If positive, a ``Dropout(dropout, seed=dropout_seed + i)`` after each hidden
+        activation i.
+    dropout_seed : int, default 0
 
     Returns
     -------
     Sequential
         Layers ``Affine("w1", "b1"), act, ..., Affine(f"w{L}", f"b{L}")`` with
-        ``L = len(sizes) - 1``, and a :class:`SoftmaxCrossEntropy` loss layer.
+        ``L = len(sizes) - 1`` (and the layers above), and a :class:`SoftmaxCrossEntropy`
+        loss layer.
 
     Raises
     ------
     ValueError
-        If `sizes` is too short or holds a non-positive width, or `activation` is unknown.
+        If `sizes` is too short or holds a non-positive width, `activation` is unknown,
+        or `dropout` is outside [0, 1).
 
     Examples
     --------
@@ -403,16 +413,22 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION):
         raise ValueError(
             f"`activation` {activation!r} is unknown; choose from {sorted(ACTIVATIONS)}."
         )
+    Dropout(dropout)   # checks the ratio
     n_affine = len(sizes) - 1
     layers = []
     for i in range(1, n_affine + 1):
         layers.append(Affine(f"w{i}", f"b{i}"))
         if i < n_affine:
+            if batch_norm:
+                layers.append(BatchNormalization(f"gamma{i}", f"beta{i}"))
             layers.append(ACTIVATIONS[activation]())
+            if dropout:
+                layers.append(Dropout(dropout, seed=dropout_seed + i))
     return Sequential(layers, SoftmaxCrossEntropy())
 
 
-def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.float64):
+def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.float64, *,
+                batch_norm=False):
     """Parameters for :func:`mlp`: Gaussian weights, zero biases.
 
     Parameters
@@ -426,6 +442,9 @@ def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.f
     dtype : floating dtype, default float64
         Dtype of every array. Weights are drawn in float64 and then rounded, so a given
         seed gives the same weights (to rounding) in every dtype.
+    batch_norm : bool, default False
+        Also ``gamma{i}`` (ones) and ``beta{i}`` (zeros) of shape ``(sizes[i],)`` for
+        each hidden layer i, after ``b{i}``, as :func:`mlp` with ``batch_norm=True`` names them.
 
     Returns
     -------
@@ -455,4 +474,7 @@ def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.f
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         params[f"w{i}"] = (weight_init_std * rng.standard_normal((n_in, n_out))).astype(dtype)
         params[f"b{i}"] = np.zeros(n_out, dtype=dtype)
+        if batch_norm and i < len(sizes) - 1:
+            params[f"gamma{i}"] = np.ones(n_out, dtype=dtype)
+            params[f"beta{i}"] = np.zeros(n_out, dtype=dtype)
     return params
