@@ -1,5 +1,6 @@
 """The book's SimpleConvNet: backprop against the loop evaluator, parallel against serial
-(exactly), the loop fallback of ``evaluator="auto"``, and its arguments checked.
+(exactly), the batched evaluator on it (the filters the loop's way), the loop fallback of
+``evaluator="auto"`` for a layer it cannot follow, and the net's arguments checked.
 
 A tiny net (3 filters of 3x3 on 8x8 images, hidden 6, 4 classes; weights of std 0.3 so
 that no ReLU or max-pool input lies within h of a kink for this seed) keeps each numerical
@@ -10,8 +11,13 @@ import warnings
 import numpy as np
 import pytest
 
+from engine.batched._batched import unsupported_layer
 from engine.book._convnet import SimpleConvNet
+from engine.book._nets import MLP
 from engine.derivatives._serial import numerical_gradient
+from engine.nn._conv import Convolution, Reshape
+from engine.nn._layers import Affine, SoftmaxCrossEntropy
+from engine.nn._model import Sequential
 
 NORM_RTOL = 1e-6   # ||numerical - backprop|| / ||backprop||, per array (issue 25's goal)
 
@@ -25,9 +31,7 @@ def tiny():
 
 
 def loop_gradient(net, x, t, **options):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # the loop fallback's warning, tested below
-        return net.numerical_gradient(x, t, evaluator="auto", **options)
+    return net.numerical_gradient(x, t, evaluator="loop", **options)
 
 
 def test_backprop_matches_the_numerical_gradient(tiny):
@@ -50,14 +54,48 @@ def test_two_workers_give_the_serial_loop_bit_for_bit(tiny):
         assert np.array_equal(net.params[name], before[name])
 
 
-def test_auto_warns_naming_a_layer_and_uses_the_loop(tiny):
+def test_batched_takes_the_convolution_the_loops_way_and_the_rest_to_rounding(tiny):
+    """Filters and their biases: the loop evaluator's numbers, bit for bit; the affine layers
+    after them: batched, to a few ulps of the loss per difference or 1e-9 relative (as in
+    test_layers)."""
     net, x, t = tiny
-    with pytest.warns(UserWarning, match=r"layer Reshape\(\(1, 8, 8\)\).*uses the loop evaluator"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # "auto" takes it without a word
+        auto = net.numerical_gradient(x, t, workers=1)
+    batched = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+    noise = 4 * np.spacing(net.loss(x, t, train=True)) / (2 * 1e-4)
+    for name in loop:
+        assert np.array_equal(auto[name], batched[name]), name
+        if name in ("w1", "b1"):
+            assert np.array_equal(batched[name], loop[name]), name
+        assert np.abs(batched[name] - loop[name]).max() <= max(noise, 1e-9 * np.abs(loop[name]).max())
+    assert any(not np.array_equal(batched[k], loop[k]) for k in ("w2", "b2", "w3", "b3"))
+
+
+def test_batched_on_two_workers_gives_the_same_bits(tiny):
+    net, x, t = tiny
+    one = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    two = net.numerical_gradient(x, t, workers=2, evaluator="batched", dispatch="parallel")
+    assert all(np.array_equal(one[k], two[k]) for k in one)
+
+
+def test_a_layer_after_an_affine_one_sends_auto_to_the_loop():
+    net = MLP([6, 5, 3], "relu", 0.5, seed=0, dropout=0.3)
+    x, t = np.random.default_rng(2).random((4, 6)), np.array([0, 1, 2, 1])
+    with pytest.warns(UserWarning, match=r"layer Dropout\(0.3, seed=1, train\).*uses the loop"):
         auto = net.numerical_gradient(x, t, workers=1)
     loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
     assert all(np.array_equal(auto[k], loop[k]) for k in auto)
-    with pytest.raises(ValueError, match="evaluator='batched' cannot take the layer"):
+    with pytest.raises(ValueError, match=r"evaluator='batched' cannot take the layer Dropout"):
         net.numerical_gradient(x, t, workers=1, evaluator="batched")
+
+
+def test_a_layer_before_the_affine_ones_may_not_share_their_parameters():
+    shared = Sequential([Convolution("w", None), Reshape(-1), Affine("w")], SoftmaxCrossEntropy())
+    assert unsupported_layer(shared) is shared.layers[0]
+    alone = Sequential([Convolution("k", None), Reshape(-1), Affine("w")], SoftmaxCrossEntropy())
+    assert unsupported_layer(alone) is None
 
 
 def test_images_and_rows_are_the_same_input(tiny):
