@@ -18,8 +18,11 @@ from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
 from .derivatives._gradient import Failure, Gradient, Jacobian
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from .nn._conv import Convolution, Pooling, Reshape
+from .nn._regularize import BatchNormalization, Dropout
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
+from .book._convnet import SimpleConvNet
 from .derivatives._parallel import jacobian, parallel_numerical_gradient
 from .run._planning import Plan
 from .derivatives._serial import numerical_gradient
@@ -43,6 +46,7 @@ __all__ = [
     "SimpleNet",
     "ThreeLayerNet",
     "MLP",
+    "SimpleConvNet",
     # layered models
     "Sequential",
     "mlp",
@@ -52,6 +56,11 @@ __all__ = [
     "Sigmoid",
     "ReLU",
     "Tanh",
+    "Convolution",
+    "Pooling",
+    "Reshape",
+    "BatchNormalization",
+    "Dropout",
     "SoftmaxCrossEntropy",
     # training
     "Trainer",
