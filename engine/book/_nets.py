@@ -8,8 +8,10 @@ model.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 from ..nn._functions import softmax
@@ -23,6 +25,14 @@ __all__ = ["Net", "SimpleNet", "ThreeLayerNet", "MLP", "BOOK_SIZES"]
 
 BOOK_SIZES = (N_PIXELS, 100, N_CLASSES)   # the teaching text's net: 784-100-10
 
+
+_KEPT_GRADIENTS = 4   # resident Gradients a net keeps, one per settings, the least recently used closed
+
+
+def _settings_key(execution: Execution | None, options: dict[str, Any]) -> bytes:
+    """The settings' identity: a digest of their pickled bytes (every entry of an array counts)."""
+    data = cloudpickle.dumps((execution, sorted(options.items())))
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 class Net:
     """A model and its parameters, with the book's methods.
@@ -39,7 +49,7 @@ class Net:
         self.model = model
         self.params = params
         self.state = {} if state is None else state   # running statistics: not differentiated
-        self._gradients: dict[str, Gradient] = {}   # one resident Gradient per settings
+        self._gradients: dict[bytes, Gradient] = {}   # resident Gradients by settings, oldest first
 
     def __getstate__(self) -> dict:
         # A net travels (in the book's closure, say) without its gradients' workers.
@@ -93,12 +103,14 @@ class Net:
         set of settings, so later calls reuse its workers and ship only the new values of
         `params` and the batch.
         """
-        key = repr((execution, sorted(options.items())))
-        gradient = self._gradients.get(key)
+        key = _settings_key(execution, options)
+        gradient = self._gradients.pop(key, None)
         if gradient is None:
-            gradient = Gradient(self.model.loss, execution=execution, **options)
-            gradient._resources.shared = True   # worker processes shared with other nets
-            self._gradients[key] = gradient
+            # worker processes shared with other nets and the one-shot calls
+            gradient = Gradient(self.model.loss, execution=execution, _shared_pool=True, **options)
+        self._gradients[key] = gradient   # the most recently used last
+        while len(self._gradients) > _KEPT_GRADIENTS:
+            self._gradients.pop(next(iter(self._gradients))).close()
         return gradient(self.params, x, t)
 
     def gradient(self, x: np.ndarray, t: Any) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ task; its ``scatter=`` option fixes that, but results still come back through
 `Parallel`, which polls, and a dead worker fails the whole call. The futures API
 gives: one `Client.scatter` per call; `as_completed` to stream results and top
 up the chunks in flight; per-future errors, where `KilledWorker` and a future
-cancelled because its data died with a worker become `WorkerLost`, so the engine
+cancelled because its data died with a worker become `WorkerDied`, so the engine
 re-runs only the lost chunks; and `Client.cancel` on Ctrl-C.
 
 How the data moves: the bundle is scattered once per call with ``broadcast=True``:
@@ -42,7 +42,7 @@ from typing import Iterator
 import numpy as np
 
 from ._worker import InlinePayload, Job, Task, evaluate_chunk
-from .._errors import WorkerLost
+from .._errors import WorkerDied
 
 try:
     import dask
@@ -171,7 +171,7 @@ class _Flight:
                                              raise_errors=False)
 
     def stream(self, cap: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield finished chunks; after a lost one, drain the rest and raise `WorkerLost`."""
+        """Yield finished chunks; after a lost one, drain the rest and raise `WorkerDied`."""
         lost = []
         for _ in range(cap):
             self._submit_next()
@@ -188,7 +188,7 @@ class _Flight:
             else:
                 raise failure   # f's own error, with its type and its worker-side traceback
         if lost:
-            raise WorkerLost("Dask workers died, taking chunks or the call's data with them: "
+            raise WorkerDied("Dask workers died, taking chunks or the call's data with them: "
                              + "; ".join(lost))
 
     def cancel(self) -> None:
