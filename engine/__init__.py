@@ -21,8 +21,11 @@ from .derivatives._gradient import Gradient
 from .derivatives._sparse import Jacobian
 from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from .nn._conv import Convolution, Pooling, Reshape
+from .nn._regularize import BatchNormalization, Dropout
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
+from .book._convnet import SimpleConvNet
 from .derivatives._parallel import jacobian, parallel_numerical_gradient
 from .run._planning import Plan
 from .derivatives._serial import numerical_gradient
@@ -47,6 +50,7 @@ __all__ = [
     "SimpleNet",
     "ThreeLayerNet",
     "MLP",
+    "SimpleConvNet",
     # layered models
     "Sequential",
     "mlp",
@@ -56,6 +60,11 @@ __all__ = [
     "Sigmoid",
     "ReLU",
     "Tanh",
+    "Convolution",
+    "Pooling",
+    "Reshape",
+    "BatchNormalization",
+    "Dropout",
     "SoftmaxCrossEntropy",
     # training
     "Trainer",

@@ -15,7 +15,7 @@ from _mnist_files import write_mnist_dir
 from engine.data._data import Dataset, load_embedded_mnist, write_mnist_csv
 from engine.batched._detect import EVALUATOR_NAMES
 from engine.fd._schemes import SCHEMES
-from engine.train._training import TrainConfig
+from engine.train._training import NETS, TrainConfig
 from engine.cli._setup import DEFAULTS as _DEFAULTS
 from engine.nn._layers import ACTIVATIONS
 from engine.cli.train import OUTPUTS, build_parser, main
@@ -183,7 +183,8 @@ def test_the_choices_are_the_registries():
     choices = {action.dest: list(action.choices) for action in build_parser()._actions
                if action.choices is not None}
     assert choices == {"scheme": list(SCHEMES), "evaluator": ["auto", *EVALUATOR_NAMES],
-                       "gradient": ["numerical", "backprop"], "activation": sorted(ACTIVATIONS)}
+                       "gradient": ["numerical", "backprop"], "activation": sorted(ACTIVATIONS),
+                       "net": list(NETS)}
 
 
 def test_bad_csv_data_exits_2_naming_file_and_line(tmp_path):

@@ -107,6 +107,9 @@ def _check_flags(flags: dict, args) -> None:
             raise UsageError(f"{name} must be a positive number, got {value}")
     if any(width < 1 for width in flags["hidden"]):
         raise UsageError(f"--hidden widths must be positive, got {flags['hidden']}")
+    if flags["net"] == "convnet" and len(flags["hidden"]) != 1:
+        raise UsageError(f"--net convnet has one hidden layer: give one --hidden width, "
+                         f"got {flags['hidden']}")
     if flags["eval_every"] < 0:
         raise UsageError(f"--eval-every must be >= 0, got {flags['eval_every']}")
     if flags["seed"] < 0:
@@ -189,7 +192,7 @@ def _resumed_run(args) -> dict[str, Any]:
     _check_same_flags(args, config, data)
     train, test = _load_data(data)
     try:
-        state = TrainingState.from_document(params, saved, config.sizes, len(train))
+        state = TrainingState.from_document(params, saved, config.sizes, len(train), config.net)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint in {folder} {exc}") from exc
     except (KeyError, TypeError) as exc:
