@@ -37,8 +37,8 @@ def build_net(sizes: tuple[int, ...], net: str = NETS[0], weight_init_std: float
     """The net a run trains, its weights drawn from ``default_rng(seed)``.
 
     ``"mlp"``: the MLP of widths `sizes` (`activation` between its affine layers).
-    ``"convnet"``: the book's SimpleConvNet on square one-channel images of ``sizes[0]`` pixels, hidden width ``sizes[1]``,
-    ``sizes[2]`` classes (30 filters of 5x5, 2x2 max pooling).
+    ``"convnet"``: the book's SimpleConvNet on square one-channel images of ``sizes[0]``
+    pixels, hidden width ``sizes[1]``, ``sizes[2]`` classes (30 filters of 5x5, 2x2 max pooling).
 
     Raises
     ------
