@@ -250,7 +250,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
 
 def _net_name(c) -> str:
     sizes = "-".join(map(str, c.sizes))
-    return f"{sizes} net ({c.activation})" if c.net == "mlp" else f"convnet ({sizes})"
+    return f"{sizes} ({c.activation})" if c.net == "mlp" else f"convnet ({sizes})"
 
 
 def _headline(run, trainer: Trainer) -> str:
