@@ -275,3 +275,42 @@ def test_a_nan_in_x_is_named_when_f_is_not_finite():
 def test_a_complex_x_is_refused_as_complex():
     with pytest.raises(TypeError, match="complex dtype complex128.*real and imaginary parts"):
         numerical_gradient(squares, np.ones(3, dtype=complex))
+
+
+class CountsUnpickling:
+    """An argument that appends a line to `path` each time a worker unpickles it."""
+
+    def __init__(self, path, scale):
+        self.path, self.scale = str(path), scale
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.path, "a") as log:
+            log.write("unpickled\n")
+
+
+def scaled(v, counted):
+    return counted.scale * squares(v)
+
+
+def unpickled(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_args_travel_once_per_change_and_an_array_changed_in_place_travels_again(tmp_path):
+    path = tmp_path / "unpickled.log"
+    x = np.arange(1.0, 9.0)
+    data = np.zeros(3)
+    f = lambda v, counted, d: scaled(v, counted) + float(d.sum()) * v[0]  # noqa: E731
+    # check_state=False: the transport alone (the check would catch stale args and reship)
+    with Gradient(f, workers=2, dispatch="parallel", check_state=False) as g:
+        counted = CountsUnpickling(path, 2.0)
+        first = g(x, counted, data)
+        for _ in range(3):
+            assert np.array_equal(g(x, counted, data), first)
+        assert unpickled(path) == 2                # once per worker, for four calls
+        data[1] = 5.0                              # changed in place: the same object
+        changed = g(x, counted, data)
+        assert unpickled(path) == 4
+        assert np.array_equal(changed, numerical_gradient(lambda v: f(v, counted, data), x.copy()))
+        assert not np.array_equal(changed, first)
