@@ -171,8 +171,8 @@ def _check_array(label: str, array: Any) -> None:
             "mask in `f`")
     if np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(
-            f"`{label}` has the complex dtype {array.dtype}: the engine differentiates with "
-            "respect to real entries. Pass the real and imaginary parts as separate real "
+            f"`{label}` has the complex dtype {array.dtype}, but needs a real floating dtype: the "
+            "engine differentiates with respect to real entries. Pass the real and imaginary parts as separate real "
             "arrays (x.real, x.imag); for the complex step, keep `x` real")
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(
