@@ -170,3 +170,12 @@ class TestBatchNormNet:
         before = {k: v.copy() for k, v in net.state.items()}
         check(*bn_net)
         assert all(np.array_equal(net.state[k], before[k]) for k in before)
+
+
+def test_engine_gradcheck_checks_the_batch_norm_net(capsys):
+    from engine.cli.gradcheck import main
+    code = main(["--sizes", "784", "6", "10", "--activation", "relu", "--batch-norm",
+                 "--batch-size", "4"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "relu, batch norm" in out and "gamma1" in out and "beta1" in out
