@@ -16,12 +16,16 @@ from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedErr
                       StepSizeWarning, WorkerError, WorkerLostError)
 from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
-from .derivatives._gradient import Failure, Gradient
+from .derivatives._failures import Failure
+from .derivatives._gradient import Gradient
 from .derivatives._sparse import Jacobian
 from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from .nn._conv import Convolution, Pooling, Reshape
+from .nn._regularize import BatchNormalization, Dropout
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
+from .book._convnet import SimpleConvNet
 from .derivatives._parallel import jacobian, parallel_numerical_gradient
 from .run._planning import Plan
 from .derivatives._serial import numerical_gradient
@@ -46,6 +50,7 @@ __all__ = [
     "SimpleNet",
     "ThreeLayerNet",
     "MLP",
+    "SimpleConvNet",
     # layered models
     "Sequential",
     "mlp",
@@ -55,6 +60,11 @@ __all__ = [
     "Sigmoid",
     "ReLU",
     "Tanh",
+    "Convolution",
+    "Pooling",
+    "Reshape",
+    "BatchNormalization",
+    "Dropout",
     "SoftmaxCrossEntropy",
     # training
     "Trainer",

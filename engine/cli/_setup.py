@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli._flags import flag_words
 from engine.train._checkpoint import CheckpointError, load_checkpoint
 from engine.data._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_CLASSES, DataError, Dataset,
                           load_embedded_mnist, read_mnist_csv)
@@ -46,7 +47,10 @@ class UsageError(Exception):
 def prepare(args) -> dict[str, Any]:
     backend = _given_or(args.backend, DEFAULT_BACKEND)
     _check_backend(backend, args.scheduler)
-    execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
+    try:
+        execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
+    except ValueError as exc:   # e.g. more workers than 4 per core
+        raise UsageError(flag_words(str(exc))) from None
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.resume is not None:
@@ -66,7 +70,7 @@ def _check_backend(backend: str, scheduler: str | None) -> None:
     try:
         check_backend(backend)   # the engine's own check: its backends and joblib's registry
     except ValueError as exc:
-        raise UsageError(f"--backend: {exc}") from None
+        raise UsageError(flag_words(str(exc))) from None
     if backend == "dask" and importlib.util.find_spec("distributed") is None:
         raise UsageError("--backend dask needs Dask's distributed package: "
                          "pip install 'numgrad-engine[dask]'")
@@ -93,7 +97,7 @@ def _fresh_run(args) -> dict[str, Any]:
 
 
 def _check_flags(flags: dict, args) -> None:
-    positive = {"--lr": flags["lr"], "--h": flags["h"], "--batch-size": flags["batch_size"],
+    positive = {"--lr": flags["lr"], "--batch-size": flags["batch_size"],
                 "--train-size": flags["train_size"], "--test-size": flags["test_size"],
                 "--iters": flags["iters"], "--weight-init-std": flags["weight_init_std"]}
     if args.epochs is not None:
@@ -103,6 +107,9 @@ def _check_flags(flags: dict, args) -> None:
             raise UsageError(f"{name} must be a positive number, got {value}")
     if any(width < 1 for width in flags["hidden"]):
         raise UsageError(f"--hidden widths must be positive, got {flags['hidden']}")
+    if flags["net"] == "convnet" and len(flags["hidden"]) != 1:
+        raise UsageError(f"--net convnet has one hidden layer: give one --hidden width, "
+                         f"got {flags['hidden']}")
     if flags["eval_every"] < 0:
         raise UsageError(f"--eval-every must be >= 0, got {flags['eval_every']}")
     if flags["seed"] < 0:
@@ -185,7 +192,7 @@ def _resumed_run(args) -> dict[str, Any]:
     _check_same_flags(args, config, data)
     train, test = _load_data(data)
     try:
-        state = TrainingState.from_document(params, saved, config.sizes, len(train))
+        state = TrainingState.from_document(params, saved, config.sizes, len(train), config.net)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint in {folder} {exc}") from exc
     except (KeyError, TypeError) as exc:

@@ -20,8 +20,8 @@ from ..fd._space import ParamSpace
 from ..run._backends import make_pool, shared_pool
 from ..run._execution import Execution
 from ..run._job import Job
-from ..run._payload import dumps_bundle
-from ..run._threads import one_blas_thread
+from ..run._bundle import dumps_bundle
+from ..run._blas import one_blas_thread
 
 __all__ = ["WorkerLink", "lost_message"]
 

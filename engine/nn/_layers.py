@@ -20,7 +20,9 @@ asking their types:
     The names of the layer's parameters in `params`, a list of str (``[]`` for none).
 ``check(params, n_in)``
     The output width for the input width `n_in`; ValueError naming the entry of `params`
-    that is missing or has the wrong shape. The net calls it before any work.
+    that is missing or has the wrong shape. The net calls it before any work. For
+    samples of more than one axis (images (B, C, H, W), see :mod:`engine.nn._conv`)
+    `n_in` and the result are the sample's shape, a tuple such as ``(C, H, W)``.
 ``kind``
     What the batched evaluator (:mod:`engine._batched`) may assume of the layer:
 
@@ -30,6 +32,12 @@ asking their types:
       its place, for input of any shape;
     - None (also for a layer without ``kind``): anything else. A net with such a layer is
       evaluated by the loop evaluator.
+
+Optional, for layers that act differently in training (:mod:`engine.nn._regularize`):
+``for_inference()`` returns the layer in inference mode; ``state_names()``,
+``init_state(n_in)`` and ``update_state(params, z, state)`` name, create and advance
+state that is not differentiated (running statistics), which the inference-mode
+``forward`` reads from the dict it is given.
 
 A new layer type subclasses :class:`Layer`, which gives the defaults of a layer without
 parameters, and is complete in its own class; :data:`ACTIVATIONS` names the activations
@@ -92,6 +100,9 @@ class Affine(Layer):
 
     def check(self, params, n_in):
         """Return n_out; ValueError unless W is (n_in, n_out) and b, if named, is (n_out,)."""
+        if isinstance(n_in, tuple):
+            raise ValueError(f"{self!r} needs rows, samples of one axis, but `x` (or the layer "
+                             f"before) gives samples of shape {n_in}: put Reshape(-1) before it.")
         w_shape = np.shape(_lookup(params, self.weight))
         if len(w_shape) != 2 or w_shape[0] != n_in:
             raise ValueError(

@@ -12,20 +12,23 @@ import numpy as np
 
 from ._functions import to_labels
 from ._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
+from ._regularize import BatchNormalization, Dropout
 
 DEFAULT_ACTIVATION = "sigmoid"   # the teaching text's hidden layer
 DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation
 
 
 def _as_batch(x):
-    """Return `x` as a float 2-D batch (B, n_in); a 1-D `x` is a batch of one."""
+    """Return `x` as a float batch (B, n_in) or (B, *sample); a 1-D `x` is a batch of one."""
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    x = np.atleast_2d(x)
-    if x.ndim != 2:
-        raise ValueError(f"`x` must be 1-D (n_in,) or 2-D (B, n_in), got shape {x.shape}.")
-    return x
+    return np.atleast_2d(x)
+
+
+def _sample_shape(x):
+    """What the first layer's `check` gets: the width n_in, or the shape of one sample."""
+    return x.shape[1] if x.ndim == 2 else x.shape[1:]
 
 
 def _backward_step(layer, params, z, out, dout, grads):
@@ -69,6 +72,66 @@ class Sequential:
             names.extend(n for n in layer.param_names() if n not in names)
         return names
 
+    def for_inference(self):
+        """The net with every layer that has a ``for_inference()`` in inference mode.
+
+        Returns
+        -------
+        Sequential
+            `self` when no layer changes (no batch normalization or dropout); else a new
+            net over the same loss layer, whose batch-normalization layers read the
+            running statistics from the dict passed as `params` (``{**params, **state}``).
+        """
+        layers = [layer.for_inference() if hasattr(layer, "for_inference") else layer
+                  for layer in self.layers]
+        if all(new is old for new, old in zip(layers, self.layers)):
+            return self
+        return Sequential(layers, self.loss_layer)
+
+    def state_names(self):
+        """Names of the layers' state that is not differentiated (running statistics); list of str."""
+        return [name for layer in self.layers for name in getattr(layer, "state_names", list)()]
+
+    def init_state(self, params, x):
+        """The state before any training step, for inputs shaped like `x`.
+
+        Returns
+        -------
+        dict of str to ndarray
+            One entry per name in :meth:`state_names` (``{}`` for a net without state).
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`logits`.
+        """
+        width = _sample_shape(_as_batch(x))
+        state = {}
+        for layer in self.layers:
+            if hasattr(layer, "init_state"):
+                state.update(layer.init_state(width))
+            width = layer.check(params, width)
+        return state
+
+    def update_state(self, params, state, x):
+        """Advance `state` (running statistics) by one training batch `x`, replacing its arrays.
+
+        Run once per training step, after the gradient: the loss never changes the state,
+        so a numerical gradient's thousands of evaluations leave it as it was.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As in :meth:`logits`; ValueError if `state` lacks a name of :meth:`state_names`.
+        """
+        missing = [name for name in self.state_names() if name not in state]
+        if missing:
+            raise ValueError(f"`state` has no entry {missing[0]!r}; start from init_state().")
+        trace = self.trace(params, x)
+        for layer, z in zip(self.layers, trace):
+            if hasattr(layer, "update_state"):
+                layer.update_state(params, z, state)
+
     def _check_params(self, params, n_in):
         """Check `params` against the layers for input width `n_in`; return C."""
         if not isinstance(params, Mapping):
@@ -81,7 +144,7 @@ class Sequential:
     def _inputs(self, params, x, t):
         """Validate and normalise: return x (B, n_in) float and labels int64 (B,)."""
         x = _as_batch(x)
-        n_classes = self._check_params(params, x.shape[1])
+        n_classes = self._check_params(params, _sample_shape(x))
         return x, to_labels(t, n_classes, batch_size=x.shape[0])
 
     def _forward(self, params, z):
@@ -110,8 +173,10 @@ class Sequential:
         ----------
         params : dict of str to ndarray
             Arrays named by the layers (see :meth:`param_names`).
-        x : array_like, shape (B, n_in) or (n_in,)
-            Inputs; 1-D means a batch of one. Non-float input is converted to float64.
+        x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
+            Inputs; 1-D means a batch of one; samples of several axes (images
+            (B, C, H, W)) go to layers that take them (`engine.nn._conv`). Non-float
+            input is converted to float64.
 
         Returns
         -------
@@ -121,8 +186,8 @@ class Sequential:
         Raises
         ------
         ValueError
-            If `x` has more than 2 dimensions, or `params` lacks an array or has one of
-            the wrong shape for `x`.
+            If a layer cannot take the samples of `x` (naming the layer), or `params`
+            lacks an array or has one of the wrong shape for `x`.
         TypeError
             If `params` is not a mapping.
 
@@ -133,7 +198,7 @@ class Sequential:
         (1, 2)
         """
         x = _as_batch(x)
-        self._check_params(params, x.shape[1])
+        self._check_params(params, _sample_shape(x))
         return self._forward(params, x)
 
     def trace(self, params, x):
@@ -143,13 +208,13 @@ class Sequential:
         ----------
         params : dict of str to ndarray
             As in :meth:`logits`.
-        x : array_like, shape (B, n_in) or (n_in,)
+        x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
             As in :meth:`logits`.
 
         Returns
         -------
         list of ndarray, length ``len(self.layers) + 1``
-            ``trace[0]`` is the float 2-D batch ``np.atleast_2d(x)``; ``trace[i]`` is the
+            ``trace[0]`` is the float batch ``np.atleast_2d(x)``; ``trace[i]`` is the
             input of ``self.layers[i]`` (the output of ``self.layers[i - 1]``); the last
             entry ``trace[len(self.layers)]`` is the logits (B, C), as from :meth:`logits`.
 
@@ -165,7 +230,7 @@ class Sequential:
         [(5, 4), (5, 3), (5, 3), (5, 2)]
         """
         x = _as_batch(x)
-        self._check_params(params, x.shape[1])
+        self._check_params(params, _sample_shape(x))
         return self._trace(params, x)
 
     def loss(self, params, x, t):
@@ -175,7 +240,7 @@ class Sequential:
         ----------
         params : dict of str to ndarray
             As in :meth:`logits`.
-        x : array_like, shape (B, n_in) or (n_in,)
+        x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
             As in :meth:`logits`.
         t : array_like
             Int labels (B,) or a scalar, or one-hot (B, C) or (C,); see
@@ -252,8 +317,8 @@ class ModelLoss:
     params : dict of str to ndarray
         Its parameters. Kept as the very same object (no copy): in-place changes to its
         arrays change the value of ``f``.
-    x : array_like, shape (B, n_in) or (n_in,)
-        Inputs; stored as a float64 C-contiguous copy of shape (B, n_in).
+    x : array_like, shape (B, n_in), (n_in,) or (B, *sample)
+        Inputs; stored as a float64 C-contiguous copy of shape (B, n_in) or (B, *sample).
     t : array_like
         Targets, as in :meth:`Sequential.loss`; stored as int64 labels (B,).
 
@@ -262,7 +327,7 @@ class ModelLoss:
     model : Sequential
     params : dict of str to ndarray
         The object passed in.
-    x : ndarray of float64, shape (B, n_in)
+    x : ndarray of float64, shape (B, n_in) or (B, *sample)
     labels : ndarray of int64, shape (B,)
 
     Raises
@@ -308,7 +373,7 @@ def check_sizes(sizes):
     return [int(size) for size in sizes]
 
 
-def mlp(sizes, activation=DEFAULT_ACTIVATION):
+def mlp(sizes, activation=DEFAULT_ACTIVATION, *, batch_norm=False, dropout=0.0, dropout_seed=0):
     """Multi-layer perceptron ``Affine, act, Affine, act, ..., Affine`` with softmax loss.
 
     Parameters
@@ -317,17 +382,26 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION):
         Layer widths ``[n_in, hidden..., C]``, at least two, all positive.
     activation : {"sigmoid", "relu", "tanh"}, default "sigmoid"
         Activation between consecutive affine layers.
+    batch_norm : bool, default False
+        A ``BatchNormalization(f"gamma{i}", f"beta{i}")`` after each hidden affine
+        layer i, before its activation (the book's ``MultiLayerNetExtend``).
+    dropout : float in [0, 1), default 0.0
+        If positive, a ``Dropout(dropout, seed=dropout_seed + i)`` after each hidden
+        activation i.
+    dropout_seed : int, default 0
 
     Returns
     -------
     Sequential
         Layers ``Affine("w1", "b1"), act, ..., Affine(f"w{L}", f"b{L}")`` with
-        ``L = len(sizes) - 1``, and a :class:`SoftmaxCrossEntropy` loss layer.
+        ``L = len(sizes) - 1`` (and the layers above), and a :class:`SoftmaxCrossEntropy`
+        loss layer.
 
     Raises
     ------
     ValueError
-        If `sizes` is too short or holds a non-positive width, or `activation` is unknown.
+        If `sizes` is too short or holds a non-positive width, `activation` is unknown,
+        or `dropout` is outside [0, 1).
 
     Examples
     --------
@@ -339,16 +413,22 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION):
         raise ValueError(
             f"`activation` {activation!r} is unknown; choose from {sorted(ACTIVATIONS)}."
         )
+    Dropout(dropout)   # checks the ratio
     n_affine = len(sizes) - 1
     layers = []
     for i in range(1, n_affine + 1):
         layers.append(Affine(f"w{i}", f"b{i}"))
         if i < n_affine:
+            if batch_norm:
+                layers.append(BatchNormalization(f"gamma{i}", f"beta{i}"))
             layers.append(ACTIVATIONS[activation]())
+            if dropout:
+                layers.append(Dropout(dropout, seed=dropout_seed + i))
     return Sequential(layers, SoftmaxCrossEntropy())
 
 
-def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.float64):
+def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.float64, *,
+                batch_norm=False):
     """Parameters for :func:`mlp`: Gaussian weights, zero biases.
 
     Parameters
@@ -362,6 +442,9 @@ def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.f
     dtype : floating dtype, default float64
         Dtype of every array. Weights are drawn in float64 and then rounded, so a given
         seed gives the same weights (to rounding) in every dtype.
+    batch_norm : bool, default False
+        Also ``gamma{i}`` (ones) and ``beta{i}`` (zeros) of shape ``(sizes[i],)`` for
+        each hidden layer i, after ``b{i}``, as :func:`mlp` with ``batch_norm=True`` names them.
 
     Returns
     -------
@@ -391,4 +474,7 @@ def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.f
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         params[f"w{i}"] = (weight_init_std * rng.standard_normal((n_in, n_out))).astype(dtype)
         params[f"b{i}"] = np.zeros(n_out, dtype=dtype)
+        if batch_norm and i < len(sizes) - 1:
+            params[f"gamma{i}"] = np.ones(n_out, dtype=dtype)
+            params[f"beta{i}"] = np.zeros(n_out, dtype=dtype)
     return params

@@ -27,19 +27,21 @@ import queue
 import signal
 import threading
 import uuid
+from abc import abstractmethod
 from multiprocessing.connection import wait
 from multiprocessing.reduction import send_handle
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ._pool import PerCallPool, Pool
 from ._shared_memory import SharedValues, remove_stale_shared_files
-from ._threads import SINGLE_THREAD_ENVIRONMENT
-from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
+from ._blas import SINGLE_THREAD_ENVIRONMENT
+from ._worker import InlineBundle, Task, evaluate_chunk, serve, serve_process
 from .._errors import PayloadError, RemoteTraceback, WorkerDied
 from ._execution import in_daemonic_process
 
-__all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]
+__all__ = ["make_pool", "shared_pool", "ResidentPool", "ProcessPool", "ThreadPool", "JoblibPool"]
 
 # A fresh process's glibc returns every large temporary to the system at once and maps it
 # anew on the next call (a batch of 100 images: ~96,000 page faults, 1.7x the parent's
@@ -82,8 +84,8 @@ def shared_pool(backend: str, workers: int, scheduler: str | None = None):
         return pool
 
 
-class _ResidentPool:
-    """Workers that keep residents between calls; subclasses provide the channel."""
+class ResidentPool(Pool):
+    """Workers that keep residents between calls; subclasses provide the channel (the hooks)."""
 
     resident = True
 
@@ -211,6 +213,52 @@ class _ResidentPool:
             self._stop_workers(kill=True)
         self._broken = True
 
+    # -- the hooks a channel provides -------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def _check_can_start() -> None:
+        """Raise if this process may not start workers of this kind."""
+
+    @abstractmethod
+    def _start(self) -> None:
+        """Start `workers` workers, each serving `engine.run._worker.serve`."""
+
+    @abstractmethod
+    def _stop_workers(self, kill: bool) -> None:
+        """Stop the workers: after their task, or at once (`kill`)."""
+
+    @abstractmethod
+    def _forget_inherited(self) -> None:
+        """After a fork: drop the parent's channels without touching its workers."""
+
+    @abstractmethod
+    def _shared_values(self, arrays: list[np.ndarray]) -> Any:
+        """Shared memory for `arrays`' values (a `SharedValues`), or None."""
+
+    @abstractmethod
+    def _keep_values(self, key: str, values: Any) -> None:
+        """Keep resident `key`'s shared values (replacing older ones)."""
+
+    @abstractmethod
+    def _publish(self, key: str, arrays: list[np.ndarray]) -> Any:
+        """Make this call's values available; what the update carries (None: shared memory)."""
+
+    @abstractmethod
+    def _drop_values(self, key: str) -> None:
+        """Release resident `key`'s shared values."""
+
+    @abstractmethod
+    def _send(self, worker: int, message: Any) -> None:
+        """Send `message` to `worker`; `WorkerDied` if it is gone."""
+
+    @abstractmethod
+    def _receive(self) -> tuple[int, Any]:
+        """The next ``(worker, message)``; `WorkerDied` if a worker died."""
+
+    def _send_descriptor(self, worker: int, fd: int) -> None:
+        raise NotImplementedError("this pool has no shared memory")
+
     def _receive_kind(self, kind: str):
         while True:
             _, message = self._receive()
@@ -230,7 +278,7 @@ class _ResidentPool:
             raise
 
 
-class ProcessPool(_ResidentPool):
+class ProcessPool(ResidentPool):
     """Worker processes started by loky, each serving its caller over a socket pair."""
 
     def __init__(self, workers: int):
@@ -341,7 +389,7 @@ class ProcessPool(_ResidentPool):
         return self._guarded(wait_for)
 
 
-class ThreadPool(_ResidentPool):
+class ThreadPool(ResidentPool):
     """Threads of this process, each with its own resident copies."""
 
     def __init__(self, workers: int):
@@ -402,44 +450,32 @@ class _QueueChannel:
         self.outbox.put((self.number, message))
 
 
-class JoblibPool:
+class JoblibPool(PerCallPool):
     """Any other joblib backend, through `joblib.Parallel`: `(f, x, args)` travel with every call."""
 
-    resident = False
-    generation = 0
-    usable = True
-
     def __init__(self, backend: str, workers: int):
-        self.backend, self.workers = backend, workers
-        self.lock = threading.RLock()
-
-    def ensure_started(self) -> None:
-        pass
+        super().__init__(workers)
+        self.backend = backend
 
     def run_once(self, job, bundle: bytes, tasks: dict[int, Task]):
         from joblib import Parallel, delayed
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
-        payload = InlinePayload(bundle, uuid.uuid4().hex)
+        inline = InlineBundle(bundle, uuid.uuid4().hex)
         # max_nbytes=None: no auto-memmapping, which would hand workers read-only arrays.
         parallel = Parallel(n_jobs=self.workers, backend=self.backend, max_nbytes=None)
         try:
-            yield from parallel(delayed(_numbered)(number, job, payload, task)
+            yield from parallel(delayed(_numbered)(number, job, inline, task)
                                 for number, task in tasks.items())
         except BrokenProcessPool as exc:
             raise WorkerDied(str(exc)) from exc
 
-    def drop(self, key: str) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
-    kill = close
 
-
-def _numbered(number, job, payload, task):
-    return number, evaluate_chunk(job, payload, task)
+def _numbered(number, job, inline, task):
+    return number, evaluate_chunk(job, inline, task)
 
 
 def _with_remote_traceback(error: BaseException) -> BaseException:

@@ -25,7 +25,7 @@ from ..fd._evaluators import LoopOptions, Report, checked_output, loss_at
 from ..fd._grouped import grouped_evaluate
 from ..fd._schemes import get_scheme
 from ..fd._space import ParamSpace
-from ._threads import one_blas_thread
+from ._blas import one_blas_thread
 
 __all__ = ["Job", "Point", "Raised", "CENTER", "EVALUATORS", "evaluate", "value_at", "BatchedOptions"]
 

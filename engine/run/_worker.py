@@ -41,10 +41,10 @@ from .._errors import WorkerError
 from ..batched._detect import bind
 from ..fd._space import ParamSpace
 from ._job import Job, Point, evaluate
-from ._payload import loads_bundle
+from ._bundle import loads_bundle
 
 __all__ = ["Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
-           "InlinePayload"]
+           "InlineBundle"]
 
 Task: TypeAlias = "tuple[int, int] | Point | None"   # a chunk (start, stop), a Point, or CENTER (None)
 
@@ -196,7 +196,7 @@ def portable_error(exc: BaseException) -> BaseException:
 
 
 @dataclass(frozen=True)
-class InlinePayload:
+class InlineBundle:
     """One call's bundle ``(f, x, args)``, carried in its tasks (Dask, joblib backends)."""
 
     data: bytes
@@ -206,11 +206,11 @@ class InlinePayload:
 _per_thread = threading.local()   # per worker thread: (call id, Resident) of the current call
 
 
-def evaluate_chunk(job: Job, payload: InlinePayload, task: tuple[int, int] | None):
+def evaluate_chunk(job: Job, bundle: InlineBundle, task: tuple[int, int] | None):
     """A task of a per-call runner: unpickle the call's bundle once per thread, evaluate."""
-    if getattr(_per_thread, "call_id", None) != payload.call_id:
+    if getattr(_per_thread, "call_id", None) != bundle.call_id:
         _per_thread.resident = None   # drop the previous call's copy before loading the next
-        _per_thread.resident = Resident.from_bundle(payload.data)
-        _per_thread.call_id = payload.call_id
+        _per_thread.resident = Resident.from_bundle(bundle.data)
+        _per_thread.call_id = bundle.call_id
     return _per_thread.resident.evaluate(job, task)
 
