@@ -43,8 +43,9 @@ class Jacobian(DenseJacobian):
         depend on entry j of `x` (x's entries in flat C order over all its arrays). The
         columns are grouped by `engine.group_columns`, or by the given ``groups`` (one
         integer per column, checked: two columns sharing a row in one group are refused,
-        naming them). Each group costs one evaluation of `f` (forward) or two (central),
-        plus ``f(x)`` once per call; the groups are the tasks spread over the workers.
+        naming them). Each group costs one evaluation of `f` (forward), two (central) or
+        four (central4), plus ``f(x)`` once per call; the groups are the tasks spread over
+        the workers.
         Needs SciPy (``pip install 'numgrad-engine[sparse]'``).
     check_sparsity : bool, default False
         On the first call, compute the dense Jacobian once, in this process, by the loop
@@ -55,13 +56,14 @@ class Jacobian(DenseJacobian):
     **options
         As `engine.Gradient` (``h``, ``scheme``, ``on_failure``, ``bounds``, ``check_state``,
         ``execution`` and the execution keywords). With `sparsity`: ``scheme`` is
-        ``"forward"`` or ``"central"``; near a bound each column of a group steps inward on
-        its own side (forward: ``x_j - h``; central: a one-sided second-order difference,
-        ``x_j + s*h'`` and ``x_j + 2*s*h'``, ``h' = min(h, room / 2)``, with ``f(x)``:
-        SciPy's rule); with ``on_failure`` a failed evaluation concerns every column of its
-        group: ``"nan"`` makes all their entries NaN, ``"one-sided"`` takes the other
-        evaluation with ``f(x)`` (forward: ``x_j - h`` for the group's columns the bounds
-        allow), NaN where none survived. `evaluator` does not apply.
+        ``"forward"``, ``"central"`` or ``"central4"`` (not the complex step); near a bound
+        each column of a group takes the loop evaluator's one-sided scheme and step on its
+        own side, in the same evaluations (central: ``(-3 f(x) + 4 f(x + h) - f(x + 2h)) /
+        2h`` or its mirror); with ``on_failure`` a failed evaluation concerns every column
+        of its group: ``"nan"`` makes all their entries NaN, ``"one-sided"`` takes the
+        group's first evaluation that succeeded with ``f(x)``, to first order (forward:
+        ``x_j - h`` for the columns the bounds allow), NaN where none did (the loop
+        evaluator goes to second order there; a group does not). `evaluator` does not apply.
 
     Returns (calling)
     -----------------
@@ -72,10 +74,8 @@ class Jacobian(DenseJacobian):
 
     Exactness: the same bits at any worker count, in this process or not. For an `f`
     whose each output is computed from its own inputs alone (elementwise NumPy,
-    stencils), each entry is bit for bit the dense loop Jacobian's (the rows see the
-    same numbers whether a column moves alone or with its group), except near bounds with
-    the central scheme (the second-order one-sided rule above, where the dense Jacobian
-    takes a first-order one).
+    stencils), each entry is bit for bit the dense Jacobian's, bounds included (the rows
+    see the same numbers whether a column moves alone or with its group).
 
     Raises
     ------
@@ -117,8 +117,8 @@ class Jacobian(DenseJacobian):
             raise ValueError(f"`evaluator` does not apply with `sparsity` (the column groups have "
                              f"their own evaluator), got evaluator={self.evaluator!r}")
         if self.scheme.name not in GROUPED_SCHEMES:
-            raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES}, "
-                             f"got {self.scheme.name!r}")
+            raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES} "
+                             f"(the complex step not yet), got {self.scheme.name!r}")
         self.sparsity = resolve_sparsity(sparsity)
         self._check_pending = bool(check_sparsity)
 
@@ -209,12 +209,6 @@ def resolve_sparsity(sparsity: Any) -> Sparsity:
         groups = group_columns(pattern)
     ptr, columns = members(groups)
     return Sparsity(pattern, groups, ptr, columns)
-
-
-def check_scheme(scheme: str) -> None:
-    if scheme not in GROUPED_SCHEMES:
-        raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES}, "
-                         f"got {scheme!r}")
 
 
 def check_shape(sparsity: Sparsity, space: ParamSpace) -> None:
