@@ -3,13 +3,21 @@
 The teaching text's finite differences (every weight nudged by +h and -h, the loss
 evaluated twice) computed by many workers, with bit-for-bit the serial numbers.
 
-What a user imports is this package's ``__all__``; the modules with a leading underscore
-are internal. Layers, lowest first: data (`_data`) and the layered model (`_functions`,
-`_layers`, `_model`); the gradient engine (`_space`: what is perturbed; `_evaluators` /
-`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_planning`: whether
-the workers are worth it, and the chunks; `_gradient`: the resident gradient object;
-`_parallel`, `_serial`: the one-shot calls); the book's nets (`_nets`); the gradient check
-and the trainer (`_gradcheck`, `_training`); the command lines (`engine.cli`).
+What a user imports is this package's ``__all__``; the modules inside the subpackages
+have a leading underscore and are internal. The subpackages, lowest first (an import
+never goes up; `tests/test_layering.py` enforces it):
+
+- `fd`: *what* is perturbed (one flat index space over `x`'s arrays), the difference
+  schemes, and the loop evaluator that any black-box `f` takes;
+- `data`, `nn`: the embedded MNIST digits; the layered model (functions, layers,
+  `Sequential`), which the core does not know about;
+- `batched`: the batched evaluator for layered models, and the detection of a model's loss;
+- `run`: *where* chunks run (execution options, the planner, the worker loop, the pools,
+  shared memory, Dask) and the one evaluation entry every place uses (`run._job`);
+- `derivatives`: what users hold and call: `Gradient`, `Jacobian` and the kinds built on
+  them, the one-shot calls, the per-call state check;
+- `book`: the teaching text's nets; `train`: the gradient check and the trainer;
+- `cli`: the command lines.
 """
 from .data._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
 from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,

@@ -180,3 +180,137 @@ def test_too_little_dev_shm_is_no_crash(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "gradient ok" in done.stdout
     assert "refused: cannot reserve 1.5 MiB of shared memory" in done.stdout
+
+
+def test_the_pool_grows_when_a_later_call_has_more_chunks():
+    with Gradient(squares, workers=2, backend="threading", dispatch="parallel", chunk_size=100) as g:
+        small, large = np.ones(50), np.linspace(0.0, 1.0, 500)
+        assert np.array_equal(g(small), numerical_gradient(squares, small.copy()))
+        assert g.plan.workers == 1 and str(g.plan).startswith("1 worker ")
+        assert np.array_equal(g(large), numerical_gradient(squares, large.copy()))
+        assert g.plan.workers == 2 and g._link.pool.workers == 2
+
+
+def crashes_when_moved(v):
+    if v[1] != 0.0:   # any perturbation of x[1]: a crash in compiled code, for real
+        import ctypes
+        ctypes.string_at(0)
+    return float(v[0])
+
+
+def test_a_segfault_in_a_worker_is_named_as_such():
+    from engine import WorkerLostError
+
+    with Gradient(crashes_when_moved, workers=2, dispatch="parallel", retries=0,
+                  check_state=False) as g:   # the check would run f here, at a moved point
+        with pytest.raises(WorkerLostError, match="SIGSEGV: `f` crashed the worker"):
+            g(np.zeros(4))
+
+
+def _call_inherited(_):
+    return INHERITED(np.ones(3))
+
+
+INHERITED = None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs the fork start method")
+def test_an_inherited_gradient_in_a_daemonic_pool_worker_says_why():
+    import multiprocessing
+
+    global INHERITED
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        g(np.ones(3))
+        INHERITED = g
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads
+                with multiprocessing.get_context("fork").Pool(1) as pool:
+                    with pytest.raises(RuntimeError, match="daemonic worker"):
+                        pool.map(_call_inherited, [0])
+        finally:
+            INHERITED = None
+        assert np.array_equal(g(np.ones(3)), numerical_gradient(squares, np.ones(3)))
+
+
+def test_a_nets_gradients_differ_for_large_bounds_that_differ_in_the_middle():
+    from engine import ThreeLayerNet
+
+    net = ThreeLayerNet(input_size=784, hidden_size=2, output_size=3, seed=0)
+    x, t = np.random.default_rng(0).random((1, 784)), np.array([1])
+    lower = {name: np.full(a.shape, -np.inf) for name, a in net.params.items()}
+    upper = {name: np.full(a.shape, np.inf) for name, a in net.params.items()}
+    pinned = {name: a.copy() for name, a in lower.items()}
+    pinned["w1"][400, 1] = net.params["w1"][400, 1]   # at its bound: a one-sided difference there
+    assert repr(pinned["w1"]) == repr(lower["w1"])     # what NumPy's repr shows cannot tell them apart
+    free = net.numerical_gradient(x, t, bounds=(lower, upper), workers=1)
+    at_bound = net.numerical_gradient(x, t, bounds=(pinned, upper), workers=1)
+    with Gradient(net.model.loss, bounds=(pinned, upper), workers=1) as g:
+        expected = g(net.params, x, t)
+    assert all(np.array_equal(at_bound[k], expected[k]) for k in expected)
+    assert at_bound["w1"][400, 1] != free["w1"][400, 1]
+
+
+def test_warnings_point_at_the_users_line_through_the_one_shot_call_and_a_net():
+    from engine import NumericalFallbackWarning, SimpleNet
+
+    with pytest.warns(NumericalFallbackWarning) as caught:
+        parallel_numerical_gradient(lambda v: squares(v) if v[0] <= 1.0 else np.nan, np.ones(2),
+                                    workers=1, on_failure="nan")
+    net = SimpleNet(seed=0)
+    with pytest.warns(UserWarning) as through_net:
+        net.numerical_gradient(np.ones((1, 2)), np.array([0]), workers=1, evaluator="loop",
+                               h=3e-16)   # stored steps off by percents: StepSizeWarning
+    assert caught[0].filename == __file__
+    assert through_net and all(w.filename == __file__ for w in through_net)
+
+
+def test_a_nan_in_x_is_named_when_f_is_not_finite():
+    x = np.array([1.0, 2.0, np.nan, 4.0])
+    with pytest.raises(FloatingPointError) as raised:
+        parallel_numerical_gradient(squares, x, workers=2)
+    assert "`x` itself is not finite: x[2] is nan" in "\n".join(raised.value.__notes__)
+
+
+def test_a_complex_x_is_refused_as_complex():
+    with pytest.raises(TypeError, match="complex dtype complex128.*real and imaginary parts"):
+        numerical_gradient(squares, np.ones(3, dtype=complex))
+
+
+class CountsUnpickling:
+    """An argument that appends a line to `path` each time a worker unpickles it."""
+
+    def __init__(self, path, scale):
+        self.path, self.scale = str(path), scale
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.path, "a") as log:
+            log.write("unpickled\n")
+
+
+def scaled(v, counted):
+    return counted.scale * squares(v)
+
+
+def unpickled(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_args_travel_once_per_change_and_an_array_changed_in_place_travels_again(tmp_path):
+    path = tmp_path / "unpickled.log"
+    x = np.arange(1.0, 9.0)
+    data = np.zeros(3)
+    f = lambda v, counted, d: scaled(v, counted) + float(d.sum()) * v[0]  # noqa: E731
+    # check_state=False: the transport alone (the check would catch stale args and reship)
+    with Gradient(f, workers=2, dispatch="parallel", check_state=False) as g:
+        counted = CountsUnpickling(path, 2.0)
+        first = g(x, counted, data)
+        for _ in range(3):
+            assert np.array_equal(g(x, counted, data), first)
+        assert unpickled(path) == 2                # once per worker, for four calls
+        data[1] = 5.0                              # changed in place: the same object
+        changed = g(x, counted, data)
+        assert unpickled(path) == 4
+        assert np.array_equal(changed, numerical_gradient(lambda v: f(v, counted, data), x.copy()))
+        assert not np.array_equal(changed, first)

@@ -164,6 +164,11 @@ def _train(run: dict[str, Any], args) -> int:
                 bar.write(f"gradient: {plan}")
                 run["plan"] = str(plan)
             trainer.run(on_step=lambda t: _after_step(t, run, bar))
+    except (ValueError, FloatingPointError) as exc:   # the loss or the weights left the numbers
+        bar.close()
+        print(f"engine-train: error: step {trainer.state.step + 1} failed: {flag_words(str(exc))}"
+              f"{_divergence_hint(trainer, config)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Terminated) as stop:
         bar.close()
         path = _checkpoint(trainer, run)
@@ -175,6 +180,14 @@ def _train(run: dict[str, Any], args) -> int:
         trainer.close()
     bar.close()
     return _finish(trainer, run, time.perf_counter() - started)
+
+
+def _divergence_hint(trainer: Trainer, config) -> str:
+    largest = max((float(np.max(np.abs(a))) for a in trainer.state.params.values()), default=0.0)
+    if not np.isfinite(largest) or largest > 1e6:
+        return (f". The weights grew to {largest:.3g}: training diverged; try a smaller --lr "
+                f"than {config.lr:g}")
+    return ""
 
 
 def _cluster(run):
@@ -237,7 +250,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
 
 def _net_name(c) -> str:
     sizes = "-".join(map(str, c.sizes))
-    return f"{sizes} net ({c.activation})" if c.net == "mlp" else f"convnet ({sizes})"
+    return f"{sizes} ({c.activation})" if c.net == "mlp" else f"convnet ({sizes})"
 
 
 def _headline(run, trainer: Trainer) -> str:

@@ -25,6 +25,7 @@ from .._errors import StateNotShippedError, warn_user
 from ..fd._bounds import bounds_per_array
 from ..fd._evaluators import Report
 from ..fd._space import ParamSpace
+from ..run._blas import one_blas_thread
 from ..run._job import CENTER, Job, Point, Raised, value_at
 from ._link import WorkerLink
 
@@ -124,8 +125,9 @@ class WorkerCall:
         mine: dict[int, Any] = {}
 
         def evaluate_here() -> None:
-            for number, point in ours.items():
-                mine[number] = value_at(bound, space, point.values, job.vector)
+            with one_blas_thread():   # as in every worker: the same bits
+                for number, point in ours.items():
+                    mine[number] = value_at(bound, space, point.values, job.vector)
 
         results, shipping = self.link.run(f, space, args, job, tasks, signature, call,
                                           evaluate_here if ours else None)

@@ -7,13 +7,13 @@ caller checks that the workers' copy computes what `f` computes here).
 """
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from contextlib import nullcontext
 from typing import Any, Callable
 
 import cloudpickle
+import numpy as np
 
 from .._errors import PayloadError, WorkerDied, WorkerLostError
 from ..fd._space import ParamSpace
@@ -45,7 +45,7 @@ class WorkerLink:
         self.shipped_now = False     # the last run shipped (f, x) to the workers
         self._shipped = None         # (pool, generation, signature) of what the workers hold
         self._sent = None            # (call, generation) whose values the workers hold
-        self._args_sent = None       # (generation, digest) of the args the workers hold
+        self._args_sent = None       # (generation, pickle, buffers) of the args the workers hold
 
     def reship(self) -> None:
         """Ship ``(f, x)`` again on the next run."""
@@ -127,18 +127,26 @@ class WorkerLink:
             self._sent = (call, pool.generation)
         return pool.run(self.key, job, tasks, while_waiting), shipping
 
-    def _args_update(self, args: tuple, generation: int) -> bytes | None:
-        """`args` pickled for the workers, or None when they already hold the same bytes."""
+    def _args_update(self, args: tuple, generation: int) -> tuple | None:
+        """`args` for the workers, ``(pickle, buffers)``, or None when they hold the same bytes.
+
+        Pickled with protocol 5, so the data of arrays in `args` stays out of band: telling
+        an unchanged 100 MB array from a changed one costs one comparison, not a copy.
+        """
+        buffers: list = []
         try:
-            data = cloudpickle.dumps(tuple(args))
+            data = cloudpickle.dumps(tuple(args), protocol=5, buffer_callback=buffers.append)
         except Exception as exc:
             raise PayloadError(f"the arguments after `x` cannot be pickled for the workers "
                                f"({type(exc).__name__}: {exc})") from exc
-        digest = (generation, hashlib.blake2b(data, digest_size=16).digest())
-        if digest == self._args_sent:
+        raws = [np.frombuffer(buffer.raw(), dtype=np.uint8) for buffer in buffers]
+        sent = self._args_sent
+        if sent is not None and sent[0] == generation and sent[1] == data and len(sent[2]) == len(raws) \
+                and all(_same_bytes(a, b) for a, b in zip(sent[2], raws)):
             return None
-        self._args_sent = digest
-        return data
+        kept = [raw.copy() for raw in raws]
+        self._args_sent = (generation, data, kept)
+        return data, kept
 
     def release(self) -> None:
         """Drop this link's residents from a shared pool, or close a pool of its own."""
@@ -150,6 +158,12 @@ class WorkerLink:
             pool.drop(self.key)
         else:
             pool.close()
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray, block: int = 2**20) -> bool:
+    """Whether two byte arrays are equal, compared a block at a time (no large temporaries)."""
+    return a.size == b.size and all(np.array_equal(a[i:i + block], b[i:i + block])
+                                    for i in range(0, a.size, block))
 
 
 def lost_message(pending: dict, retries: int, lost: WorkerDied) -> str:

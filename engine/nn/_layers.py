@@ -46,7 +46,7 @@ that :func:`engine.mlp` can build.
 
 import numpy as np
 
-from ._functions import _check_logits_labels, sigmoid, softmax, softmax_cross_entropy
+from ._functions import check_logits_labels, sigmoid, softmax, softmax_cross_entropy
 
 AFFINE = "affine"
 ELEMENTWISE = "elementwise"
@@ -207,7 +207,7 @@ class SoftmaxCrossEntropy:
         logits, labels = np.asarray(logits), np.asarray(labels)
         if logits.ndim != 2:
             raise ValueError(f"`logits` must have shape (B, C), got {logits.shape}.")
-        _check_logits_labels(logits, labels)
+        check_logits_labels(logits, labels)
         grad = softmax(logits)
         batch = grad.shape[0]
         grad[np.arange(batch), labels] -= 1.0

@@ -147,8 +147,8 @@ class ResidentPool(Pool):
                 f"({type(errors[0]).__name__}: {errors[0]}): everything `f` uses must be "
                 "importable in the worker processes") from errors[0]
 
-    def update(self, key: str, arrays: list[np.ndarray], args: bytes | None) -> None:
-        """Stage this call's values of `x` (`arrays`, in `x`'s order) and pickled `args`.
+    def update(self, key: str, arrays: list[np.ndarray], args: tuple | None) -> None:
+        """Stage this call's values of `x` (`arrays`, in `x`'s order) and `args` as pickled.
 
         They travel with the next task sent to each worker (one message, not two).
         """

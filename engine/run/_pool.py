@@ -52,7 +52,7 @@ class Pool(ABC):
     def ship(self, key: str, bundle: bytes, arrays: list[np.ndarray]) -> None:
         raise NotImplementedError
 
-    def update(self, key: str, arrays: list[np.ndarray], args: bytes | None) -> None:
+    def update(self, key: str, arrays: list[np.ndarray], args: tuple | None) -> None:
         raise NotImplementedError
 
     def run(self, key: str, job: Any, tasks: dict[int, Any],

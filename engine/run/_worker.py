@@ -16,7 +16,7 @@ given values: the caller's state check).
 - ``("task", call, key, number, job, task, update)``: evaluate; replies ``("done", call,
   number, (values, report))`` or ``("error", call, number, exception)``. The first task of a call
   to each worker carries the call's update, ``(key, values, args)``: new values (None:
-  read them from the shared memory) and pickled args (None: keep the last ones).
+  read them from the shared memory) and args as ``(pickle, buffers)`` (None: keep the last ones).
 - ``("drop", key)``, ``("stop",)``.
 
 Replies carry the caller's call number so that a call never reads a late reply of an
@@ -73,13 +73,18 @@ class Resident:
         self.shared = [np.ndarray(shape, dtype=np.dtype(dtype), buffer=self._mapping, offset=offset)
                        for offset, shape, dtype in layout]
 
-    def update(self, values: list[np.ndarray] | None, args: bytes | None) -> None:
-        """Copy new values into the resident arrays (in place) and take new arguments."""
+    def update(self, values: list[np.ndarray] | None, args: tuple | None) -> None:
+        """Copy new values into the resident arrays (in place) and take new arguments.
+
+        `args` is ``(pickle, buffers)`` (protocol 5, the arrays' data out of band), or None
+        to keep the last ones.
+        """
         source = self.shared if values is None else values
         for array, value in zip(self.space.arrays, source):
             array[...] = value
         if args is not None:
-            self.args = pickle.loads(args)
+            data, buffers = args
+            self.args = pickle.loads(data, buffers=buffers)
         self._reset()
 
     def evaluate(self, job: Job, task: Any):

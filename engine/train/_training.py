@@ -23,7 +23,7 @@ from ..nn._layers import ACTIVATIONS
 from ..nn._model import DEFAULT_ACTIVATION, DEFAULT_WEIGHT_STD, check_sizes
 from ..book._convnet import SimpleConvNet
 from ..book._nets import BOOK_SIZES, MLP, Net
-from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP
+from ..fd._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP
 
 __all__ = ["TrainConfig", "TrainingState", "Trainer", "GRADIENTS", "NETS", "build_net"]
 
@@ -110,6 +110,11 @@ class TrainConfig:
             raise ValueError(f"`net` must be one of {NETS}, got {self.net!r}")
         if self.net != NETS[0]:
             build_net(self.sizes, self.net, 0.0)   # ValueError if `sizes` does not fit the net
+        scale = 4.0 * float(self.weight_init_std)   # nearly every initial weight is below this
+        if self.gradient != BACKPROP and self.h != AUTO and scale + float(self.h) == scale:
+            raise ValueError(f"`h` = {self.h!r} is lost to rounding at weights of size {scale:g} "
+                             f"(4 x `weight_init_std` = {self.weight_init_std!r}): nothing would be "
+                             "perturbed. Use a larger `h`, or 'auto', or a smaller `weight_init_std`")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sizes": list(self.sizes)}
