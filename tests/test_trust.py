@@ -273,7 +273,8 @@ def test_a_nan_in_x_is_named_when_f_is_not_finite():
 
 
 def test_a_complex_x_is_refused_as_complex():
-    with pytest.raises(TypeError, match="complex dtype complex128.*real and imaginary parts"):
+    with pytest.raises(TypeError, match="complex dtype complex128, but needs a real floating dtype"
+                                        ".*real and imaginary parts"):
         numerical_gradient(squares, np.ones(3, dtype=complex))
 
 

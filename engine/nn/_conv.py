@@ -22,7 +22,7 @@ __all__ = ["Convolution", "Pooling", "Reshape", "im2col", "col2im", "output_size
 
 def _check_int(name, value, least):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise ValueError(f"`{name}` must be an int >= {least}, got {value!r}.")
+        raise ValueError(f"`{name}` must be an int >= {least}, got {value!r}")
     return int(value)
 
 
@@ -97,7 +97,7 @@ def _image_shape(layer, n_in):
     """`n_in` as (C, H, W), or ValueError saying that `layer` needs images."""
     if not isinstance(n_in, tuple) or len(n_in) != 3:
         raise ValueError(f"{layer!r} needs images, samples of shape (C, H, W), got {n_in!r}: "
-                         "give x of shape (B, C, H, W), or put Reshape((C, H, W)) before it.")
+                         "give x of shape (B, C, H, W), or put Reshape((C, H, W)) before it")
     return n_in
 
 
@@ -107,7 +107,7 @@ class Convolution(Layer):
     def __init__(self, weight, bias=None, stride=1, pad=0):
         for name, value in (("weight", weight), ("bias", bias)):
             if not (isinstance(value, str) or (name == "bias" and value is None)):
-                raise TypeError(f"`{name}` must be a parameter name (str), got {value!r}.")
+                raise TypeError(f"`{name}` must be a parameter name (str), got {value!r}")
         self.weight, self.bias = weight, bias
         self.stride = _check_int("stride", stride, 1)
         self.pad = _check_int("pad", pad, 0)
@@ -125,15 +125,15 @@ class Convolution(Layer):
         w_shape = np.shape(_lookup(params, self.weight))
         if len(w_shape) != 4 or w_shape[1] != channels:
             raise ValueError(f"`params[{self.weight!r}]` must have shape (FN, {channels}, FH, FW), "
-                             f"got {w_shape}.")
+                             f"got {w_shape}")
         if self.bias is not None and np.shape(_lookup(params, self.bias)) != w_shape[:1]:
             raise ValueError(f"`params[{self.bias!r}]` must have shape ({w_shape[0]},), "
-                             f"got {np.shape(params[self.bias])}.")
+                             f"got {np.shape(params[self.bias])}")
         oh = output_size(height, w_shape[2], self.stride, self.pad)
         ow = output_size(width, w_shape[3], self.stride, self.pad)
         if oh < 1 or ow < 1:
             raise ValueError(f"`params[{self.weight!r}]`'s filters {w_shape[2:]} do not fit images "
-                             f"{(height, width)} padded by {self.pad}.")
+                             f"{(height, width)} padded by {self.pad}")
         return (w_shape[0], oh, ow)
 
     def forward(self, params, z):
@@ -180,7 +180,7 @@ class Pooling(Layer):
         oh = output_size(height, self.pool_h, self.stride, 0)
         ow = output_size(width, self.pool_w, self.stride, 0)
         if oh < 1 or ow < 1:
-            raise ValueError(f"{self!r} does not fit images of size {(height, width)}.")
+            raise ValueError(f"{self!r} does not fit images of size {(height, width)}")
         return (channels, oh, ow)
 
     def _flat_windows(self, z):
@@ -208,9 +208,9 @@ class Reshape(Layer):
         for size in shape:
             if isinstance(size, bool) or not isinstance(size, numbers.Integral) or \
                     (size < 1 and size != -1):
-                raise ValueError(f"`shape` must hold positive ints and at most one -1, got {shape!r}.")
+                raise ValueError(f"`shape` must hold positive ints and at most one -1, got {shape!r}")
         if shape.count(-1) > 1:
-            raise ValueError(f"`shape` may hold at most one -1, got {shape!r}.")
+            raise ValueError(f"`shape` may hold at most one -1, got {shape!r}")
         self.shape = tuple(int(s) for s in shape)
 
     def __repr__(self):
@@ -222,7 +222,7 @@ class Reshape(Layer):
         known = int(np.prod([s for s in self.shape if s != -1]))
         shape = tuple(size // known if s == -1 else s for s in self.shape)
         if int(np.prod(shape)) != size:
-            raise ValueError(f"{self!r} cannot take samples of shape {n_in!r} ({size} entries).")
+            raise ValueError(f"{self!r} cannot take samples of shape {n_in!r} ({size} entries)")
         return shape[0] if len(shape) == 1 else shape
 
     def forward(self, params, z):

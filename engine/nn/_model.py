@@ -4,15 +4,20 @@ Parameters live outside the net, in a dict ``params`` (name -> ndarray) that is 
 every call. This is what lets a numerical gradient perturb ``params[name][i]`` in place
 and re-evaluate, exactly like the book's ``f = lambda w: net.loss(x, t)``.
 """
+from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from ._functions import to_labels
 from ._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
 from ._regularize import BatchNormalization, Dropout
+
+__all__ = ["Sequential", "ModelLoss", "mlp", "init_params", "check_sizes", "DEFAULT_ACTIVATION",
+           "DEFAULT_WEIGHT_STD"]
 
 DEFAULT_ACTIVATION = "sigmoid"   # the teaching text's hidden layer
 DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation
@@ -47,25 +52,25 @@ class Sequential:
     layer that lacks one of its methods.
     """
 
-    def __init__(self, layers, loss_layer):
+    def __init__(self, layers: list, loss_layer: Any):
         layers = list(layers)
         if not layers:
-            raise ValueError("`layers` is empty; a net needs at least one layer.")
+            raise ValueError("`layers` is empty; a net needs at least one layer")
         for layer in layers:
             missing = [method for method in LAYER_METHODS if not hasattr(layer, method)]
             if missing:
                 raise TypeError(f"`layers` holds {layer!r}, which has no {', '.join(missing)}; "
-                                f"a layer needs {', '.join(LAYER_METHODS)} (see engine._layers).")
+                                f"a layer needs {', '.join(LAYER_METHODS)} (see engine._layers)")
         for method in ("per_sample", "loss", "backward"):
             if not hasattr(loss_layer, method):
-                raise TypeError(f"`loss_layer` {loss_layer!r} has no method {method!r}.")
+                raise TypeError(f"`loss_layer` {loss_layer!r} has no method {method!r}")
         self.layers = layers
         self.loss_layer = loss_layer
 
     def __repr__(self):
         return f"Sequential({self.layers!r}, {self.loss_layer!r})"
 
-    def param_names(self):
+    def param_names(self) -> list[str]:
         """Names of the parameters the layers use, in layer order, each once; list of str."""
         names = []
         for layer in self.layers:
@@ -126,7 +131,7 @@ class Sequential:
         """
         missing = [name for name in self.state_names() if name not in state]
         if missing:
-            raise ValueError(f"`state` has no entry {missing[0]!r}; start from init_state().")
+            raise ValueError(f"`state` has no entry {missing[0]!r}; start from init_state()")
         trace = self.trace(params, x)
         for layer, z in zip(self.layers, trace):
             if hasattr(layer, "update_state"):
@@ -135,7 +140,7 @@ class Sequential:
     def _check_params(self, params, n_in):
         """Check `params` against the layers for input width `n_in`; return C."""
         if not isinstance(params, Mapping):
-            raise TypeError(f"`params` must be a dict of arrays, got {type(params).__name__}.")
+            raise TypeError(f"`params` must be a dict of arrays, got {type(params).__name__}")
         width = n_in
         for layer in self.layers:
             width = layer.check(params, width)
@@ -166,7 +171,7 @@ class Sequential:
         logits = self._forward(params, x)
         return float(self.loss_layer.loss(logits, labels, check_labels=False))
 
-    def logits(self, params, x):
+    def logits(self, params: dict, x: np.ndarray) -> np.ndarray:
         """Scores before the loss layer's softmax.
 
         Parameters
@@ -233,7 +238,7 @@ class Sequential:
         self._check_params(params, _sample_shape(x))
         return self._trace(params, x)
 
-    def loss(self, params, x, t):
+    def loss(self, params: dict, x: np.ndarray, t: Any) -> float:
         """Mean over the batch of the per-sample loss (softmax cross entropy).
 
         Parameters
@@ -265,7 +270,7 @@ class Sequential:
         x, labels = self._inputs(params, x, t)
         return self._loss(params, x, labels)
 
-    def gradient(self, params, x, t):
+    def gradient(self, params: dict, x: np.ndarray, t: Any) -> dict[str, np.ndarray]:
         """Exact gradient of :meth:`loss` with respect to every parameter, by backprop.
 
         Parameters
@@ -345,9 +350,9 @@ class ModelLoss:
     True
     """
 
-    def __init__(self, model, params, x, t):
+    def __init__(self, model: Sequential, params: dict, x: np.ndarray, t: Any):
         if not isinstance(model, Sequential):
-            raise TypeError(f"`model` must be a Sequential, got {type(model).__name__}.")
+            raise TypeError(f"`model` must be a Sequential, got {type(model).__name__}")
         x, labels = model._inputs(params, x, t)
         self.model = model
         self.params = params
@@ -357,23 +362,24 @@ class ModelLoss:
     def __repr__(self):
         return f"ModelLoss(model={self.model!r}, batch={self.x.shape[0]})"
 
-    def __call__(self, w):
+    def __call__(self, w: Any) -> float:
         """Return the mean loss at the current ``self.params`` as a float; `w` is ignored."""
         return self.model._loss(self.params, self.x, self.labels)
 
 
-def check_sizes(sizes):
+def check_sizes(sizes: Any) -> list[int]:
     """Return `sizes` as a list of at least two positive ints, or raise."""
     sizes = list(sizes)
     if len(sizes) < 2:
-        raise ValueError(f"`sizes` needs an input and an output width, got {sizes!r}.")
+        raise ValueError(f"`sizes` needs an input and an output width, got {sizes!r}")
     for size in sizes:
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"`sizes` must hold positive ints, got {size!r} in {sizes!r}.")
+            raise ValueError(f"`sizes` must hold positive ints, got {size!r} in {sizes!r}")
     return [int(size) for size in sizes]
 
 
-def mlp(sizes, activation=DEFAULT_ACTIVATION, *, batch_norm=False, dropout=0.0, dropout_seed=0):
+def mlp(sizes: Any, activation: str = DEFAULT_ACTIVATION, *, batch_norm: bool = False,
+        dropout: float = 0.0, dropout_seed: int = 0) -> Sequential:
     """Multi-layer perceptron ``Affine, act, Affine, act, ..., Affine`` with softmax loss.
 
     Parameters
@@ -411,7 +417,7 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION, *, batch_norm=False, dropout=0.0, 
     sizes = check_sizes(sizes)
     if activation not in ACTIVATIONS:
         raise ValueError(
-            f"`activation` {activation!r} is unknown; choose from {sorted(ACTIVATIONS)}."
+            f"`activation` {activation!r} is unknown; choose from {sorted(ACTIVATIONS)}"
         )
     Dropout(dropout)   # checks the ratio
     n_affine = len(sizes) - 1
@@ -427,8 +433,8 @@ def mlp(sizes, activation=DEFAULT_ACTIVATION, *, batch_norm=False, dropout=0.0, 
     return Sequential(layers, SoftmaxCrossEntropy())
 
 
-def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.float64, *,
-                batch_norm=False):
+def init_params(sizes: Any, weight_init_std: float = DEFAULT_WEIGHT_STD, seed: Any = None,
+                dtype: Any = np.float64, *, batch_norm: bool = False) -> dict[str, np.ndarray]:
     """Parameters for :func:`mlp`: Gaussian weights, zero biases.
 
     Parameters
@@ -465,10 +471,10 @@ def init_params(sizes, weight_init_std=DEFAULT_WEIGHT_STD, seed=None, dtype=np.f
     """
     sizes = check_sizes(sizes)
     if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
-        raise ValueError(f"`weight_init_std` must be finite and >= 0, got {weight_init_std!r}.")
+        raise ValueError(f"`weight_init_std` must be finite and >= 0, got {weight_init_std!r}")
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
-        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}.")
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
     rng = np.random.default_rng(seed)
     params = {}
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):

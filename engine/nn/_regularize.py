@@ -33,13 +33,13 @@ DEFAULT_DROPOUT = 0.5
 
 def _check_name(name, value):
     if not isinstance(value, str):
-        raise TypeError(f"`{name}` must be a parameter name (str), got {value!r}.")
+        raise TypeError(f"`{name}` must be a parameter name (str), got {value!r}")
     return value
 
 
 def _check_fraction(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
+        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -67,7 +67,7 @@ class BatchNormalization(Layer):
         self.running_var = _check_name("running_var", running_var or gamma + "_var")
         self.momentum = _check_fraction("momentum", momentum)
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"`eps` must be a number > 0, got {eps!r}.")
+            raise ValueError(f"`eps` must be a number > 0, got {eps!r}")
         self.eps = float(eps)
         self.train = bool(train)
 
@@ -100,7 +100,7 @@ class BatchNormalization(Layer):
         for name in names:
             shape = np.shape(_lookup(params, name))
             if shape != (n,):
-                raise ValueError(f"`params[{name!r}]` must have shape ({n},), got {shape}.")
+                raise ValueError(f"`params[{name!r}]` must have shape ({n},), got {shape}")
         return n_in
 
     def _statistics(self, params, rows):
@@ -157,7 +157,7 @@ class Dropout(Layer):
     def __init__(self, ratio=DEFAULT_DROPOUT, seed=0, *, train=True):
         self.ratio = _check_fraction("ratio", ratio)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
         self.seed = int(seed)
         self.train = bool(train)
 
