@@ -134,6 +134,25 @@ class TestResult:
                 assert same_csr(J(x0.copy()), serial)
             assert J.plan.where == "parallel"
 
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    def test_random_patterns_give_the_dense_jacobians_bits_and_exact_zeros_elsewhere(self, seed):
+        """f = A @ tanh(x) with A sparse, stored dense: row i sums the same terms whichever
+        other columns move (0 * tanh(x_k) is 0), so the groups change no bit."""
+        rng = np.random.default_rng(seed)
+        pattern = rng.random((30, 25)) < 0.12
+        a = np.where(pattern, rng.standard_normal(pattern.shape), 0.0)
+        f = lambda v: a @ np.tanh(v)
+        x = rng.standard_normal(25)
+        got = engine.jacobian(f, x.copy(), sparsity=pattern, scheme="forward", workers=1)
+        dense = engine.jacobian(f, x.copy(), scheme="forward", workers=1)
+        assert np.array_equal(got.toarray()[pattern], dense[pattern])
+        assert not dense[~pattern].any() and got.nnz == pattern.sum()
+
+    def test_the_one_shot_call_on_shared_workers_gives_the_same_bits(self):
+        x0, _, _ = chain_x0()
+        serial = engine.jacobian(chain, x0.copy(), sparsity=chain_pattern(), workers=1)
+        assert same_csr(engine.jacobian(chain, x0.copy(), sparsity=chain_pattern(), workers=2), serial)
+
     def test_every_pattern_form_gives_the_same_result(self):
         x0, _, _ = chain_x0()
         expected = engine.jacobian(chain, x0.copy(), sparsity=chain_pattern(), workers=1)
