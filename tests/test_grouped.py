@@ -103,6 +103,20 @@ class TestExactness:
         assert np.array_equal(got, looped(f, x) * pattern)
 
 
+    def test_views_fortran_order_and_a_0d_member_are_perturbed_and_restored_in_place(self, rng):
+        base = rng.standard_normal(20)
+        x = {"view": base[::2], "fortran": np.asfortranarray(rng.standard_normal((2, 3))),
+             "scalar": np.array(0.7)}
+        before = {key: value.copy() for key, value in x.items()}
+        flat = lambda d: np.concatenate([d["view"], d["fortran"].reshape(-1), d["scalar"].reshape(1)])
+        f = lambda d: np.exp(flat(d)) - 1.0
+        expected = looped(f, x) * np.eye(17)
+        assert np.array_equal(grouped(f, x, np.eye(17)), expected)   # one group of 17
+        assert np.array_equal(grouped(f, x, np.eye(17), groups=np.arange(17)), expected)
+        assert all(np.array_equal(x[key], before[key]) for key in x)
+        assert np.array_equal(base[::2], before["view"])
+
+
 class TestBounds:
     @pytest.mark.parametrize("scheme", ["forward", "central", "central4"])
     @pytest.mark.parametrize("h", [1e-4, None], ids=["h=1e-4", "h=auto"])
