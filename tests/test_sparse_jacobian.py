@@ -272,6 +272,17 @@ class TestBadInput:
             engine.Jacobian(chain, sparsity=chain_pattern())
 
 
+def test_without_scipy_the_engine_imports_and_groups_dense_patterns():
+    import subprocess
+    script = ("import sys; sys.modules['scipy'] = None; import numpy as np, engine; "
+              "print(engine.group_columns(np.eye(3) + np.eye(3, k=1)).tolist()); "
+              "engine.Jacobian(np.sin, sparsity=np.eye(3))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[0, 1, 0]"
+    assert "ImportError: a sparse Jacobian needs SciPy" in done.stderr
+    assert "numgrad-engine[sparse]" in done.stderr
+
+
 class TestCheckSparsity:
     def test_a_missed_nonzero_is_named_and_the_check_runs_once(self):
         pattern = chain_pattern()
