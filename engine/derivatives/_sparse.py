@@ -19,7 +19,7 @@ from ..fd._bounds import bounds_per_array
 from ..fd._evaluators import LoopOptions, loop_evaluate
 from ..fd._grouped import GROUPED_SCHEMES, GroupedOptions
 from ..fd._grouping import Pattern, check_groups, group_columns, members, scipy_sparse
-from ..fd._schemes import resolve_steps
+from ..fd._schemes import SCHEMES, resolve_steps
 from ..fd._space import ParamSpace
 from ._gradient import Jacobian as DenseJacobian
 
@@ -49,8 +49,9 @@ class Jacobian(DenseJacobian):
         Needs SciPy (``pip install 'numgrad-engine[sparse]'``).
     check_sparsity : bool, default False
         On the first call, compute the dense Jacobian once, in this process, by the loop
-        evaluator (n or 2n evaluations of `f`) and raise `ValueError` naming an output and
-        an entry of `x` where it is not exactly 0 outside the pattern. A debugging aid:
+        evaluator with forward differences (n + 1 evaluations of `f`; exactly 0 where an
+        output does not move) and raise `ValueError` naming an output and an entry of `x`
+        where it is not 0 outside the pattern. A debugging aid:
         a pattern that misses a real nonzero silently mixes that column into the others
         of its group.
     **options
@@ -158,7 +159,9 @@ class Jacobian(DenseJacobian):
         check_shape(self.sparsity, space)
         steps = resolve_steps(self.h, space.keys, space.labels)
         loop = LoopOptions(bounds=bounds_per_array(self.bounds, space), vector=True)
-        dense = dense_jacobian(bind(self.f, args, x), space, steps, self.scheme, loop)
+        # forward differences: (f_i(x + h) - f_i(x)) / h is exactly 0 where f_i does not move,
+        # where the longer stencils (-3 f + 4 f - f, central4) can leave a rounding residue
+        dense = dense_jacobian(bind(self.f, args, x), space, steps, SCHEMES["forward"], loop)
         missed_nonzero(self.sparsity, dense, space)
         self._check_pending = False
 
