@@ -1,4 +1,4 @@
-"""Resident gradients (issue 11): `engine.Gradient` timed interleaved against the alternatives.
+"""Resident gradients: `engine.Gradient` timed interleaved against the alternatives.
 
 A `Gradient` ships `f` and the structure of `x` to its workers once and then only the new
 values of `x` and the call's arguments. These groups measure what that buys, each against
@@ -347,7 +347,7 @@ def ceiling(group: dict, evaluation: float, count: int, workers: int) -> dict:
 
 
 def goals(groups: dict, workers: int) -> list[dict]:
-    """Each goal of issue 11 with the figure measured in this run (all rounds' medians).
+    """Each goal of the resident gradient with the figure measured in this run (all rounds' medians).
 
     Where the group's cases are long enough to be metered, the figure over the quiet
     rounds alone is given too (`quiet`, None when no round was quiet).

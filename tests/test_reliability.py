@@ -1,4 +1,4 @@
-"""Faults found by a hostile tester (issue 14), each caused for real: forks, kills, odd errors, odd input."""
+"""Faults a hostile tester would try, each caused for real: forks, kills, odd errors, odd input."""
 import multiprocessing
 import os
 import signal
