@@ -1,4 +1,4 @@
-"""Sparse Jacobians (issue 23): how many evaluations of `f` the column groups cost, and the wall time.
+"""Sparse Jacobians: how many evaluations of `f` the column groups cost, and the wall time.
 
 - ``evaluations``: the calls of `f` one sparse Jacobian makes, counted by a wrapper around
   `f` in this process, ours (``engine.Jacobian(f, sparsity=P)``, forward and central) against

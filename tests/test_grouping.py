@@ -1,4 +1,4 @@
-"""Column grouping (`engine.group_columns`): valid groups, and as few as the targets of issue 23.
+"""Column grouping (`engine.group_columns`): valid groups, and as few as the targets (3, 5, widest block).
 
 A grouping is valid when no row holds two columns of one group; each test checks that
 directly from the dense pattern, not through the engine's own checker.

@@ -108,15 +108,18 @@ class Counting:
 
 
 class TestResult:
-    @pytest.mark.parametrize("scheme", ["forward", "central"])
-    def test_the_entries_are_the_dense_jacobians_bit_for_bit(self, scheme):
-        x0, _, _ = chain_x0()
-        with engine.Jacobian(chain, sparsity=chain_pattern(), scheme=scheme, workers=1) as J:
+    @pytest.mark.parametrize("scheme", ["forward", "central", "central4"])
+    @pytest.mark.parametrize("bounded", [False, True], ids=["free", "at-bounds"])
+    def test_the_entries_are_the_dense_jacobians_bit_for_bit(self, scheme, bounded):
+        x0, lower, upper = chain_x0()
+        bounds = (lower, upper) if bounded else None
+        with engine.Jacobian(chain, sparsity=chain_pattern(), scheme=scheme, bounds=bounds,
+                             workers=1) as J:
             got = J(x0.copy())
-        dense = engine.jacobian(chain, x0.copy(), scheme=scheme, workers=1)
+        dense = engine.jacobian(chain, x0.copy(), scheme=scheme, bounds=bounds, workers=1)
         assert isinstance(got, sparse.csr_array) and got.shape == (N, N)
         assert got.nnz == chain_pattern().sum() and got.has_sorted_indices
-        assert np.array_equal(got.toarray(), dense)
+        assert np.array_equal(got.toarray()[chain_pattern()], dense[chain_pattern()])
 
     @pytest.mark.parametrize("workers", [2, 3])
     @pytest.mark.parametrize("scheme", ["forward", "central"])
@@ -130,6 +133,25 @@ class TestResult:
             for _ in range(2):   # the second call reuses the resident workers
                 assert same_csr(J(x0.copy()), serial)
             assert J.plan.where == "parallel"
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    def test_random_patterns_give_the_dense_jacobians_bits_and_exact_zeros_elsewhere(self, seed):
+        """f = A @ tanh(x) with A sparse, stored dense: row i sums the same terms whichever
+        other columns move (0 * tanh(x_k) is 0), so the groups change no bit."""
+        rng = np.random.default_rng(seed)
+        pattern = rng.random((30, 25)) < 0.12
+        a = np.where(pattern, rng.standard_normal(pattern.shape), 0.0)
+        f = lambda v: a @ np.tanh(v)
+        x = rng.standard_normal(25)
+        got = engine.jacobian(f, x.copy(), sparsity=pattern, scheme="forward", workers=1)
+        dense = engine.jacobian(f, x.copy(), scheme="forward", workers=1)
+        assert np.array_equal(got.toarray()[pattern], dense[pattern])
+        assert not dense[~pattern].any() and got.nnz == pattern.sum()
+
+    def test_the_one_shot_call_on_shared_workers_gives_the_same_bits(self):
+        x0, _, _ = chain_x0()
+        serial = engine.jacobian(chain, x0.copy(), sparsity=chain_pattern(), workers=1)
+        assert same_csr(engine.jacobian(chain, x0.copy(), sparsity=chain_pattern(), workers=2), serial)
 
     def test_every_pattern_form_gives_the_same_result(self):
         x0, _, _ = chain_x0()
@@ -232,10 +254,10 @@ class TestBadInput:
             engine.Jacobian(chain, sparsity=(chain_pattern(), groups))
 
     @pytest.mark.parametrize("options, match", [
-        (dict(scheme="central4"), r"`scheme` in \('forward', 'central'\)"),
+        (dict(scheme="complex"), r"`scheme` in \('central', 'forward', 'central4'\) \(the complex"),
         (dict(evaluator="loop"), "`evaluator` does not apply with `sparsity`"),
         (dict(check_sparsity="yes"), "`check_sparsity` must be True or False"),
-    ], ids=["central4", "evaluator", "check-not-bool"])
+    ], ids=["complex", "evaluator", "check-not-bool"])
     def test_options_that_do_not_apply_are_refused(self, options, match):
         with pytest.raises(ValueError, match=match):
             engine.Jacobian(chain, sparsity=chain_pattern(), **options)
@@ -250,6 +272,17 @@ class TestBadInput:
             engine.Jacobian(chain, sparsity=chain_pattern())
 
 
+def test_without_scipy_the_engine_imports_and_groups_dense_patterns():
+    import subprocess
+    script = ("import sys; sys.modules['scipy'] = None; import numpy as np, engine; "
+              "print(engine.group_columns(np.eye(3) + np.eye(3, k=1)).tolist()); "
+              "engine.Jacobian(np.sin, sparsity=np.eye(3))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[0, 1, 0]"
+    assert "ImportError: a sparse Jacobian needs SciPy" in done.stderr
+    assert "numgrad-engine[sparse]" in done.stderr
+
+
 class TestCheckSparsity:
     def test_a_missed_nonzero_is_named_and_the_check_runs_once(self):
         pattern = chain_pattern()
@@ -261,9 +294,19 @@ class TestCheckSparsity:
         f = Counting(chain)
         with engine.Jacobian(f, sparsity=chain_pattern(), check_sparsity=True, workers=1) as J:
             first = J(x0.copy())
-            assert f.calls == 2 * N + (2 * 3 + 1)   # the dense check, then the groups and f(x)
+            assert f.calls == (N + 1) + (2 * 3 + 1)   # the forward dense check, the groups, f(x)
             assert same_csr(J(x0.copy()), first)
-            assert f.calls == 2 * N + 2 * (2 * 3 + 1)   # checked once, not again
+            assert f.calls == (N + 1) + 2 * (2 * 3 + 1)   # checked once, not again
+
+    @pytest.mark.parametrize("scheme", ["central4", "central"])
+    def test_a_right_pattern_passes_whatever_the_scheme_and_bounds(self, scheme):
+        """central4's -v + 8v - 8v + v, and the one-sided -3v + 4v - v at a bound, leave rounding
+        where an output does not move (1.9e-10 here); the check does not use them."""
+        x0, lower, upper = chain_x0()
+        for bounds in (None, (lower, upper)):
+            with engine.Jacobian(chain, sparsity=chain_pattern(), check_sparsity=True, scheme=scheme,
+                                 bounds=bounds, workers=1) as J:
+                assert J(x0.copy()).nnz == chain_pattern().sum()
 
 
 class TestFailures:

@@ -19,7 +19,7 @@ from ..fd._bounds import bounds_per_array
 from ..fd._evaluators import LoopOptions, loop_evaluate
 from ..fd._grouped import GROUPED_SCHEMES, GroupedOptions
 from ..fd._grouping import Pattern, check_groups, group_columns, members, scipy_sparse
-from ..fd._schemes import resolve_steps
+from ..fd._schemes import SCHEMES, resolve_steps
 from ..fd._space import ParamSpace
 from ._gradient import Jacobian as DenseJacobian
 
@@ -43,25 +43,28 @@ class Jacobian(DenseJacobian):
         depend on entry j of `x` (x's entries in flat C order over all its arrays). The
         columns are grouped by `engine.group_columns`, or by the given ``groups`` (one
         integer per column, checked: two columns sharing a row in one group are refused,
-        naming them). Each group costs one evaluation of `f` (forward) or two (central),
-        plus ``f(x)`` once per call; the groups are the tasks spread over the workers.
+        naming them). Each group costs one evaluation of `f` (forward), two (central) or
+        four (central4), plus ``f(x)`` once per call; the groups are the tasks spread over
+        the workers.
         Needs SciPy (``pip install 'numgrad-engine[sparse]'``).
     check_sparsity : bool, default False
         On the first call, compute the dense Jacobian once, in this process, by the loop
-        evaluator (n or 2n evaluations of `f`) and raise `ValueError` naming an output and
-        an entry of `x` where it is not exactly 0 outside the pattern. A debugging aid:
+        evaluator with forward differences (n + 1 evaluations of `f`; exactly 0 where an
+        output does not move) and raise `ValueError` naming an output and an entry of `x`
+        where it is not 0 outside the pattern. A debugging aid:
         a pattern that misses a real nonzero silently mixes that column into the others
         of its group.
     **options
         As `engine.Gradient` (``h``, ``scheme``, ``on_failure``, ``bounds``, ``check_state``,
         ``execution`` and the execution keywords). With `sparsity`: ``scheme`` is
-        ``"forward"`` or ``"central"``; near a bound each column of a group steps inward on
-        its own side (forward: ``x_j - h``; central: a one-sided second-order difference,
-        ``x_j + s*h'`` and ``x_j + 2*s*h'``, ``h' = min(h, room / 2)``, with ``f(x)``:
-        SciPy's rule); with ``on_failure`` a failed evaluation concerns every column of its
-        group: ``"nan"`` makes all their entries NaN, ``"one-sided"`` takes the other
-        evaluation with ``f(x)`` (forward: ``x_j - h`` for the group's columns the bounds
-        allow), NaN where none survived. `evaluator` does not apply.
+        ``"forward"``, ``"central"`` or ``"central4"`` (not the complex step); near a bound
+        each column of a group takes the loop evaluator's one-sided scheme and step on its
+        own side, in the same evaluations (central: ``(-3 f(x) + 4 f(x + h) - f(x + 2h)) /
+        2h`` or its mirror); with ``on_failure`` a failed evaluation concerns every column
+        of its group: ``"nan"`` makes all their entries NaN, ``"one-sided"`` takes the
+        group's first evaluation that succeeded with ``f(x)``, to first order (forward:
+        ``x_j - h`` for the columns the bounds allow), NaN where none did (the loop
+        evaluator goes to second order there; a group does not). `evaluator` does not apply.
 
     Returns (calling)
     -----------------
@@ -72,10 +75,8 @@ class Jacobian(DenseJacobian):
 
     Exactness: the same bits at any worker count, in this process or not. For an `f`
     whose each output is computed from its own inputs alone (elementwise NumPy,
-    stencils), each entry is bit for bit the dense loop Jacobian's (the rows see the
-    same numbers whether a column moves alone or with its group), except near bounds with
-    the central scheme (the second-order one-sided rule above, where the dense Jacobian
-    takes a first-order one).
+    stencils), each entry is bit for bit the dense Jacobian's, bounds included (the rows
+    see the same numbers whether a column moves alone or with its group).
 
     Raises
     ------
@@ -117,8 +118,8 @@ class Jacobian(DenseJacobian):
             raise ValueError(f"`evaluator` does not apply with `sparsity` (the column groups have "
                              f"their own evaluator), got evaluator={self.evaluator!r}")
         if self.scheme.name not in GROUPED_SCHEMES:
-            raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES}, "
-                             f"got {self.scheme.name!r}")
+            raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES} "
+                             f"(the complex step not yet), got {self.scheme.name!r}")
         self.sparsity = resolve_sparsity(sparsity)
         self._check_pending = bool(check_sparsity)
 
@@ -158,7 +159,9 @@ class Jacobian(DenseJacobian):
         check_shape(self.sparsity, space)
         steps = resolve_steps(self.h, space.keys, space.labels)
         loop = LoopOptions(bounds=bounds_per_array(self.bounds, space), vector=True)
-        dense = dense_jacobian(bind(self.f, args, x), space, steps, self.scheme, loop)
+        # forward differences: (f_i(x + h) - f_i(x)) / h is exactly 0 where f_i does not move,
+        # where the longer stencils (-3 f + 4 f - f, central4) can leave a rounding residue
+        dense = dense_jacobian(bind(self.f, args, x), space, steps, SCHEMES["forward"], loop)
         missed_nonzero(self.sparsity, dense, space)
         self._check_pending = False
 
@@ -209,12 +212,6 @@ def resolve_sparsity(sparsity: Any) -> Sparsity:
         groups = group_columns(pattern)
     ptr, columns = members(groups)
     return Sparsity(pattern, groups, ptr, columns)
-
-
-def check_scheme(scheme: str) -> None:
-    if scheme not in GROUPED_SCHEMES:
-        raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES}, "
-                         f"got {scheme!r}")
 
 
 def check_shape(sparsity: Sparsity, space: ParamSpace) -> None:

@@ -6,18 +6,14 @@ depends on two of them, each changed row of ``f`` is the difference of one colum
 task returns an (m,) row: at every row some column of the group touches, that column's
 derivative; 0 elsewhere.
 
-Steps, per column of a group:
-
-- forward: ``x_j + h`` and ``f(x)``; near an upper bound ``x_j - h`` (or the larger room),
-  the loop evaluator's rule.
-- central: ``x_j + h`` and ``x_j - h``; where one of them leaves the bounds, a one-sided
-  second-order difference on the side with more room, ``x_j + s*h'`` and ``x_j + 2*s*h'``
-  with ``h' = min(h, room / 2)`` and ``f(x)`` (SciPy's rule). The columns of one group each
-  take their own side in the same two evaluations.
-
-A fixed `h` is the teaching text's formula (the difference divided by the nominal step);
-``h="auto"`` divides by the steps actually stored. With groups of one column, forward and
-central without bounds give bit for bit the loop evaluator's numbers.
+Steps, per column of a group: the loop evaluator's, entry by entry. Away from bounds the
+scheme itself; near a bound the scheme and step of `engine.fd._schemes.fit_to_bounds` (the
+one-sided scheme of the same order toward the side with room, or a step shrunk to fit),
+so the columns of one group each take their own side in the same evaluations. The
+differences are the schemes' own `combine` (nominal h: the teaching text's formula) and
+`combine_stored` (``h="auto"``: the steps actually stored), evaluated on each column's
+rows: with groups of one column, or for an `f` whose each output is computed from its
+own inputs alone, the numbers are bit for bit the loop evaluator's.
 """
 from __future__ import annotations
 
@@ -27,15 +23,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluators import ON_FAILURE, Report, _Failed, checked_output, loss_at
+from ._evaluators import ON_FAILURE, Report, _Failed, _inside, checked_output, loss_at
 from ._grouping import Pattern
-from ._schemes import Scheme, auto_step
+from ._schemes import SCHEMES, Scheme, auto_step
 from ._space import ParamSpace
 
 __all__ = ["GroupedOptions", "grouped_evaluate", "GROUPED_SCHEMES"]
 
-GROUPED_SCHEMES = ("forward", "central")
-_FORWARD, _CENTRAL, _ONE_SIDED = 0, 1, 2     # the difference each column takes
+GROUPED_SCHEMES = tuple(SCHEMES)   # the real-valued schemes: forward, central, central4
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,8 +45,9 @@ class GroupedOptions:
         Group k is ``group_columns[group_ptr[k]:group_ptr[k + 1]]``.
     on_failure : {"raise", "one-sided", "nan"}
         An evaluation of `f` that fails concerns every column of its group: ends the call;
-        is replaced, column by column, by the other evaluation with ``f(x)`` (forward: by
-        ``x_j - h`` where the bounds allow), else NaN; makes the group's entries NaN.
+        is replaced by the group's first evaluation that succeeded, as a first-order
+        difference with ``f(x)`` (forward: by ``x_j - h`` where the bounds allow), else
+        NaN; makes the group's entries NaN.
     bounds : (lower, upper), ndarray float64 of shape (n,) each, or None
         `f` is never evaluated outside them.
     """
@@ -123,65 +119,61 @@ class _Group:
         h, self.relative = _steps(space, steps, scheme, self.places, self.base)
         bounds = options.bounds
         lower, upper = (None, None) if bounds is None else (bounds[0][columns], bounds[1][columns])
-        self.kind, self.a, self.b = _plan(scheme.name, self.base, h, lower, upper, space, columns)
+        self.schemes, self.which, self.h = _plan(scheme, self.base, h, lower, upper, space, columns)
+        self.multiples = np.array([self.schemes[w].multiples for w in self.which.tolist()])
         self.lower, self.upper = lower, upper
 
     def into(self, row: np.ndarray) -> None:
         """Write the group's derivatives into its rows of `row`."""
         rows, owner = self.options.pattern.entries(self.columns)
-        f1, s1 = self._evaluate(self.a, np.sign(self.a))
-        f2, s2 = (None, None) if self.b is None else self._evaluate(
-            self.b, np.where(self.kind == _CENTRAL, -1, 2 * np.sign(self.b)))
-        if f1 is not None and (self.b is None or f2 is not None):
-            row[rows] = self._combine(f1, f2, *self._divisors(s1, s2), rows, owner)
+        values, stored = [], []
+        for k in range(self.multiples.shape[1]):   # every column has as many points
+            multiples = self.multiples[:, k]
+            value, steps = self._evaluate(multiples * self.h, multiples)
+            values.append(value)
+            stored.append(steps)
+        if all(value is not None for value in values):
+            row[rows] = self._combine(values, stored, rows, owner)
         elif self.options.on_failure == "one-sided":
-            row[rows] = self._fallback(rows, owner, f1, s1, f2, s2)
+            row[rows] = self._fallback(rows, owner, values, stored)
         else:
             row[rows] = math.nan
 
-    def _divisors(self, s1, s2):
-        """The steps to divide by: stored for h="auto", else nominal."""
-        a = np.where(self.relative, s1, self.a)
-        b = None if s2 is None else np.where(self.relative, s2, self.b)
-        return a, b
-
-    def _combine(self, f1, f2, a, b, rows, owner) -> np.ndarray:
-        kind = self.kind[owner]
+    def _combine(self, values, stored, rows, owner) -> np.ndarray:
+        """Each entry by its column's scheme: `combine` with h, or `combine_stored` (h="auto")."""
         out = np.empty(rows.size)
-        forward, central, one_sided = (kind == _FORWARD), (kind == _CENTRAL), (kind == _ONE_SIDED)
-        if forward.any() or one_sided.any():
-            f0 = self._center()
-        if forward.any():
-            r, o = rows[forward], owner[forward]
-            out[forward] = (f1[r] - f0[r]) / a[o]
-        if central.any():
-            r, o = rows[central], owner[central]
-            out[central] = (f1[r] - f2[r]) / (a[o] - b[o])
-        if one_sided.any():
-            r, o = rows[one_sided], owner[one_sided]
-            p, q = a[o], b[o]   # three points 0, p, q on one side: the second-order weights
-            out[one_sided] = (-(p + q) / (p * q) * f0[r] + q / (p * (q - p)) * f1[r]
-                              - p / (q * (q - p)) * f2[r])
+        kind = self.which[owner] * 2 + self.relative[owner]
+        for key in np.unique(kind).tolist():
+            scheme, relative = self.schemes[key // 2], bool(key % 2)
+            take = kind == key
+            r, o = rows[take], owner[take]
+            losses = [value[r] for value in values]
+            center = self._center()[r] if scheme.uses_center else None
+            if relative:
+                out[take] = scheme.combine_stored(losses, center, [steps[o] for steps in stored])
+            else:
+                out[take] = scheme.combine(losses, center, self.h[o])
         return out
 
-    def _fallback(self, rows, owner, f1, s1, f2, s2) -> np.ndarray:
-        """Per entry, the evaluation that survived with f(x), else (forward) x_j - h, else NaN."""
+    def _fallback(self, rows, owner, values, stored) -> np.ndarray:
+        """The first evaluation that succeeded, with f(x), to first order; else (a forward
+        scheme) ``x_j - h``, for the columns the bounds allow; else NaN."""
         f0 = self._center()
-        a, b = self._divisors(s1, s2)
-        if f1 is not None:
-            return (f1[rows] - f0[rows]) / a[owner]
-        if f2 is not None:
-            return (f2[rows] - f0[rows]) / b[owner]
+        for k, value in enumerate(values):
+            if value is not None:
+                step = np.where(self.relative, stored[k], self.multiples[:, k] * self.h)
+                return (value[rows] - f0[rows]) / step[owner]
         out = np.full(rows.size, math.nan)
-        if self.b is None:   # forward: the other side, for the columns the bounds allow
-            back = -self.a
+        if self.multiples.shape[1] == 1:   # forward: the other side
+            back = -self.multiples[:, 0] * self.h
             inside = np.ones(back.size, bool) if self.lower is None else (
-                (self.base + back >= self.lower) & (self.base + back <= self.upper))
-            f3, s3 = self._evaluate(np.where(inside, back, 0.0), -np.sign(self.a), moved=inside)
-            if f3 is not None:
-                step = np.where(self.relative, s3, back)
+                (self.lower <= self.base + back) & (self.base + back <= self.upper))
+            value, steps = self._evaluate(np.where(inside, back, 0.0), -self.multiples[:, 0],
+                                          moved=inside)
+            if value is not None:
+                step = np.where(self.relative, steps, back)
                 take = inside[owner]
-                out[take] = (f3[rows[take]] - f0[rows[take]]) / step[owner[take]]
+                out[take] = (value[rows[take]] - f0[rows[take]]) / step[owner[take]]
         return out
 
     def _evaluate(self, offsets, multiples, moved=None):
@@ -284,27 +276,24 @@ def _steps(space: ParamSpace, steps, scheme: Scheme, places, base) -> tuple[np.n
     return h, relative
 
 
-def _plan(scheme: str, base, h, lower, upper, space: ParamSpace, columns):
-    """Per column: its difference (`_FORWARD`, `_CENTRAL`, `_ONE_SIDED`) and its two offsets
-    (the second None for the forward scheme)."""
-    n = base.size
-    if scheme not in GROUPED_SCHEMES:
-        raise ValueError(f"grouped (sparse) differences take `scheme` in {GROUPED_SCHEMES}, got {scheme!r}")
+def _plan(scheme: Scheme, base, h, lower, upper, space: ParamSpace, columns):
+    """Per column, the scheme and step whose points stay within the bounds, as the loop
+    evaluator chooses them: ``(schemes, which of them per column, steps)``."""
+    if scheme.name not in GROUPED_SCHEMES:
+        raise ValueError(f"grouped (sparse) differences take `scheme` in {GROUPED_SCHEMES}, "
+                         f"got {scheme.name!r}")
+    which = np.zeros(base.size, dtype=np.int64)
     if lower is None:
-        kind = np.full(n, _FORWARD if scheme == "forward" else _CENTRAL)
-        return kind, h.copy(), (None if scheme == "forward" else -h)
-    up, down = upper - base, base - lower
-    room = np.maximum(up, down)
-    if (room <= 0).any():
-        j = int(np.flatnonzero(room <= 0)[0])
-        raise ValueError(f"{space.describe(int(columns[j]))} has no room to move within its bounds "
-                         f"[{float(lower[j])!r}, {float(upper[j])!r}]")
-    side = np.where(up >= down, 1.0, -1.0)
-    if scheme == "forward":
-        a = np.where(base + h <= upper, h, np.where(base - h >= lower, -h, side * room))
-        return np.full(n, _FORWARD), a, None
-    fits = (base + h <= upper) & (base - h >= lower)
-    short = np.minimum(h, room / 2)
-    a = np.where(fits, h, side * short)
-    b = np.where(fits, -h, 2 * side * short)
-    return np.where(fits, _CENTRAL, _ONE_SIDED), a, b
+        return [scheme], which, h
+    fits = np.ones(base.size, bool)
+    for m in scheme.multiples:
+        fits &= (lower <= base + m * h) & (base + m * h <= upper)
+    schemes, names, h = [scheme], {scheme.name: 0}, h.copy()
+    for j in np.flatnonzero(~fits).tolist():
+        chosen, h[j] = _inside(scheme, float(base[j]), float(h[j]),
+                               (float(lower[j]), float(upper[j])), space, int(columns[j]))
+        if chosen.name not in names:
+            names[chosen.name] = len(schemes)
+            schemes.append(chosen)
+        which[j] = names[chosen.name]
+    return schemes, which, h
