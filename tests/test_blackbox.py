@@ -1,4 +1,4 @@
-"""Black-box derivatives (issue 12): Jacobians, evaluations that fail, steps that suit the numbers."""
+"""Black-box derivatives: Jacobians, evaluations that fail, steps that suit the numbers."""
 import math
 import warnings
 

@@ -7,8 +7,15 @@ computed. Perturbing ``W[i, j]`` of an affine layer (or ``b[j]``) changes only
 column j of that layer's output, by ``delta * z_prev[:, i]`` (or ``delta``); an
 element-wise activation keeps the change in column j; the next affine layer turns it
 into a rank-one update of its output. Layers before the perturbed one are computed
-once per call and never again. Every layer must therefore declare itself affine or
-elementwise (its `kind`, see engine._layers); `unsupported_layer` finds one that does not.
+once per call and never again. Every layer from the first affine layer on must therefore
+declare itself affine or elementwise (its `kind`, see engine._layers); `unsupported_layer`
+finds one that does not.
+
+Layers before the first affine layer may be anything (a convolution, pooling, a reshape):
+they are computed once, with the rest of the forward pass, and their parameters (a
+convolution's filters) are perturbed the loop evaluator's way, entry by entry through
+the whole loss, by the loop evaluator itself: those entries get its numbers, bit for bit.
+In the book's SimpleConvNet they are 780 of 433,890 entries.
 
 The work is done per (entry, sample) *row*, and only where the sample's loss can move:
 
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fd._evaluators import loop_evaluate
 from ..nn._loss_by_class import losses_by_class
 from ..nn._layers import AFFINE, ELEMENTWISE
 from ..fd._schemes import Scheme, auto_step
@@ -96,7 +104,11 @@ def batched_evaluate(
         name = space.keys[segment.position]
         entries = np.arange(segment.start, segment.stop)
         out = values[segment.offset - start: segment.offset - start + entries.size]
-        forward.derivatives(name, entries, steps[segment.position], scheme, out, block_memory)
+        if name in forward.roles:
+            forward.derivatives(name, entries, steps[segment.position], scheme, out, block_memory)
+        else:   # a parameter of a layer before the first affine one: the loop's way
+            out[:] = loop_evaluate(f, space, steps, scheme, segment.offset,
+                                   segment.offset + entries.size, cache)
     return values
 
 
@@ -320,13 +332,21 @@ class _Forward:
 
 
 def unsupported_layer(model):
-    """The first layer of `model` whose `kind` is not in `BATCHED_KINDS`, or None if none is.
+    """The first layer of `model` the evaluator cannot take, or None if it takes them all.
 
-    The evaluator follows a perturbed column through the layers, which only affine and
-    elementwise layers keep apart; any other layer would mix columns it cannot see.
+    The evaluator follows a perturbed column through the layers after an affine layer,
+    which only affine and elementwise layers keep apart; any other layer there would mix
+    columns it cannot see. Before the first affine layer any layer will do (see above),
+    unless it shares a parameter with a layer after it.
     """
-    return next((layer for layer in model.layers
-                 if getattr(layer, "kind", None) not in BATCHED_KINDS), None)
+    kinds = [getattr(layer, "kind", None) for layer in model.layers]
+    first = kinds.index(AFFINE) if AFFINE in kinds else len(kinds)
+    later = {name for layer in model.layers[first:] for name in layer.param_names()}
+    for layer in model.layers[:first]:
+        if later.intersection(layer.param_names()):
+            return layer
+    return next((layer for layer, kind in zip(model.layers[first:], kinds[first:])
+                 if kind not in BATCHED_KINDS), None)
 
 
 def _check_moved(stored, name, shape, entries, originals, step) -> None:

@@ -291,7 +291,22 @@ def loss_at(f, space: ParamSpace, where: str | Callable[[], str],
     except FloatingPointError as exc:
         if failures:
             raise _Failed() from exc
+        note = _non_finite_x(space)
+        if note:
+            exc.add_note(note)
         raise
+
+
+def _non_finite_x(space: ParamSpace) -> str | None:
+    """Where `x` itself holds a NaN or an infinity (the likely cause of a non-finite f), if it does."""
+    for position, array in enumerate(space.arrays):
+        bad = np.flatnonzero(~np.isfinite(array.reshape(-1)))
+        if bad.size:
+            flat = int(space.offsets[position]) + int(bad[0])
+            return (f"`x` itself is not finite: {space.describe(flat)} is "
+                    f"{float(array.reshape(-1)[bad[0]])!r} ({bad.size} non-finite entries in "
+                    f"{space.labels[position]}), so `f` may be non-finite without any perturbation")
+    return None
 
 
 def checked_output(value: Any, where: str) -> np.ndarray:
