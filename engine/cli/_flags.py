@@ -24,7 +24,9 @@ SHARED_FLAGS = ("--h", "--scheme", "--workers", "--backend", "--activation")
 _FLAG_OF_PARAMETER = {"h": "--h", "scheme": "--scheme", "workers": "--workers",
                       "backend": "--backend", "activation": "--activation",
                       "evaluator": "--evaluator", "batch_size": "--batch-size", "lr": "--lr",
-                      "weight_init_std": "--weight-init-std", "seed": "--seed"}
+                      "weight_init_std": "--weight-init-std", "seed": "--seed",
+                      "eval_every": "--eval-every", "steps": "--iters", "net": "--net",
+                      "shuffle": "--shuffle", "gradient": "--gradient"}
 
 
 def default_text(value: Any) -> str:

@@ -35,7 +35,7 @@ from engine.train._plots import plot_training, plots_available
 from engine.train._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
 from engine.fd._schemes import DEFAULT_STEP
-from engine.train._training import GRADIENTS, Trainer
+from engine.train._training import GRADIENTS, NETS, Trainer
 from engine.cli._flags import add_shared_flags, default_text, flag_words
 from engine.cli._setup import CHECKPOINT_EVERY, DEFAULTS, EXIT_BAD_INPUT, UsageError, prepare
 
@@ -64,6 +64,8 @@ def _add_run_flags(add, d: dict[str, Any]) -> None:
     add("--iters", metavar="N", type=int, help="SGD steps" + default_text(d["iters"]))
     add("--epochs", metavar="N", type=int, help="full passes over the training images; overrides --iters")
     add("--lr", metavar="LR", type=float, help="learning rate" + default_text(d["lr"]))
+    add("--net", choices=list(NETS), help="the net: the text's MLP (sigmoid), or the book's chapter-7 "
+        "SimpleConvNet (30 filters of 5x5, 2x2 max pooling, one --hidden width)" + default_text(d["net"]))
     add("--hidden", metavar="N", type=int, nargs="+",
         help="hidden layer width(s), e.g. 100 or 100 50" + default_text(d["hidden"]))
     add("--batch-size", metavar="N", type=int, help="images per step" + default_text(d["batch_size"]))
@@ -162,6 +164,11 @@ def _train(run: dict[str, Any], args) -> int:
                 bar.write(f"gradient: {plan}")
                 run["plan"] = str(plan)
             trainer.run(on_step=lambda t: _after_step(t, run, bar))
+    except (ValueError, FloatingPointError) as exc:   # the loss or the weights left the numbers
+        bar.close()
+        print(f"engine-train: error: step {trainer.state.step + 1} failed: {flag_words(str(exc))}"
+              f"{_divergence_hint(trainer, config)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Terminated) as stop:
         bar.close()
         path = _checkpoint(trainer, run)
@@ -173,6 +180,14 @@ def _train(run: dict[str, Any], args) -> int:
         trainer.close()
     bar.close()
     return _finish(trainer, run, time.perf_counter() - started)
+
+
+def _divergence_hint(trainer: Trainer, config) -> str:
+    largest = max((float(np.max(np.abs(a))) for a in trainer.state.params.values()), default=0.0)
+    if not np.isfinite(largest) or largest > 1e6:
+        return (f". The weights grew to {largest:.3g}: training diverged; try a smaller --lr "
+                f"than {config.lr:g}")
+    return ""
 
 
 def _cluster(run):
@@ -216,7 +231,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
         "test_correct": correct, "test_total": len(test), "wall_seconds_this_session": wall,
     }
     write_json_atomic(out / "metrics.json", metrics)
-    title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
+    title = (f"{_net_name(run['config'])}, {run['config'].gradient} "
              f"gradients, {state.step} steps")
     written = list(OUTPUTS[1:])
     if plots_available():
@@ -233,6 +248,11 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     return 0
 
 
+def _net_name(c) -> str:
+    sizes = "-".join(map(str, c.sizes))
+    return f"{sizes} ({c.activation})" if c.net == "mlp" else f"convnet ({sizes})"
+
+
 def _headline(run, trainer: Trainer) -> str:
     c = run["config"]
     how = ("backprop" if c.gradient == "backprop" else
@@ -242,7 +262,7 @@ def _headline(run, trainer: Trainer) -> str:
     start = f", resuming at step {trainer.state.step}" if trainer.state.step else ""
     where = {True: f" ({LATEST_LINK} points to it)", False: f" ({LATEST_LINK} is not a link: "
              "left as it is)", None: ""}[run.get("latest")]
-    return (f"training {'-'.join(map(str, c.sizes))} ({c.activation}) on {len(run['train'])} images, "
+    return (f"training {_net_name(c)} on {len(run['train'])} images, "
             f"{c.steps} steps of {c.batch_size}, lr {c.lr:g}; {how}{start}\n"
             f"writing to {run['out']}{where}")
 
