@@ -89,7 +89,15 @@ def batched_evaluate(
     Returns
     -------
     ndarray, shape (stop - start,), float64
+
+    Raises
+    ------
+    ValueError
+        For ``scheme="complex"``, which evaluates `f` at complex points: loop evaluator only.
     """
+    if scheme.complex_step:
+        raise ValueError("scheme='complex' runs on the loop evaluator only (the batched "
+                         "evaluator's blocks are real): pass evaluator='loop'")
     cache = {} if cache is None else cache
     if "forward" not in cache:
         cache["forward"] = _Forward(f)

@@ -109,7 +109,7 @@ def loop_evaluate(
         step shrunk to fit the bounds, or if an entry has no room between its bounds.
     """
     if scheme.complex_step:
-        from ._complex import complex_evaluate
+        from ._complex import complex_evaluate   # here: _complex builds on this module
         return complex_evaluate(f, space, steps, scheme, start, stop, cache, loop, report)
     cache = {} if cache is None else cache
     report = Report() if report is None else report
