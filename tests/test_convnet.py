@@ -15,8 +15,10 @@ from engine.batched._batched import unsupported_layer
 from engine.book._convnet import SimpleConvNet
 from engine.book._nets import MLP
 from engine.derivatives._serial import numerical_gradient
-from engine.nn._conv import Convolution, Reshape
-from engine.nn._layers import Affine, SoftmaxCrossEntropy
+from engine.data._data import load_embedded_mnist
+from engine.derivatives._gradient import Gradient
+from engine.nn._conv import Convolution, Pooling, Reshape
+from engine.nn._layers import Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from engine.nn._model import Sequential
 
 NORM_RTOL = 1e-6   # ||numerical - backprop|| / ||backprop||, per array (issue 25's goal)
@@ -54,23 +56,72 @@ def test_two_workers_give_the_serial_loop_bit_for_bit(tiny):
         assert np.array_equal(net.params[name], before[name])
 
 
-def test_batched_takes_the_convolution_the_loops_way_and_the_rest_to_rounding(tiny):
-    """Filters and their biases: the loop evaluator's numbers, bit for bit; the affine layers
-    after them: batched, to a few ulps of the loss per difference or 1e-9 relative (as in
-    test_layers)."""
+def within_rounding(batched, loop, loss):
+    """The loop's own rounding (4 ulps of the loss / 2h) or 1e-9 relative, per array (test_layers)."""
+    noise = 4 * np.spacing(loss) / (2 * 1e-4)
+    return all(np.abs(batched[k] - loop[k]).max() <= max(noise, 1e-9 * np.abs(loop[k]).max())
+               for k in loop)
+
+
+def test_batched_takes_the_convolution_to_rounding(tiny):
     net, x, t = tiny
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # "auto" takes it without a word
         auto = net.numerical_gradient(x, t, workers=1)
     batched = net.numerical_gradient(x, t, workers=1, evaluator="batched")
     loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
-    noise = 4 * np.spacing(net.loss(x, t, train=True)) / (2 * 1e-4)
-    for name in loop:
-        assert np.array_equal(auto[name], batched[name]), name
-        if name in ("w1", "b1"):
-            assert np.array_equal(batched[name], loop[name]), name
-        assert np.abs(batched[name] - loop[name]).max() <= max(noise, 1e-9 * np.abs(loop[name]).max())
-    assert any(not np.array_equal(batched[k], loop[k]) for k in ("w2", "b2", "w3", "b3"))
+    assert all(np.array_equal(auto[k], batched[k]) for k in loop)
+    assert within_rounding(batched, loop, net.loss(x, t, train=True))
+    assert not np.array_equal(batched["w1"], loop["w1"])   # the channel path, not the loop
+
+
+@pytest.mark.parametrize("scheme,h", [("central", 1e-4), ("forward", 1e-4), ("central4", 1e-3),
+                                      ("central", "auto")], ids=["central", "forward", "central4", "auto"])
+def test_a_strided_padded_convolution_through_sigmoid_and_overlapping_pools(scheme, h):
+    model = Sequential([Reshape((2, 7, 6)), Convolution("k", None, stride=2, pad=1), Sigmoid(),
+                        Pooling(2, 2, stride=1), Reshape(-1), Affine("w", "b"), Tanh(),
+                        Affine("v")], SoftmaxCrossEntropy())
+    rng = np.random.default_rng(4)
+    params = {"k": rng.standard_normal((3, 2, 3, 2)), "w": 0.5 * rng.standard_normal((27, 5)),
+              "b": rng.standard_normal(5), "v": rng.standard_normal((5, 3))}
+    x, t = rng.random((4, 84)), np.array([0, 2, 1, 1])
+    batched, loop = (engine_gradient(model, params, x, t, evaluator, scheme=scheme, h=h)
+                     for evaluator in ("batched", "loop"))
+    if h == "auto":   # steps of ~6e-6: the loop's rounding is 17x larger than at 1e-4
+        assert all(np.abs(batched[k] - loop[k]).max() <= 1e-8 * np.abs(loop[k]).max() for k in loop)
+    else:
+        assert within_rounding(batched, loop, model.loss(params, x, t) * (10 if h == 1e-3 else 1))
+
+
+def test_pooling_kinks_are_evaluated_as_the_loop_evaluates_them():
+    # 2 filters on a real 28x28 digit, weights of std 0.01: many ReLU and pooling inputs
+    # within h of a kink
+    net = SimpleConvNet(filter_num=2, hidden_size=10, weight_init_std=0.01, seed=0)
+    train, _ = load_embedded_mnist()
+    x, t = train.images[:1], train.labels[:1]
+    batched = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+    exact = net.gradient(x, t)
+    for name in ("w1", "b1"):   # far from backprop: kinks crossed, the same way in both
+        assert np.abs(loop[name] - exact[name]).max() > 1e-5, name
+    assert within_rounding(batched, loop, net.loss(x, t, train=True))
+
+
+def test_a_model_outside_the_pattern_leaves_the_filters_to_the_loop():
+    model = Sequential([Reshape((1, 6, 6)), Convolution("k1", None), ReLU(), Convolution("k2", None),
+                        Reshape(-1), Affine("w")], SoftmaxCrossEntropy())
+    rng = np.random.default_rng(6)
+    params = {"k1": rng.standard_normal((2, 1, 2, 2)), "k2": rng.standard_normal((2, 2, 2, 2)),
+              "w": rng.standard_normal((32, 3))}
+    x, t = rng.random((2, 36)), np.array([0, 2])
+    batched, loop = (engine_gradient(model, params, x, t, evaluator)
+                     for evaluator in ("batched", "loop"))
+    assert np.array_equal(batched["k1"], loop["k1"]) and np.array_equal(batched["k2"], loop["k2"])
+
+
+def engine_gradient(model, params, x, t, evaluator, **options):
+    with Gradient(model.loss, workers=1, evaluator=evaluator, **options) as gradient:
+        return gradient(params, x, t)
 
 
 def test_batched_on_two_workers_gives_the_same_bits(tiny):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..fd._evaluators import loop_evaluate
+from ._conv_rows import conv_prefix
 from ..nn._loss_by_class import losses_by_class
 from ..nn._layers import AFFINE, ELEMENTWISE
 from ..fd._schemes import Scheme, auto_step
@@ -106,7 +107,13 @@ def batched_evaluate(
         out = values[segment.offset - start: segment.offset - start + entries.size]
         if name in forward.roles:
             forward.derivatives(name, entries, steps[segment.position], scheme, out, block_memory)
-        else:   # a parameter of a layer before the first affine one: the loop's way
+            continue
+        if "conv prefix" not in cache:
+            cache["conv prefix"] = conv_prefix(f.model, forward)
+        prefix = cache["conv prefix"]
+        if prefix is not None and name in prefix.names:   # a filter entry: its one channel
+            prefix.derivatives(name, entries, steps[segment.position], scheme, out)
+        else:   # any other parameter before the first affine layer: the loop's way
             out[:] = loop_evaluate(f, space, steps, scheme, segment.offset,
                                    segment.offset + entries.size, cache)
     return values
