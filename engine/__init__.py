@@ -35,6 +35,7 @@ from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
 from .book._convnet import SimpleConvNet
 from .derivatives._parallel import jacobian, parallel_numerical_gradient
+from .derivatives._with_error import GradientWithError, gradient_with_error
 from .run._planning import Plan
 from .derivatives._serial import numerical_gradient
 from .train._training import TrainConfig, Trainer, TrainingState
@@ -46,6 +47,8 @@ __all__ = [
     "Gradient",
     "jacobian",
     "Jacobian",
+    "gradient_with_error",
+    "GradientWithError",
     "group_columns",
     "Execution",
     "Plan",
