@@ -1,6 +1,6 @@
 """Checkpoints: killed, interrupted and resumed runs end bit-identical; bad checkpoints are refused."""
 import json
-import random
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.train._checkpoint import CHECKPOINT_NAME
+from engine.train._checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
 RUN = ["--hidden", "16", "--iters", "240", "--train-size", "50", "--batch-size", "2", "--shuffle",
        "--checkpoint-every", "7", "--evaluator", "batched", "--workers", "1", "--no-progress"]
@@ -18,6 +18,16 @@ RUN = ["--hidden", "16", "--iters", "240", "--train-size", "50", "--batch-size",
 
 def start(*args):
     return subprocess.Popen([sys.executable, "-m", "engine.cli.train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+HELD_TRAIN = Path(__file__).with_name("_held_train.py")
+HOLD = 231   # RUN's last checkpoint before its end (7 * 33 of 240 steps): a held run waits there
+
+
+def start_held(hold: int, *args):
+    """engine-train with RUN's flags, waiting for a signal after step `hold`: it cannot end first."""
+    return subprocess.Popen([sys.executable, str(HELD_TRAIN), str(hold), *RUN, *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -41,50 +51,79 @@ def assert_same_params(out: Path, expected: dict):
             assert np.array_equal(got[name], expected[name]), name
 
 
-def wait_for_checkpoint(process, out: Path, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not (out / CHECKPOINT_NAME).exists():
+def checkpointed_step(out: Path) -> int | None:
+    """The step the checkpoint in `out` reports, or None while there is none."""
+    try:
+        return load_checkpoint(out)[1]["step"]
+    except CheckpointError:
+        return None
+
+
+def wait_for_step(process, out: Path, step: int, deadline_s: float = 120) -> int:
+    """Poll `out`'s checkpoint until it reports `step` or later; returns the step it reports.
+
+    The deadline only turns a run that never gets there into a failure: no test waits for it.
+    """
+    deadline = time.monotonic() + deadline_s
+    while (seen := checkpointed_step(out)) is None or seen < step:
         assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {deadline_s} s"
         time.sleep(0.01)
+    return seen
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.4, 1.0])
-def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, uninterrupted, delay):
+def resumed_at(stdout: str) -> int:
+    """The step a resumed run says it starts from (it says nothing when that is step 0)."""
+    found = re.search(r"resuming at step (\d+)", stdout)
+    return int(found.group(1)) if found else 0
+
+
+# Killed once the checkpoint reports step K or later: anywhere from step K to HOLD, in a step or
+# in a checkpoint's write, wherever the run is when the signal lands.
+@pytest.mark.parametrize("step", [0, 70, 161, HOLD])
+def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, uninterrupted, step):
     out = tmp_path / "run"
-    process = start(*RUN, "--out", out)
-    wait_for_checkpoint(process, out)
-    time.sleep(delay + random.uniform(0, 0.2))
-    process.kill()
+    process = start_held(HOLD, "--out", out)
+    try:
+        seen = wait_for_step(process, out, step)
+    finally:
+        process.kill()
     process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert process.returncode == -signal.SIGKILL
     status, stdout, err = finish("--resume", out, "--no-progress")
     assert status == 0, err
-    assert "resuming at step" in stdout or "steps of" in stdout
+    assert seen <= resumed_at(stdout) <= HOLD
     assert_same_params(out, uninterrupted)
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_write_a_checkpoint_and_say_how_to_resume(tmp_path, uninterrupted, sig, status):
     out = tmp_path / "run"
-    process = start(*RUN, "--out", out)
-    wait_for_checkpoint(process, out)
-    time.sleep(0.5)
-    process.send_signal(sig)
-    _, err = process.communicate(timeout=60)
+    process = start_held(HOLD, "--out", out)
+    try:
+        seen = wait_for_step(process, out, 70)
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode == status, err
     assert f"resume with: engine-train --resume {out}" in err
-    assert "interrupted at step" in err
-    resumed, _, err = finish("--resume", out, "--no-progress")
+    stopped = int(re.search(r"interrupted at step (\d+) of 240", err).group(1))
+    assert seen <= stopped <= HOLD and checkpointed_step(out) == stopped
+    resumed, stdout, err = finish("--resume", out, "--no-progress")
     assert resumed == 0, err
+    assert resumed_at(stdout) == stopped
     assert_same_params(out, uninterrupted)
 
 
 def interrupted_run(tmp_path) -> Path:
+    """A run killed (SIGKILL) once its checkpoint of step 7 is written."""
     out = tmp_path / "run"
-    process = start(*RUN, "--out", out)
-    wait_for_checkpoint(process, out)
-    process.kill()
+    process = start_held(7, "--out", out)
+    try:
+        assert wait_for_step(process, out, 7) == 7
+    finally:
+        process.kill()
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
     return out

@@ -19,7 +19,6 @@ from engine.cli.train import main
 DATA = Path(tempfile.mkdtemp(prefix="engine-run-folder-"))   # small CSV files: no 5,000-image load
 TINY = ["--train-csv", str(DATA / "train.csv"), "--test-csv", str(DATA / "test.csv"), "--hidden", "4",
         "--iters", "2", "--workers", "1", "--no-progress"]
-# Long enough (~1 s) to be stopped with SIGSTOP while it runs.
 LONG = ["--train-csv", str(DATA / "train.csv"), "--test-csv", str(DATA / "test.csv"), "--hidden", "16",
         "--iters", "100", "--batch-size", "2", "--evaluator", "batched", "--workers", "1",
         "--no-progress"]
@@ -34,12 +33,17 @@ def small_csv_files():
     shutil.rmtree(DATA)
 
 
-def start(*args, cwd=None):
-    return subprocess.Popen([sys.executable, "-m", "engine.cli.train", *map(str, args)], cwd=cwd,
+HELD_TRAIN = Path(__file__).with_name("_held_train.py")
+
+
+def start_held(*args):
+    """engine-train waiting after its first step until SIGUSR1 (or a fatal signal) arrives."""
+    return subprocess.Popen([sys.executable, str(HELD_TRAIN), "1", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(path: Path, process, timeout=120):
+    """Poll for `path`; the deadline only turns a run that never writes it into a failure."""
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert process.poll() is None, process.communicate()
@@ -55,18 +59,16 @@ class TestLock:
     def test_a_second_run_into_a_busy_folder_exits_2_and_the_first_finishes(self, tmp_path,
                                                                              capsys):
         out = tmp_path / "run"
-        first = start(*LONG, "--out", out)
+        first = start_held(*LONG, "--out", out)   # holds the lock until released
         try:
             wait_for(out / CHECKPOINT_NAME, first)   # written after the lock is taken
-            first.send_signal(signal.SIGSTOP)        # holds the lock while the others start
-            assert first.poll() is None, "the first run ended before it could be paused"
             second = subprocess.run([sys.executable, "-m", "engine.cli.train", *TINY, "--out", str(out)],
                                     capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr
             assert f"{out} is in use by another run (pid {first.pid})" in second.stderr
             assert main(["--resume", str(out)]) == 2   # and from this process
             assert "in use by another run" in capsys.readouterr().err
-            first.send_signal(signal.SIGCONT)
+            first.send_signal(signal.SIGUSR1)
             _, err = first.communicate(timeout=300)
         finally:
             first.kill()
@@ -76,11 +78,13 @@ class TestLock:
 
     def test_a_killed_run_leaves_no_stale_lock(self, tmp_path):
         out = tmp_path / "run"
-        process = start(*LONG, "--out", out)
-        wait_for(out / CHECKPOINT_NAME, process)
-        process.send_signal(signal.SIGKILL)
+        process = start_held(*LONG, "--out", out)
+        try:
+            wait_for(out / CHECKPOINT_NAME, process)
+        finally:
+            process.kill()
         process.communicate(timeout=60)
-        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        assert process.returncode == -signal.SIGKILL
         assert (out / LOCK_NAME).exists()
         assert main(["--resume", str(out), "--workers", "1", "--no-progress"]) == 0
 
