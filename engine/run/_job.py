@@ -24,6 +24,7 @@ from ..batched._detect import get_evaluator
 from ..fd._evaluators import LoopOptions, Report, checked_output, loss_at
 from ..fd._grouped import grouped_evaluate
 from ..fd._schemes import get_scheme
+from ..fd._second import gradient_rows_evaluate, pair_evaluate
 from ..fd._space import ParamSpace
 from ._blas import one_blas_thread
 
@@ -83,6 +84,8 @@ EVALUATORS: dict[str, Callable[..., np.ndarray]] = {
     "loop": _loop,
     "batched": _batched,
     "grouped": grouped_evaluate,   # a sparse Jacobian's column groups (engine.fd._grouped)
+    "pairs": pair_evaluate,        # a Hessian's entries i <= j (engine.fd._second)
+    "gradient-rows": gradient_rows_evaluate,   # a Hessian from a gradient callable (grad=)
 }
 
 
