@@ -133,8 +133,6 @@ class Hessian(Gradient):
             raise TypeError(f"`grad` must be callable, got {type(grad).__name__}")
         if f is not None and not callable(f):
             raise TypeError(f"`f` must be callable or None, got {type(f).__name__}")
-        if isinstance(scheme, str) and scheme not in SECOND_SCHEMES:
-            raise ValueError(f"`scheme` must be one of {SECOND_SCHEMES} for a Hessian, got {scheme!r}")
         if get_scheme(scheme).name not in SECOND_SCHEMES:
             raise ValueError(f"`scheme` must be one of {SECOND_SCHEMES} for a Hessian, got {scheme!r}")
         if isinstance(h, dict):
@@ -173,9 +171,9 @@ class Hessian(Gradient):
         return PairOptions(self.on_failure, bounds, self._phase, self._shifts)
 
     def _needs_center(self, evaluator: str) -> bool:
-        # grad(x) first: it checks the gradient's size before any other work; f(x): every
-        # diagonal entry, and every forward entry, uses it (the forward shifts do not)
-        return self._vector or self._phase == PAIRS
+        # f(x): every diagonal entry, and every forward entry, uses it (the forward shifts do
+        # not); grad(x) (the phase is always PAIRS): it checks the gradient's size first
+        return self._phase == PAIRS
 
     def _assemble(self, space: ParamSpace, rows: np.ndarray, center: Any) -> Any:
         n = space.size
