@@ -19,7 +19,7 @@ import numpy as np
 from .._errors import warn_user
 from ..batched._detect import bind
 from ..fd._bounds import bounds_per_array
-from ..fd._evaluators import ON_FAILURE, LoopOptions
+from ..fd._calling import ON_FAILURE, LoopOptions
 from ..fd._schemes import AUTO, get_scheme
 from ..fd._second import (PAIRS, SECOND_SCHEMES, SHIFTS, PairOptions, evaluation_count, pair_count,
                           pairs_to_matrix)

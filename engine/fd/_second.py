@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluators import (ON_FAILURE, LoopOptions, Report, _Failed, checked_output, loop_evaluate,
-                          loss_at)
+from ._calling import ON_FAILURE, EvaluationFailed, LoopOptions, Report, checked_output, loss_at
+from ._evaluators import loop_evaluate
 from ._schemes import Scheme
 from ._space import ParamSpace
 
@@ -304,7 +304,7 @@ class _Pairs:
                 return loss_at(self.f, self.space, where)
             try:
                 return loss_at(self.f, self.space, where, failures=True)
-            except _Failed as failed:
+            except EvaluationFailed as failed:
                 error = failed.__cause__
                 self.report.failures.append((point[0][0], point, type(error).__name__, str(error)))
                 return None
