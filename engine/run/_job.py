@@ -26,6 +26,7 @@ from ..fd._complex import complex_evaluate
 from ..fd._grouped import grouped_evaluate
 from ..fd._richardson import RICHARDSON, richardson_evaluate
 from ..fd._schemes import get_scheme
+from ..fd._second import gradient_rows_evaluate, pair_evaluate
 from ..fd._space import ParamSpace
 from ._blas import one_blas_thread
 
@@ -88,6 +89,8 @@ EVALUATORS: dict[str, Callable[..., np.ndarray]] = {
     "batched": _batched,
     "grouped": grouped_evaluate,   # a sparse Jacobian's column groups (engine.fd._grouped)
     RICHARDSON: richardson_evaluate,   # several steps per entry, extrapolated (engine.fd._richardson)
+    "pairs": pair_evaluate,        # a Hessian's entries i <= j (engine.fd._second)
+    "gradient-rows": gradient_rows_evaluate,   # a Hessian from a gradient callable (grad=)
 }
 
 
