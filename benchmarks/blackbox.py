@@ -42,7 +42,7 @@ from scipy.optimize import least_squares
 from scipy.optimize._numdiff import approx_derivative   # approx_fprime has no `workers` (1.17)
 
 import engine
-from measuring import Interference, describe_machine
+from measuring import Interference, describe_machine, run_rounds
 from workloads import H, POOL_SIZE, HeatRod, limit_blas_threads
 
 GOAL_VS_SCIPY = 1.2      # ours at 2 workers, times faster than SciPy at 2 workers
@@ -179,19 +179,19 @@ def check_fits(cases: list[Case]) -> None:
 
 # --- timing ----------------------------------------------------------------------------------
 
-def run_rounds(groups: dict[str, list[Case]], rounds: int) -> None:
+def run_groups(groups: dict[str, list[Case]], rounds: int) -> None:
     """`rounds` rounds; each times every case once, each group's order rotated by one per round."""
-    for number in range(rounds):
-        for cases in groups.values():
-            shift = number % len(cases)
-            for case in cases[shift:] + cases[:shift]:
-                with Interference() as meter:
-                    start = time.perf_counter()
-                    case.run()
-                    case.times.append(time.perf_counter() - start)
-                case.others_cpu.append(meter.share)
-        line = " | ".join(" ".join(f"{c.times[-1]:.3f}" for c in cases) for cases in groups.values())
-        print(f"  round {number + 1}/{rounds} (s, cases in listed order): {line}", flush=True)
+    def time_case(case: Case) -> None:
+        with Interference() as meter:
+            start = time.perf_counter()
+            case.run()
+            case.times.append(time.perf_counter() - start)
+        case.others_cpu.append(meter.share)
+
+    def show() -> str:
+        return " | ".join(" ".join(f"{c.times[-1]:.3f}" for c in cases) for cases in groups.values())
+
+    run_rounds(groups, rounds, time_case, label="black box (s, cases in listed order)", show=show)
 
 
 def ratios(cases: list[Case], slower: str, faster: str) -> dict:
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
                       "least-squares": fit_cases(HeatRod(**sizes["fit"]), close_later)}
             check_jacobians(groups["jacobian"], rod)   # also the untimed first call of each
             check_fits(groups["least-squares"])
-            run_rounds(groups, rounds)
+            run_groups(groups, rounds)
     finally:
         for jacobian in close_later:
             jacobian.close()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from measuring import Interference, describe_machine
+from measuring import Interference, describe_machine, run_rounds
 from threadpoolctl import threadpool_limits
 from workloads import (BATCH_GROUPS, BATCHES, H, POOL_SIZE, TOTAL_ENTRIES, FlatNetLoss,
                        OscillatorFit, batched_gradient, book_numerical_gradient,
@@ -132,19 +132,20 @@ def _case(case, backend, workers, evaluator, role, run, check, *, entries, total
             "times": [], "others_cpu": [], "checked": True}
 
 
-def run_rounds(group: str, cases: list[dict], rounds: int) -> None:
+def run_group(group: str, cases: list[dict], rounds: int) -> None:
     """One untimed warm-up call per case, then `rounds` rounds of every case in turn."""
     for case in cases:
         case["checked"] = case["check"](case["run"]())
-    for number in range(rounds):
-        for case in cases:
-            with Interference() as meter:
-                start = time.perf_counter()
-                case["run"]()
-                case["times"].append(time.perf_counter() - start)
-            case["others_cpu"].append(meter.share)
-        line = ", ".join(f"{c['case']} {c['times'][-1]:.3f} s" for c in cases)
-        print(f"  {group[:24]}... round {number + 1}/{rounds}: {line}", flush=True)
+
+    def time_case(case: dict) -> None:
+        with Interference() as meter:
+            start = time.perf_counter()
+            case["run"]()
+            case["times"].append(time.perf_counter() - start)
+        case["others_cpu"].append(meter.share)
+
+    run_rounds(cases, rounds, time_case, label=f"{group[:24]}...", rotate=False,
+               show=lambda: ", ".join(f"{c['case']} {c['times'][-1]:.3f} s" for c in cases))
 
 
 def to_json(groups: list[tuple[str, list[dict]]], machine: dict) -> dict:
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
         if args.only in (None, "batches"):
             groups += [batch_cases(batch) for batch in reversed(BATCHES)]
         for group, cases in groups:
-            run_rounds(group, cases, args.rounds)
+            run_group(group, cases, args.rounds)
     data = to_json(groups, describe_machine())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1))

@@ -11,7 +11,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -118,6 +118,29 @@ def _snapshot():
         return None
     busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # not idle/iowait
     return busy, own, time.perf_counter()
+
+
+def run_rounds(cases: list | dict[str, list], rounds: int, time_case: Callable[[Any], None], *,
+               label: str, show: Callable[[], str], rotate: bool = True,
+               round_shares: list | None = None) -> None:
+    """`rounds` rounds; each calls ``time_case(case)`` once for every case of every group.
+
+    `cases` is one group (a list) or several (a dict of lists). With `rotate`, each
+    round starts every group one case later than the round before, so that a drift of
+    the machine over minutes cannot favour one case. `show` says the round's times,
+    printed after each round under `label`; `round_shares` collects other processes'
+    CPU share over each round (`Interference`).
+    """
+    groups = cases if isinstance(cases, dict) else {label: cases}
+    for number in range(rounds):
+        with Interference() as meter:
+            for group in groups.values():
+                shift = number % len(group) if rotate else 0
+                for case in group[shift:] + group[:shift]:
+                    time_case(case)
+        if round_shares is not None:
+            round_shares.append(meter.share)
+        print(f"  {label} round {number + 1}/{rounds}: {show()}", flush=True)
 
 
 def timed(benchmark, target: Callable, *args, rounds: int, warmup_rounds: int = 1, **kwargs):

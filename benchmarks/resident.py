@@ -1,4 +1,4 @@
-"""Resident gradients (issue 11): `engine.Gradient` timed interleaved against the alternatives.
+"""Resident gradients: `engine.Gradient` timed interleaved against the alternatives.
 
 A `Gradient` ships `f` and the structure of `x` to its workers once and then only the new
 values of `x` and the call's arguments. These groups measure what that buys, each against
@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measuring import Interference, describe_machine
+from measuring import Interference, describe_machine, run_rounds
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 from workloads import (
@@ -229,20 +229,14 @@ def evaluate_at_start(n: int, steps: int, count: int) -> list[float]:
 
 # --- timing -----------------------------------------------------------------------------------
 
-def run_rounds(name: str, group: dict, rounds: int) -> None:
+def run_group(name: str, group: dict, rounds: int) -> None:
     """An untimed warm-up call of every case, then `rounds` rounds in rotating order."""
     cases = group["cases"]
     for case in cases:
         case["checked"] = bool(case["check"](case["run"]()))
     group["round_others_cpu"] = []
-    for number in range(rounds):
-        shift = number % len(cases)
-        with Interference() as round_meter:
-            for case in cases[shift:] + cases[:shift]:
-                _time_case(case)
-        group["round_others_cpu"].append(round_meter.share)
-        line = ", ".join(f"{c['key']} {_ms(c['times'][-1])}" for c in cases)
-        print(f"  {name} round {number + 1}/{rounds}: {line}", flush=True)
+    run_rounds(cases, rounds, _time_case, label=name, round_shares=group["round_others_cpu"],
+               show=lambda: ", ".join(f"{c['key']} {_ms(c['times'][-1])}" for c in cases))
 
 
 def _time_case(case: dict) -> None:
@@ -353,7 +347,7 @@ def ceiling(group: dict, evaluation: float, count: int, workers: int) -> dict:
 
 
 def goals(groups: dict, workers: int) -> list[dict]:
-    """Each goal of issue 11 with the figure measured in this run (all rounds' medians).
+    """Each goal of the resident gradient with the figure measured in this run (all rounds' medians).
 
     Where the group's cases are long enough to be metered, the figure over the quiet
     rounds alone is given too (`quiet`, None when no round was quiet).
@@ -573,7 +567,7 @@ def main(argv=None) -> int:
                 group = groups[name] = build(name, stack, settings, pool)
                 loads[name] = os.getloadavg()
                 rounds = settings.box_rounds if name == "black-box" else settings.rounds
-                run_rounds(name, group, rounds)
+                run_group(name, group, rounds)
                 if name == "black-box":
                     group["summary"] = black_box_summary(group, settings.workers)
     loads["after"] = os.getloadavg()

@@ -3,23 +3,37 @@
 The teaching text's finite differences (every weight nudged by +h and -h, the loss
 evaluated twice) computed by many workers, with bit-for-bit the serial numbers.
 
-What a user imports is this package's ``__all__``; the modules with a leading underscore
-are internal. Layers, lowest first: data (`_data`) and the layered model (`_functions`,
-`_layers`, `_model`); the gradient engine (`_space`: what is perturbed; `_evaluators` /
-`_batched`: how a chunk is evaluated; `_backends`: where chunks run; `_planning`: whether
-the workers are worth it, and the chunks; `_gradient`: the resident gradient object;
-`_parallel`, `_serial`: the one-shot calls); the book's nets (`_nets`); the gradient check
-and the trainer (`_gradcheck`, `_training`); the command lines (`engine.cli`).
+What a user imports is this package's ``__all__``; the modules inside the subpackages
+have a leading underscore and are internal. The subpackages, lowest first (an import
+never goes up; `tests/test_layering.py` enforces it):
+
+- `fd`: *what* is perturbed (one flat index space over `x`'s arrays), the difference
+  schemes, and the loop evaluator that any black-box `f` takes;
+- `data`, `nn`: the embedded MNIST digits; the layered model (functions, layers,
+  `Sequential`), which the core does not know about;
+- `batched`: the batched evaluator for layered models, and the detection of a model's loss;
+- `run`: *where* chunks run (execution options, the planner, the worker loop, the pools,
+  shared memory, Dask) and the one evaluation entry every place uses (`run._job`);
+- `derivatives`: what users hold and call: `Gradient`, `Jacobian` and the kinds built on
+  them, the one-shot calls, the per-call state check;
+- `book`: the teaching text's nets; `train`: the gradient check and the trainer;
+- `cli`: the command lines.
 """
 from .data._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
 from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
                       StepSizeWarning, WorkerError, WorkerLostError)
 from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
-from .derivatives._gradient import Failure, Gradient, Jacobian
+from .derivatives._failures import Failure
+from .derivatives._gradient import Gradient
+from .derivatives._sparse import Jacobian
+from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from .nn._conv import Convolution, Pooling, Reshape
+from .nn._regularize import BatchNormalization, Dropout
 from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
+from .book._convnet import SimpleConvNet
 from .derivatives._parallel import jacobian, parallel_numerical_gradient
 from .run._planning import Plan
 from .derivatives._serial import numerical_gradient
@@ -32,6 +46,7 @@ __all__ = [
     "Gradient",
     "jacobian",
     "Jacobian",
+    "group_columns",
     "Execution",
     "Plan",
     "Failure",
@@ -43,6 +58,7 @@ __all__ = [
     "SimpleNet",
     "ThreeLayerNet",
     "MLP",
+    "SimpleConvNet",
     # layered models
     "Sequential",
     "mlp",
@@ -52,6 +68,11 @@ __all__ = [
     "Sigmoid",
     "ReLU",
     "Tanh",
+    "Convolution",
+    "Pooling",
+    "Reshape",
+    "BatchNormalization",
+    "Dropout",
     "SoftmaxCrossEntropy",
     # training
     "Trainer",

@@ -1,8 +1,12 @@
 """Errors and warnings the engine raises on top of the standard ones (TypeError, ValueError...)."""
 from __future__ import annotations
 
-__all__ = ["PayloadError", "StateNotShippedError", "WorkerLostError", "WorkerError",
-           "RemoteTraceback", "WorkerLost", "NumericalFallbackWarning", "StepSizeWarning"]
+import os
+import sys
+import warnings
+
+__all__ = ["warn_user", "PayloadError", "StateNotShippedError", "WorkerLostError", "WorkerError",
+           "RemoteTraceback", "WorkerDied", "NumericalFallbackWarning", "StepSizeWarning"]
 
 
 class PayloadError(TypeError):
@@ -10,7 +14,7 @@ class PayloadError(TypeError):
 
 
 class StateNotShippedError(RuntimeError):
-    """The workers' copy of `f` does not read their copy of `x`: their gradient would be wrong."""
+    """The workers' copy of `f` does not compute what `f` computes here: their gradient would be wrong."""
 
 
 class WorkerLostError(RuntimeError):
@@ -47,8 +51,16 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
-class WorkerLost(Exception):
-    """Internal: worker processes died; the tasks they held are lost (the engine retries)."""
+class WorkerDied(Exception):
+    """Internal: a worker process died; the tasks it held are lost (the engine retries).
+
+    `exit_code` is the process's exit status as multiprocessing gives it (negative: the
+    signal that ended it), or None when it is not known yet.
+    """
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NumericalFallbackWarning(UserWarning):
@@ -60,3 +72,14 @@ class NumericalFallbackWarning(UserWarning):
 
 class StepSizeWarning(UserWarning):
     """The step actually stored, ``dtype(x_i + h) - x_i``, differs from `h` by more than 1%."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn, attributed to the first caller outside this package (the user's own line)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

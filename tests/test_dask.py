@@ -220,7 +220,8 @@ class TestClientChoice:
                                               evaluator="loop")
         assert_exactly_equal(got, expected)
         records = compute_tasks(stream)
-        assert len(records) == 4 * workers   # chunks_per_worker=4
+        # chunks_per_worker=4, and the state check's two points: f(x) and the probe's
+        assert len(records) == 4 * workers + 2
         assert most_at_once(records) <= workers   # the cluster has 4 threads
 
     @pytest.mark.timeout(60)

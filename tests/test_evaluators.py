@@ -186,14 +186,40 @@ def test_one_sided_takes_the_other_side_with_f_of_x_and_records_each_failure(nan
     f = failing(x, {0: "-", 1: "+", 3: "+-"}, nan)
     got, report = evaluate(f, x, on_failure="one-sided")
     g, c = cube_sum, cube_sum(x)
-    assert got[0] == (g(moved(x, 0, H)) - c) / H
-    assert got[1] == (c - g(moved(x, 1, -H))) / H
+    # second order from the side that evaluated: (-3 f(x) + 4 f(x + h) - f(x + 2h)) / 2h
+    assert got[0] == (-3 * c + 4 * g(moved(x, 0, H)) - g(moved(x, 0, 2 * H))) / (2 * H)
+    assert got[1] == (-3 * c + 4 * g(moved(x, 1, -H)) - g(moved(x, 1, -2 * H))) / (2 * -H)
+    assert abs(got[0] - 3.0) < 1e-7 and abs(got[1] - 12.0) < 1e-7   # first order: 3e-4 off
     assert got[2] == (g(moved(x, 2, H)) - g(moved(x, 2, -H))) / (2 * H)
     assert math.isnan(got[3])
     error = "FloatingPointError" if nan else "ArithmeticError"
     assert [(flat, m, kind) for flat, m, kind, _ in report.failures] == [
         (0, -1, error), (1, 1, error), (3, 1, error), (3, -1, error)]
     assert ("fails at entry 0" if not nan else "non-finite loss") in report.failures[0][3]
+
+
+def test_one_sided_falls_to_first_order_where_the_second_point_fails_too():
+    x = np.array([1.0, 2.0])
+    f = Counting()
+    f.x0 = x.copy()
+    g = lambda v: f(v) if v[0] <= 1.0 + 1.5 * H else math.nan  # noqa: E731  x0 + 2h fails
+    got, report = evaluate(g, x, on_failure="one-sided")
+    c = cube_sum(x)
+    assert got[0] == (cube_sum(moved(x, 0, H)) - cube_sum(moved(x, 0, -H))) / (2 * H)
+    g = lambda v: f(v) if 1.0 - 1.5 * H <= v[0] <= 1.0 else math.nan  # noqa: E731  only x0 - h
+    got, report = evaluate(g, x, on_failure="one-sided")
+    assert got[0] == (cube_sum(moved(x, 0, -H)) - c) / -H
+    assert [(flat, m) for flat, m, *_ in report.failures] == [(0, 1), (0, -2)]
+
+
+def test_one_sided_central4_uses_the_side_whose_two_points_evaluated():
+    x = np.array([1.0])
+    f = failing(x, {})
+    g = lambda v: f(v) if v[0] < 1.0 + 1.5 * H else math.nan  # noqa: E731  x0 + 2h fails
+    got, report = evaluate(g, x, scheme="central4", on_failure="one-sided")
+    c = cube_sum(x)
+    assert got[0] == (-3 * c + 4 * cube_sum(moved(x, 0, -H)) - cube_sum(moved(x, 0, -2 * H))) / (2 * -H)
+    assert [(flat, m) for flat, m, *_ in report.failures] == [(0, 2)]
 
 
 def test_one_sided_with_the_forward_scheme_falls_back_to_the_backward_difference():
@@ -317,19 +343,61 @@ def test_points_exactly_on_the_bounds_keep_the_scheme():
     assert inside and got[0] == (cube_sum([0.75]) - cube_sum([0.25])) / 0.5
 
 
+def second(x, h):
+    """The second-order one-sided difference of cube_sum at x toward h (negative: below)."""
+    return (-3 * cube_sum([x]) + 4 * cube_sum([x + h]) - cube_sum([x + 2 * h])) / (2 * h)
+
+
 @pytest.mark.parametrize("x, lower, upper, expected", [
-    (0.5, 0.375, 1.0, (cube_sum([0.75]) - cube_sum([0.5])) / 0.25),     # forward, full h
-    (0.5, 0.0, 0.625, (cube_sum([0.25]) - cube_sum([0.5])) / -0.25),    # backward, full h
-    (0.5, 0.4375, 0.625, (cube_sum([0.625]) - cube_sum([0.5])) / 0.125),  # forward, step = room
-    (0.5, 0.375, 0.5625, (cube_sum([0.375]) - cube_sum([0.5])) / -0.125),  # backward, room
-    (0.5, 0.375, 0.625, (cube_sum([0.625]) - cube_sum([0.5])) / 0.125),   # a tie goes forward
-    (0.5, 0.0, 0.75, (cube_sum([0.75]) - cube_sum([0.5])) / 0.25),      # central4 at x + h = upper
-], ids=["lower", "upper", "tight-more-room-above", "tight-more-room-below", "tie", "central4-edge"])
+    (0.5, 0.375, 1.0, second(0.5, 0.25)),                    # one-sided upward, full h
+    (0.5, 0.0, 0.625, second(0.5, -0.25)),                   # downward, full h
+    (0.5, 0.0, 0.5625, second(0.5, -0.25)),                  # downward although h fits above
+    (0.5, 0.46875, 0.75, second(0.5, 0.125)),                # shrunk to 2h = room above
+    (0.5, 0.25, 0.53125, second(0.5, -0.125)),               # shrunk to 2h = room below
+    (0.5, 0.4375, 0.625, (cube_sum([0.5625]) - cube_sum([0.4375])) / 0.125),  # a tie: centred
+    (0.5, 0.0, 0.75, (-cube_sum([0.75]) + 8 * cube_sum([0.625]) - 8 * cube_sum([0.375])
+                      + cube_sum([0.25])) / (12 * 0.125)),   # central4 centred at h = 0.125
+], ids=["lower", "upper", "upper-only-h", "shrunk-above", "shrunk-below", "tie",
+        "central4-shrunk"])
 def test_near_a_bound_the_difference_is_one_sided_and_stays_inside(x, lower, upper, expected,
                                                                    request):
     scheme = "central4" if "central4" in request.node.name else "central"
     got, inside = bounded(np.array([x]), lower, upper, scheme=scheme)
     assert inside and got[0] == expected
+
+
+@pytest.mark.parametrize("x, lower, upper, h", [
+    (0.5, 0.375, 1.0, 0.125), (0.5, 0.0, 0.625, -0.125), (0.5, 0.49, 0.51, 0.0025)])
+def test_central4_at_a_bound_keeps_fourth_order_one_sided(x, lower, upper, h):
+    got, inside = bounded(np.array([x]), lower, upper, scheme="central4", h=abs(h))
+    f = lambda t: t ** 5  # noqa: E731
+    space = ParamSpace(np.array([x]))
+    bounds = [(np.full(1, lower), np.full(1, upper))]
+    quintic = loop_evaluate(lambda v: float(f(v[0])), space, [abs(h)], get_scheme("central4"),
+                            0, 1, {}, LoopOptions(bounds=bounds))
+    exact_quartic = 3 * x ** 2
+    assert inside and abs(got[0] - exact_quartic) < 1e-12          # exact up to degree 4
+    assert abs(h) < 0.1 or abs(quintic[0] - 5 * x ** 4) > 1e-3     # and not beyond
+
+
+def test_a_step_too_large_for_the_bounds_is_shrunk_not_zero():
+    x = np.array([0.0, 1e-8])
+    f = Counting()
+    bounds = [(np.full(2, -1e-8), np.full(2, 1e-8))]
+    got, _ = evaluate(lambda v: float(np.sum(v + v ** 3)), x.copy(), h=1e-6, bounds=bounds)
+    assert got[0] == ((1e-8 + 1e-24) - (-1e-8 - 1e-24)) / 2e-8      # centred, h = 1e-8
+    assert abs(got[1] - (1 + 3e-16)) < 1e-9                          # downward, h = 1e-8
+    got, _ = evaluate(f, x.copy(), h=1e-6, bounds=bounds)
+    assert not f.points or all(np.all(np.abs(p) <= 1e-8) for p in f.points)
+
+
+def test_a_step_shrunk_until_rounding_loses_it_is_an_error_naming_the_entry():
+    x = np.array([0.5, 1.0])
+    upper = np.array([1.0, np.nextafter(1.0, 2.0)])
+    with pytest.raises(ValueError, match=r"x\[1\] = 1\.0: the step, shrunk to .* to fit its bounds "
+                                         r".* is lost to rounding"):
+        evaluate(cube_sum, x, h=1e-6, bounds=[(np.array([0.0, 1.0]), upper)])
+    assert np.array_equal(x, [0.5, 1.0])
 
 
 def test_a_forward_scheme_at_its_upper_bound_steps_backward():

@@ -183,7 +183,7 @@ def test_state_probe_runs_when_shipped_and_catches_a_module_level_net():
 
 
 def pool_pids(g):
-    return [p.pid for p in g._resources.pool._processes]
+    return [p.pid for p in g._link.pool._processes]
 
 
 def shared_files(pid):

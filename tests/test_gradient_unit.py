@@ -11,8 +11,11 @@ import pytest
 from engine import numerical_gradient
 from engine._errors import NumericalFallbackWarning, StateNotShippedError, StepSizeWarning
 from engine.run._execution import Execution
-from engine.derivatives._gradient import (Gradient, Jacobian, _bounds_per_array, _lost_message, _Resources,
-                             _signature, choose_evaluator)
+from engine.batched._detect import choose_evaluator
+from engine.derivatives._gradient import Gradient, Jacobian, _signature
+from engine.derivatives._link import WorkerLink
+from engine.derivatives._link import lost_message as _lost_message
+from engine.fd._bounds import bounds_per_array as _bounds_per_array
 from engine.run._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
 from engine.nn._model import ModelLoss, init_params, mlp
 from engine.fd._space import ParamSpace, split_range
@@ -143,11 +146,12 @@ class FakePool:
     (False, True, [("close",)]), (True, True, [("drop", "k")]), (True, False, [("close",)])])
 def test_releasing_resources_drops_from_a_shared_pool_and_closes_an_own_one(shared, resident,
                                                                             expected):
-    resources = _Resources("k", shared=shared)
+    resources = WorkerLink(Execution(), shared=shared)
     resources.release()                      # nothing held yet: nothing to do
     pool = resources.pool = FakePool(resident)
     resources.release()
     resources.release()                      # once only
+    expected = [(kind, resources.key) if kind == "drop" else (kind,) for kind, *_ in expected]
     assert pool.calls == expected and resources.pool is None
 
 
@@ -452,7 +456,7 @@ def test_a_models_loss_with_the_wrong_arguments_is_refused_before_any_worker_sta
     g = Gradient(net.loss, workers=2, backend="threading", dispatch="parallel", check_state=False)
     with pytest.raises(TypeError, match=r"got 1 argument\(s\) after the params"):
         g(params, inputs)
-    assert g._resources.pool is None
+    assert g._link.pool is None
     g.close()
 
 
@@ -472,8 +476,7 @@ def test_a_non_deterministic_f_on_threads_fails_the_state_check():
     rng = np.random.default_rng(0)
     noisy = lambda v: squares(v) + float(rng.random())  # noqa: E731
     with Gradient(noisy, workers=2, backend="threading", dispatch="parallel") as g:
-        with pytest.raises(StateNotShippedError, match=r"but the same entry computed in this "
-                                                       r"process is"):
+        with pytest.raises(StateNotShippedError, match=r"on a freshly shipped copy of `f` and `x`"):
             g(np.ones(4))
     with Gradient(noisy, workers=2, backend="threading", dispatch="parallel",
                   check_state=False) as g:
@@ -569,13 +572,14 @@ def test_after_a_cheap_call_each_worker_gets_one_chunk():
         assert g._chunks(ParamSpace(x), "loop") == split_range(100, 2)
 
 
-def test_a_shipped_f_is_checked_once_then_only_the_values_travel(tmp_path):
+def test_a_shipped_f_is_probed_once_and_every_call_checks_f_of_x(tmp_path):
     f = LogsCalls(tmp_path / "calls.log")
     with Gradient(f, workers=2, backend="threading", dispatch="parallel", chunk_size=1) as g:
         g(np.ones(4))
-        assert f.calls() == 2 * 4 + 2        # the state probe: the last entry, here
+        # the check: f(x) here and on a worker; after shipping, the probe's point in both too
+        assert f.calls() == 2 * 4 + 2 + 2
         g(np.full(4, 2.0))
-        assert f.calls() == 2 * 4
+        assert f.calls() == 2 * 4 + 2
 
 
 def test_a_nan_entry_passes_the_state_check():

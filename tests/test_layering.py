@@ -54,10 +54,10 @@ def engine_imports(path: Path) -> set[str]:
             if node.level:
                 base = package.split(".")
                 base = base[:len(base) - (node.level - 1)]
-                if not node.module:
-                    raise AssertionError(f"{path.name}: import from a module, not a package: "
-                                         f"{ast.unparse(node)}")
-                names.add(".".join(base + node.module.split(".")))
+                if node.module:
+                    names.add(".".join(base + node.module.split(".")))
+                else:   # from . import _module
+                    names.update(".".join(base + [alias.name]) for alias in node.names)
             elif node.module and node.module.startswith("engine."):
                 names.add(node.module)
             elif node.module == "engine":

@@ -14,10 +14,14 @@ COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
     "numerical_gradient": "derivatives._serial", "parallel_numerical_gradient": "derivatives._parallel",
     "jacobian": "derivatives._parallel", "Gradient": "derivatives._gradient",
-    "Jacobian": "derivatives._gradient", "Plan": "run._planning", "Failure": "derivatives._gradient",
+    "Jacobian": "derivatives._sparse", "group_columns": "fd._grouping", "Plan": "run._planning",
+    "Failure": "derivatives._failures",
     "Execution": "run._execution", "gradient_check": "train._gradcheck",
     "GradientDifference": "train._gradcheck", "format_table": "train._gradcheck", "SimpleNet": "book._nets",
-    "ThreeLayerNet": "book._nets", "MLP": "book._nets", "Sequential": "nn._model", "mlp": "nn._model",
+    "ThreeLayerNet": "book._nets", "MLP": "book._nets", "SimpleConvNet": "book._convnet",
+    "Convolution": "nn._conv", "Pooling": "nn._conv", "Reshape": "nn._conv",
+    "BatchNormalization": "nn._regularize", "Dropout": "nn._regularize",
+    "Sequential": "nn._model", "mlp": "nn._model",
     "ModelLoss": "nn._model", "Layer": "nn._layers", "Affine": "nn._layers", "Sigmoid": "nn._layers",
     "ReLU": "nn._layers", "Tanh": "nn._layers", "SoftmaxCrossEntropy": "nn._layers",
     "Trainer": "train._training", "TrainConfig": "train._training", "TrainingState": "train._training",
@@ -66,20 +70,23 @@ WITHOUT_TRAIN_EXTRA = ("import sys; sys.modules['mlxtend'] = None; sys.modules['
                        "from engine.cli.train import main; raise SystemExit(main(sys.argv[1:]))")
 
 
-def test_without_the_train_extra_the_embedded_data_exits_2_naming_it(tmp_path):
+def test_without_the_train_extra_the_embedded_digits_still_train_without_the_plot(tmp_path):
     done = subprocess.run([sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "--out", str(tmp_path / "run"),
-                           "--no-progress"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert "numgrad-engine[train]" in done.stderr and "--train-csv" in done.stderr
-    assert not (tmp_path / "run").exists()
+                           "--iters", "2", "--hidden", "4", "--workers", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "training.png not written" in done.stderr and "numgrad-engine[train]" in done.stderr
+    assert "on 100 images" in done.stdout
+    assert (tmp_path / "run" / "params.npz").exists() and not (tmp_path / "run" / "training.png").exists()
 
 
-def test_without_the_train_extra_the_gradient_check_exits_2_naming_it():
-    script = ("import sys; sys.modules['mlxtend'] = None; from engine.cli.gradcheck import main; "
-              "raise SystemExit(main([]))")
+def test_without_the_train_extra_the_gradient_check_runs_on_the_embedded_digits():
+    script = ("import sys; sys.modules['mlxtend'] = None; sys.modules['matplotlib'] = None; "
+              "from engine.cli.gradcheck import main; "
+              "raise SystemExit(main(['--sizes', '784', '4', '10', '--workers', '1']))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert "numgrad-engine[train]" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "ok: every relative error" in done.stdout and "1 MNIST image(s)" in done.stdout
 
 
 def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path):

@@ -1,4 +1,4 @@
-"""Faults found by a hostile tester (issue 14), each caused for real: forks, kills, odd errors, odd input."""
+"""Faults a hostile tester would try, each caused for real: forks, kills, odd errors, odd input."""
 import multiprocessing
 import os
 import signal
@@ -51,12 +51,12 @@ FORK_PROGRAM = textwrap.dedent('''
     expected = 3 * x ** 2
     g = Gradient(f, workers=2, dispatch="parallel")
     first = g(x), parallel_numerical_gradient(f, x, workers=2)   # the parent's pools are busy
-    parents = {p.pid for p in g._resources.pool._processes}
+    parents = {p.pid for p in g._link.pool._processes}
     pid = os.fork()
     results = [g(x) for _ in range(5)] + [parallel_numerical_gradient(f, x, workers=2)]
     ok = all(np.allclose(r, expected, atol=1e-6) for r in results)
     if pid == 0:   # the child, its calls at the same time as the parent's
-        fresh = not parents & {p.pid for p in g._resources.pool._processes}
+        fresh = not parents & {p.pid for p in g._link.pool._processes}
         os._exit(0 if ok and fresh else 1)
     _, status = os.waitpid(pid, 0)
     print("child", os.waitstatus_to_exitcode(status), "parent", ok)
@@ -182,7 +182,7 @@ def test_absurd_worker_counts_are_refused_before_any_work():
 def test_never_more_worker_processes_than_chunks():
     with Gradient(sum_of_squares, workers=8, dispatch="parallel") as g:
         assert np.allclose(g(np.ones(3)), 2.0)
-        assert len(g._resources.pool._processes) == 3 and g.plan.workers == 3
+        assert len(g._link.pool._processes) == 3 and g.plan.workers == 3
 
 
 # -- 5, 6. errors that keep the user's error ----------------------------------------------------

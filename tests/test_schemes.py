@@ -81,7 +81,7 @@ class TestGetScheme:
     @pytest.mark.parametrize("bad", ["backward", "Central", None, ["central"]])
     def test_unknown_names_are_refused_with_the_choices(self, bad):
         with pytest.raises(ValueError, match=r"`scheme` must be one of \['central', "
-                                             r"'central4', 'forward'\], got "):
+                                             r"'central4', 'forward', 'complex'\], got "):
             get_scheme(bad)
 
 

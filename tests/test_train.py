@@ -15,8 +15,9 @@ from _mnist_files import write_mnist_dir
 from engine.data._data import Dataset, load_embedded_mnist, write_mnist_csv
 from engine.batched._detect import EVALUATOR_NAMES
 from engine.fd._schemes import SCHEMES
-from engine.train._training import TrainConfig
+from engine.train._training import NETS, TrainConfig
 from engine.cli._setup import DEFAULTS as _DEFAULTS
+from engine.nn._layers import ACTIVATIONS
 from engine.cli.train import OUTPUTS, build_parser, main
 
 QUICK = ["--hidden", "12", "--iters", "6", "--train-size", "20", "--test-size", "10", "--no-progress"]
@@ -97,8 +98,8 @@ def test_trains_from_the_texts_csv_files(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--workers", "0"], "`workers` == 0"),
-    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--workers", "0"], "argument --workers: 0 workers has no meaning: give 1 or more, or -1"),
+    (["--lr", "-1"], "--lr must be a positive finite number, got -1.0"),   # TrainConfig's words
     (["--train-csv", "no/such/file.csv"], "no such file"),
     (["--train-size", "5000"], "more than the 4000 images"),
     (["--hidden", "0"], "--hidden widths must be positive"),
@@ -112,10 +113,10 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, flags, message):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--backend", "nosuch"], "--backend: `backend` must be one of"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--backend", "nosuch"], "engine-train: error: --backend must be one of"),
+    (["--seed", "-1"], "--seed must be a non-negative int, got -1"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
-    (["--eval-every", "-2"], "--eval-every must be >= 0, got -2"),
+    (["--eval-every", "-2"], "--eval-every must be a non-negative int, got -2"),
     (["--batch-size", "7"], "--batch-size 7 is more than the 6 training images"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler is only used with --backend dask"),
     (["--mnist-dir", ".", "--train-csv", "x.csv"], "cannot be combined with --train-csv"),
@@ -182,7 +183,8 @@ def test_the_choices_are_the_registries():
     choices = {action.dest: list(action.choices) for action in build_parser()._actions
                if action.choices is not None}
     assert choices == {"scheme": list(SCHEMES), "evaluator": ["auto", *EVALUATOR_NAMES],
-                       "gradient": ["numerical", "backprop"]}
+                       "gradient": ["numerical", "backprop"], "activation": sorted(ACTIVATIONS),
+                       "net": list(NETS)}
 
 
 def test_bad_csv_data_exits_2_naming_file_and_line(tmp_path):

@@ -91,7 +91,7 @@ class TestBadConfigIsRefusedBeforeAnyWork:
         ("eval_every", True, "`eval_every` must be a non-negative int, got True"),
         ("shuffle", 1, "`shuffle` must be True or False, got 1"),
         ("gradient", "Backprop", "`gradient` must be one of ('numerical', 'backprop'), got 'Backprop'"),
-        ("sizes", (784, 10.0), "`sizes` must hold positive ints, got 10.0 in [784, 10.0]."),
+        ("sizes", (784, 10.0), "`sizes` must hold positive ints, got 10.0 in [784, 10.0]"),
     ], ids=["lr-negative", "lr-0", "lr-inf", "lr-str", "lr-None", "lr-np.True_", "std--inf",
             "batch_size-0", "steps-float", "seed-negative", "eval_every-True", "shuffle-int",
             "gradient-case", "sizes-float"])

@@ -7,8 +7,15 @@ computed. Perturbing ``W[i, j]`` of an affine layer (or ``b[j]``) changes only
 column j of that layer's output, by ``delta * z_prev[:, i]`` (or ``delta``); an
 element-wise activation keeps the change in column j; the next affine layer turns it
 into a rank-one update of its output. Layers before the perturbed one are computed
-once per call and never again. Every layer must therefore declare itself affine or
-elementwise (its `kind`, see engine._layers); `unsupported_layer` finds one that does not.
+once per call and never again. Every layer from the first affine layer on must therefore
+declare itself affine or elementwise (its `kind`, see engine._layers); `unsupported_layer`
+finds one that does not.
+
+Layers before the first affine layer may be anything (a convolution, pooling, a reshape):
+they are computed once, with the rest of the forward pass, and their parameters (a
+convolution's filters) are perturbed the loop evaluator's way, entry by entry through
+the whole loss, by the loop evaluator itself: those entries get its numbers, bit for bit.
+In the book's SimpleConvNet they are 780 of 433,890 entries.
 
 The work is done per (entry, sample) *row*, and only where the sample's loss can move:
 
@@ -40,6 +47,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fd._evaluators import loop_evaluate
+from ._conv_rows import conv_prefix
 from ..nn._loss_by_class import losses_by_class
 from ..nn._layers import AFFINE, ELEMENTWISE
 from ..fd._schemes import Scheme, auto_step
@@ -78,7 +87,15 @@ def batched_evaluate(
     Returns
     -------
     ndarray, shape (stop - start,), float64
+
+    Raises
+    ------
+    ValueError
+        For ``scheme="complex"``, which evaluates `f` at complex points: loop evaluator only.
     """
+    if scheme.complex_step:
+        raise ValueError("scheme='complex' runs on the loop evaluator only (the batched "
+                         "evaluator's blocks are real): pass evaluator='loop'")
     cache = {} if cache is None else cache
     if "forward" not in cache:
         cache["forward"] = _Forward(f)
@@ -88,7 +105,17 @@ def batched_evaluate(
         name = space.keys[segment.position]
         entries = np.arange(segment.start, segment.stop)
         out = values[segment.offset - start: segment.offset - start + entries.size]
-        forward.derivatives(name, entries, steps[segment.position], scheme, out, block_memory)
+        if name in forward.roles:
+            forward.derivatives(name, entries, steps[segment.position], scheme, out, block_memory)
+            continue
+        if "conv prefix" not in cache:
+            cache["conv prefix"] = conv_prefix(f.model, forward)
+        prefix = cache["conv prefix"]
+        if prefix is not None and name in prefix.names:   # a filter entry: its one channel
+            prefix.derivatives(name, entries, steps[segment.position], scheme, out)
+        else:   # any other parameter before the first affine layer: the loop's way
+            out[:] = loop_evaluate(f, space, steps, scheme, segment.offset,
+                                   segment.offset + entries.size, cache)
     return values
 
 
@@ -312,13 +339,21 @@ class _Forward:
 
 
 def unsupported_layer(model):
-    """The first layer of `model` whose `kind` is not in `BATCHED_KINDS`, or None if none is.
+    """The first layer of `model` the evaluator cannot take, or None if it takes them all.
 
-    The evaluator follows a perturbed column through the layers, which only affine and
-    elementwise layers keep apart; any other layer would mix columns it cannot see.
+    The evaluator follows a perturbed column through the layers after an affine layer,
+    which only affine and elementwise layers keep apart; any other layer there would mix
+    columns it cannot see. Before the first affine layer any layer will do (see above),
+    unless it shares a parameter with a layer after it.
     """
-    return next((layer for layer in model.layers
-                 if getattr(layer, "kind", None) not in BATCHED_KINDS), None)
+    kinds = [getattr(layer, "kind", None) for layer in model.layers]
+    first = kinds.index(AFFINE) if AFFINE in kinds else len(kinds)
+    later = {name for layer in model.layers[first:] for name in layer.param_names()}
+    for layer in model.layers[:first]:
+        if later.intersection(layer.param_names()):
+            return layer
+    return next((layer for layer, kind in zip(model.layers[first:], kinds[first:])
+                 if kind not in BATCHED_KINDS), None)
 
 
 def _check_moved(stored, name, shape, entries, originals, step) -> None:

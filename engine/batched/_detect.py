@@ -6,9 +6,9 @@ labels)``) or an `engine.ModelLoss` over `x`.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable
 
+from .._errors import warn_user
 from ..fd._evaluators import loop_evaluate, with_arguments
 from ..nn._model import ModelLoss, Sequential
 from . import _batched
@@ -82,13 +82,13 @@ def choose_evaluator(evaluator: str, f: Any, x: Any, loop_only: str | None = Non
     layer = unsupported_layer(model_of(f)) if batched_ok else None
     if evaluator == AUTO_EVALUATOR:
         if isinstance(f, ModelLoss) and not batched_ok:
-            warnings.warn("`f` is a ModelLoss, but `x` is not its params dict, so evaluator='auto' "
-                          "uses the loop evaluator (about 1,000x slower on the book's net): pass "
-                          "x = f.params", stacklevel=4)
+            warn_user("`f` is a ModelLoss, but `x` is not its params dict, so evaluator='auto' "
+                      "uses the loop evaluator (about 1,000x slower on the book's net): pass "
+                      "x = f.params")
         if layer is not None and loop_only is None:
-            warnings.warn(f"the model of `f` has the layer {layer!r}, whose `kind` is not one of "
-                          f"{BATCHED_KINDS}, so evaluator='auto' uses the loop evaluator (the "
-                          "batched one takes only such layers)", stacklevel=4)
+            warn_user(f"the model of `f` has the layer {layer!r}, whose `kind` is not one of "
+                      f"{BATCHED_KINDS}, so evaluator='auto' uses the loop evaluator (the "
+                      "batched one takes only such layers)")
         return "batched" if batched_ok and layer is None and loop_only is None else "loop"
     if evaluator not in EVALUATOR_NAMES:
         raise ValueError(f"`evaluator` must be one of {EVALUATOR_CHOICES}, got {evaluator!r}")

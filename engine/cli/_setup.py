@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli._flags import flag_words
 from engine.train._checkpoint import CheckpointError, load_checkpoint
-from engine.data._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_CLASSES, DataError, Dataset,
+from engine.data._data import (BOOK_TEST_SIZE, BOOK_TRAIN_SIZE, N_CLASSES, N_PIXELS, DataError, Dataset,
                           load_embedded_mnist, read_mnist_csv)
 from engine.run._execution import DEFAULT_BACKEND, Execution, check_backend
 from engine.data._mnist_idx import load_mnist_dir
@@ -46,7 +47,10 @@ class UsageError(Exception):
 def prepare(args) -> dict[str, Any]:
     backend = _given_or(args.backend, DEFAULT_BACKEND)
     _check_backend(backend, args.scheduler)
-    execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
+    try:
+        execution = Execution(workers=args.workers, backend=backend, scheduler=args.scheduler)
+    except ValueError as exc:   # e.g. more workers than 4 per core
+        raise UsageError(flag_words(str(exc))) from None
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.resume is not None:
@@ -66,7 +70,7 @@ def _check_backend(backend: str, scheduler: str | None) -> None:
     try:
         check_backend(backend)   # the engine's own check: its backends and joblib's registry
     except ValueError as exc:
-        raise UsageError(f"--backend: {exc}") from None
+        raise UsageError(flag_words(str(exc))) from None
     if backend == "dask" and importlib.util.find_spec("distributed") is None:
         raise UsageError("--backend dask needs Dask's distributed package: "
                          "pip install 'numgrad-engine[dask]'")
@@ -93,9 +97,9 @@ def _fresh_run(args) -> dict[str, Any]:
 
 
 def _check_flags(flags: dict, args) -> None:
-    positive = {"--lr": flags["lr"], "--h": flags["h"], "--batch-size": flags["batch_size"],
-                "--train-size": flags["train_size"], "--test-size": flags["test_size"],
-                "--iters": flags["iters"], "--weight-init-std": flags["weight_init_std"]}
+    """The flags' own checks; what TrainConfig checks is its to say (`_check_config`)."""
+    positive = {"--train-size": flags["train_size"], "--test-size": flags["test_size"],
+                "--iters": flags["iters"]}
     if args.epochs is not None:
         positive["--epochs"] = args.epochs
     for name, value in positive.items():
@@ -103,16 +107,26 @@ def _check_flags(flags: dict, args) -> None:
             raise UsageError(f"{name} must be a positive number, got {value}")
     if any(width < 1 for width in flags["hidden"]):
         raise UsageError(f"--hidden widths must be positive, got {flags['hidden']}")
-    if flags["eval_every"] < 0:
-        raise UsageError(f"--eval-every must be >= 0, got {flags['eval_every']}")
-    if flags["seed"] < 0:
-        raise UsageError(f"--seed must be >= 0, got {flags['seed']}")
+    if flags["net"] == "convnet" and len(flags["hidden"]) != 1:
+        raise UsageError(f"--net convnet has one hidden layer: give one --hidden width, "
+                         f"got {flags['hidden']}")
+    _check_config(flags)
     if args.mnist_dir is not None and (args.train_csv is not None or args.test_csv is not None):
         raise UsageError("--mnist-dir gives both splits; it cannot be combined with "
                          "--train-csv / --test-csv")
     if args.force and args.out is None:
         raise UsageError("--force replaces the run in --out; without --out every run gets "
                          f"its own {RUNS_FOLDER}/run-N and nothing is replaced")
+
+
+def _check_config(flags: dict) -> None:
+    """TrainConfig's checks of the flags, before any data is read (the data sets the outer widths)."""
+    settings = {f.name: flags[_FLAG_OF_FIELD.get(f.name, f.name)]
+                for f in dataclasses.fields(TrainConfig) if f.name != "sizes"}
+    try:
+        TrainConfig(**settings, sizes=(N_PIXELS, *flags["hidden"], N_CLASSES))
+    except ValueError as exc:
+        raise UsageError(flag_words(str(exc))) from None
 
 
 def _data_source(args, flags) -> dict[str, Any]:
@@ -185,7 +199,7 @@ def _resumed_run(args) -> dict[str, Any]:
     _check_same_flags(args, config, data)
     train, test = _load_data(data)
     try:
-        state = TrainingState.from_document(params, saved, config.sizes, len(train))
+        state = TrainingState.from_document(params, saved, config.sizes, len(train), config.net)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint in {folder} {exc}") from exc
     except (KeyError, TypeError) as exc:

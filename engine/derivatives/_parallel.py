@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from ..run._execution import EXECUTION_FIELDS, Execution
-from ._gradient import Gradient, Jacobian
+from ._gradient import Gradient
+from ._sparse import Jacobian
 
 __all__ = ["parallel_numerical_gradient", "jacobian"]
 
@@ -117,7 +118,6 @@ def _one_shot(kind: type[Gradient], f: Callable, x: Any, execution: Execution | 
     execution = Execution.from_options(execution, **execution_options)
     if execution.dispatch == "auto":   # nothing to learn from in a single call
         execution = replace(execution, dispatch="parallel")
-    gradient = kind(f, execution=execution, **options)
-    gradient._resources.shared = True   # one-shot calls share their worker processes
+    gradient = kind(f, execution=execution, _shared_pool=True, **options)
     with gradient:
         return gradient(x)

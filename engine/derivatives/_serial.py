@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..run._threads import one_blas_thread
+from ..run._blas import one_blas_thread
 from ..fd._evaluators import loop_evaluate
 from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP, get_scheme, resolve_steps
 from ..fd._space import ParamSpace

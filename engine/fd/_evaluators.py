@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._schemes import Scheme, auto_step
+from ._schemes import Scheme, auto_step, fit_to_bounds, one_sided
 from ._space import ParamSpace
 
 __all__ = ["loop_evaluate", "checked_loss", "checked_output", "annotate_error", "with_arguments",
@@ -49,12 +49,14 @@ class LoopOptions:
     ----------
     on_failure : {"raise", "one-sided", "nan"}
         What an evaluation of `f` that raises (an ``Exception``) or returns a non-finite
-        value does: end the call; leave the other side, combined with ``f(x)``; or make
-        the entry NaN.
+        value does: end the call; use the side that evaluated, with ``f(x)``, to second
+        order where ``x_i -+ 2h`` evaluates too (first order with the forward scheme, or
+        where it does not); or make the entry NaN.
     bounds : list of (lower, upper) arrays, or None
         Per parameter array, bounds broadcast to its shape: `f` is never evaluated
-        outside them, entries near a bound take the one-sided difference that stays
-        inside (SciPy's rule).
+        outside them. Near a bound an entry takes the one-sided scheme of the scheme's
+        order (``(-3 f(x) + 4 f(x + h) - f(x + 2h)) / 2h`` for central) toward the side
+        with room; where neither fits, the step is shrunk to fit (`fit_to_bounds`).
     vector : bool
         `f` returns an array (a Jacobian), not a scalar.
     """
@@ -103,8 +105,12 @@ def loop_evaluate(
     Raises
     ------
     ValueError
-        If ``x_i + m*h`` rounds back to ``x_i`` (nothing would be perturbed).
+        If ``x_i + m*h`` rounds back to ``x_i`` (nothing would be perturbed), also for a
+        step shrunk to fit the bounds, or if an entry has no room between its bounds.
     """
+    if scheme.complex_step:
+        from ._complex import complex_evaluate   # here: _complex builds on this module
+        return complex_evaluate(f, space, steps, scheme, start, stop, cache, loop, report)
     cache = {} if cache is None else cache
     report = Report() if report is None else report
     loop_f = _Entries(f, space, scheme, cache, loop, report)
@@ -145,34 +151,51 @@ class _Entries:
         base = float(original)
         if relative:
             h = h * max(1.0, abs(base))
-        multiples = self.scheme.multiples
+        scheme, limits = self.scheme, None
         if bounds is not None:
-            multiples, h = _inside(base, h, multiples, bounds[0][index], bounds[1][index],
-                                   self.space, flat)
+            limits = (float(bounds[0][index]), float(bounds[1][index]))
+            scheme, h = _inside(self.scheme, base, h, limits, self.space, flat)
         values, stored = {}, {}
+        point = _Point(self, array, index, original, base, h, relative, flat, values, stored)
         try:
-            for m in multiples:
-                values[m], stored[m] = self._evaluate(array, index, original, base, m * h,
-                                                      relative, flat, m)
+            for m in scheme.multiples:
+                point.evaluate(m)
             failed = any(v is None for v in values.values())
             if failed and self.loop.on_failure == "one-sided":
-                for m in (-1, 1):   # the side a forward scheme (or a bound) left out
-                    inside = bounds is None or bounds[0][index] <= base + m * h <= bounds[1][index]
-                    if m not in values and values.get(-m, 0) is None and inside:
-                        values[m], stored[m] = self._evaluate(array, index, original, base,
-                                                              m * h, relative, flat, m)
+                scheme = self._fallback(point, limits)
         finally:
             array[index] = original
-        failed = any(v is None for v in values.values())
-        if failed and self.loop.on_failure == "nan":
+        if scheme is None or (failed and self.loop.on_failure == "nan"):
             return self._nan()
-        if multiples == self.scheme.multiples and not failed:
-            losses = [values[m] for m in multiples]
-            center = self.center() if self.scheme.uses_center else None
-            if relative:
-                return self.scheme.combine_stored(losses, center, [stored[m] for m in multiples])
-            return self.scheme.combine(losses, center, h)
-        return self._one_sided(values, stored, h, relative)
+        return self._combine(scheme, point)
+
+    def _combine(self, scheme, point):
+        losses = [point.values[m] for m in scheme.multiples]
+        center = self.center() if scheme.uses_center else None
+        if point.relative:
+            return scheme.combine_stored(losses, center, [point.stored[m] for m in scheme.multiples])
+        return scheme.combine(losses, center, point.h)
+
+    def _fallback(self, point, limits):
+        """A side failed (or lies outside the bounds): the one-sided scheme to use, or None.
+
+        Second order (``x_i + s*h`` and ``x_i + 2s*h`` with f(x)) where the scheme is of
+        order 2 or more and both points evaluate inside the bounds; first order otherwise.
+        """
+        values = point.values
+        order = 1 if self.scheme.order < 2 else 2
+        # a side whose two points have both evaluated already (central4) goes first
+        for side in sorted((1, -1), key=lambda s: values.get(2 * s) is None):
+            if side not in values and values.get(-side, 0) is None and point.inside(side, limits):
+                point.evaluate(side)   # the side a forward scheme (or a bound) left out
+            if values.get(side) is None:
+                continue
+            if order == 2 and 2 * side not in values and point.inside(2 * side, limits):
+                point.evaluate(2 * side)
+            if order == 2 and values.get(2 * side) is not None:
+                return one_sided(2, side)
+            return one_sided(1, side)
+        return None
 
     def _evaluate(self, array, index, original, base, offset, relative, flat, m):
         array[index] = base + offset
@@ -196,34 +219,42 @@ class _Entries:
             self.report.failures.append((flat, m, type(error).__name__, str(error)))
             return None, stored
 
-    def _one_sided(self, values, stored, h, relative):
-        """A side that failed (or lies outside the bounds): the other side with f(x), else NaN."""
-        for m in (1, -1):
-            if values.get(m) is not None:
-                center = self.center()
-                step = stored[m] if relative else m * h
-                return (values[m] - center) / step
-        return self._nan()
-
     def _nan(self):
         if self.loop.vector:
             return np.full(np.shape(self.center()), np.nan)
         return math.nan
 
 
-def _inside(base, h, multiples, lower, upper, space, flat):
-    """The multiples (and step) whose points stay within ``[lower, upper]``."""
-    if all(lower <= base + m * h <= upper for m in multiples):
-        return multiples, h
-    if base + h <= upper:
-        return (1,), h
-    if base - h >= lower:
-        return (-1,), h
-    room = max(upper - base, base - lower)
-    if room <= 0:
+class _Point:
+    """One entry's evaluations: ``values[m]`` (None where `f` failed), ``stored[m]``."""
+
+    def __init__(self, entries, array, index, original, base, h, relative, flat, values, stored):
+        self.entries, self.array, self.index, self.original = entries, array, index, original
+        self.base, self.h, self.relative, self.flat = base, h, relative, flat
+        self.values, self.stored = values, stored
+
+    def evaluate(self, m):
+        self.values[m], self.stored[m] = self.entries._evaluate(
+            self.array, self.index, self.original, self.base, m * self.h, self.relative,
+            self.flat, m)
+
+    def inside(self, m, limits):
+        return limits is None or limits[0] <= self.base + m * self.h <= limits[1]
+
+
+def _inside(scheme, base, h, limits, space, flat):
+    """The scheme and step whose points stay within the bounds (`fit_to_bounds`)."""
+    lower, upper = limits
+    fitted, step = fit_to_bounds(scheme, base, h, lower, upper)
+    if step <= 0:
         raise ValueError(f"{space.describe(flat)} has no room to move within its bounds "
-                         f"[{float(lower)!r}, {float(upper)!r}]")
-    return ((1,) if upper - base >= base - lower else (-1,)), room
+                         f"[{lower!r}, {upper!r}]")
+    if step != h and base + step == base:
+        raise ValueError(
+            f"{space.describe(flat)} = {base!r}: the step, shrunk to {step!r} to fit its "
+            f"bounds [{lower!r}, {upper!r}], is lost to rounding (x_i + step == x_i), so no "
+            "derivative can be taken there; widen the bounds around it")
+    return fitted, step
 
 
 def _describe(space: ParamSpace, flat: int, m: int) -> str:
@@ -260,7 +291,22 @@ def loss_at(f, space: ParamSpace, where: str | Callable[[], str],
     except FloatingPointError as exc:
         if failures:
             raise _Failed() from exc
+        note = _non_finite_x(space)
+        if note:
+            exc.add_note(note)
         raise
+
+
+def _non_finite_x(space: ParamSpace) -> str | None:
+    """Where `x` itself holds a NaN or an infinity (the likely cause of a non-finite f), if it does."""
+    for position, array in enumerate(space.arrays):
+        bad = np.flatnonzero(~np.isfinite(array.reshape(-1)))
+        if bad.size:
+            flat = int(space.offsets[position]) + int(bad[0])
+            return (f"`x` itself is not finite: {space.describe(flat)} is "
+                    f"{float(array.reshape(-1)[bad[0]])!r} ({bad.size} non-finite entries in "
+                    f"{space.labels[position]}), so `f` may be non-finite without any perturbation")
+    return None
 
 
 def checked_output(value: Any, where: str) -> np.ndarray:

@@ -169,6 +169,12 @@ def _check_array(label: str, array: Any) -> None:
             "array's under perturbation (a masked array's hidden data, a matrix's shapes); "
             "pass a plain array (e.g. np.ma.getdata(a) or np.asarray(a)) and handle the "
             "mask in `f`")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(
+            f"`{label}` has the complex dtype {array.dtype}, but needs a real floating dtype: "
+            "the engine differentiates with respect to real entries. Pass the real and "
+            "imaginary parts as separate real arrays (x.real, x.imag); for the complex step, "
+            "keep `x` real")
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(
             f"`{label}` must have a floating dtype, got {array.dtype}: x + h would be "

@@ -6,11 +6,15 @@ Everything here is plain numpy and works on the last axis, so a stack of batches
 For finite input nothing overflows: every ``exp`` sees an argument ``<= 0``. Underflow to
 ``0.0`` does happen (``exp(-1e4)``) and is the correct result; numpy ignores it by default.
 """
+from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["sigmoid", "logsumexp", "softmax", "log_softmax", "to_labels", "cross_entropy_error",
+           "check_logits_labels", "softmax_cross_entropy"]
 
-def _as_float(a):
+
+def _as_float(a: np.ndarray) -> np.ndarray:
     """Return `a` as an ndarray, converting non-floating input to float64."""
     a = np.asarray(a)
     if a.dtype.kind != "f":
@@ -18,13 +22,13 @@ def _as_float(a):
     return a
 
 
-def _require_last_axis(a, name):
+def _require_last_axis(a: np.ndarray, name: str) -> None:
     """Raise ValueError when `a` has no last axis to work on."""
     if a.ndim == 0:
-        raise ValueError(f"`{name}` must have at least 1 dimension, got a scalar.")
+        raise ValueError(f"`{name}` must have at least 1 dimension, got a scalar")
 
 
-def sigmoid(a):
+def sigmoid(a: np.ndarray) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-a))``, elementwise and without overflow.
 
     Parameters
@@ -53,7 +57,7 @@ def _logsumexp_shifted(a, m):
     return np.log(np.add.reduce(np.exp(a - m), axis=-1)) + m[..., 0]
 
 
-def logsumexp(a):
+def logsumexp(a: np.ndarray) -> np.ndarray:
     """``log(sum(exp(a)))`` along the last axis, shifted by the maximum so it never overflows.
 
     Parameters
@@ -85,7 +89,7 @@ def logsumexp(a):
     return _logsumexp_shifted(a, m)
 
 
-def softmax(a):
+def softmax(a: np.ndarray) -> np.ndarray:
     """Softmax along the last axis, computed as ``exp(a - max(a))`` normalised.
 
     Parameters
@@ -114,7 +118,7 @@ def softmax(a):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def log_softmax(a):
+def log_softmax(a: np.ndarray) -> np.ndarray:
     """Logarithm of :func:`softmax` along the last axis, ``a - logsumexp(a)``.
 
     Parameters
@@ -146,25 +150,25 @@ def _labels_from_one_hot(t, n_classes):
     """Int64 labels of the one-hot rows `t` (shape (B, C)), or ValueError."""
     if t.shape[-1] != n_classes:
         raise ValueError(
-            f"one-hot `t` has {t.shape[-1]} columns but there are {n_classes} classes."
+            f"one-hot `t` has {t.shape[-1]} columns but there are {n_classes} classes"
         )
     bad = ~(((t == 0) | (t == 1)).all(axis=-1) & (t.sum(axis=-1) == 1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"`t` row {row} is not one-hot: {t[row]!r}.")
+        raise ValueError(f"`t` row {row} is not one-hot: {t[row]!r}")
     return t.argmax(axis=-1).astype(np.int64)
 
 
 def _labels_from_ints(t, n_classes):
     """Int64 copy of the integer labels `t` (shape (B,)), or ValueError."""
     if t.dtype.kind == "f" and not np.array_equal(t, np.round(t)):
-        raise ValueError(f"float labels `t` must be whole numbers, got {t!r}.")
+        raise ValueError(f"float labels `t` must be whole numbers, got {t!r}")
     if t.dtype.kind not in "iuf":
-        raise ValueError(f"labels `t` must be integers, got dtype {t.dtype}.")
+        raise ValueError(f"labels `t` must be integers, got dtype {t.dtype}")
     bad = (t < 0) | (t >= n_classes)
     if bad.any():
         raise ValueError(
-            f"labels `t` must lie in [0, {n_classes}), got {t[bad][0]!r}."
+            f"labels `t` must lie in [0, {n_classes}), got {t[bad][0]!r}"
         )
     return t.astype(np.int64)
 
@@ -178,7 +182,7 @@ def _is_one_hot_vector(t, n_classes, batch_size):
     return t.dtype.kind in "fb"
 
 
-def to_labels(t, n_classes, batch_size=None):
+def to_labels(t: np.ndarray, n_classes: int, batch_size: int | None = None) -> np.ndarray:
     """Normalise targets, integer labels or one-hot rows, to int64 labels.
 
     Parameters
@@ -214,7 +218,7 @@ def to_labels(t, n_classes, batch_size=None):
     """
     t = np.asarray(t)
     if t.ndim > 2:
-        raise ValueError(f"`t` must have at most 2 dimensions, got shape {t.shape}.")
+        raise ValueError(f"`t` must have at most 2 dimensions, got shape {t.shape}")
     if t.ndim == 2:
         labels = _labels_from_one_hot(t, n_classes)
     elif t.ndim == 1 and _is_one_hot_vector(t, n_classes, batch_size):
@@ -223,12 +227,12 @@ def to_labels(t, n_classes, batch_size=None):
         labels = _labels_from_ints(np.atleast_1d(t), n_classes)
     if batch_size is not None and labels.shape[0] != batch_size:
         raise ValueError(
-            f"`t` gives {labels.shape[0]} labels but the batch has {batch_size} samples."
+            f"`t` gives {labels.shape[0]} labels but the batch has {batch_size} samples"
         )
     return labels
 
 
-def cross_entropy_error(y, t):
+def cross_entropy_error(y: np.ndarray, t: np.ndarray) -> float:
     """The book's cross entropy of probabilities `y` against targets `t`, batch mean.
 
     Unlike the book this adds no ``1e-7`` inside the log: the value is exact, and a true
@@ -259,33 +263,34 @@ def cross_entropy_error(y, t):
     """
     y = np.atleast_2d(_as_float(y))
     if y.ndim != 2:
-        raise ValueError(f"`y` must be 1-D or 2-D, got shape {y.shape}.")
+        raise ValueError(f"`y` must be 1-D or 2-D, got shape {y.shape}")
     if (y < 0).any():
-        raise ValueError("`y` must hold probabilities, got a negative value.")
+        raise ValueError("`y` must hold probabilities, got a negative value")
     labels = to_labels(t, y.shape[1], batch_size=y.shape[0])
     picked = y[np.arange(y.shape[0]), labels]
     with np.errstate(divide="ignore"):
         return float(-np.log(picked).mean())
 
 
-def _check_logits_labels(logits, labels):
+def check_logits_labels(logits: np.ndarray, labels: np.ndarray) -> None:
     """Raise ValueError unless `labels` are valid int labels for `logits` (..., B, C)."""
     if logits.ndim < 2:
-        raise ValueError(f"`logits` must have shape (..., B, C), got {logits.shape}.")
+        raise ValueError(f"`logits` must have shape (..., B, C), got {logits.shape}")
     if labels.shape != logits.shape[-2:-1]:
         raise ValueError(
             f"`labels` must have shape {logits.shape[-2:-1]} to match `logits` "
-            f"{logits.shape}, got {labels.shape}."
+            f"{logits.shape}, got {labels.shape}"
         )
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"`labels` must be integers, got dtype {labels.dtype}.")
+        raise ValueError(f"`labels` must be integers, got dtype {labels.dtype}")
     n_classes = logits.shape[-1]
     bad = (labels < 0) | (labels >= n_classes)
     if bad.any():
-        raise ValueError(f"`labels` must lie in [0, {n_classes}), got {labels[bad][0]}.")
+        raise ValueError(f"`labels` must lie in [0, {n_classes}), got {labels[bad][0]}")
 
 
-def softmax_cross_entropy(logits, labels, *, check_labels=True):
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, *,
+                          check_labels: bool = True) -> np.ndarray:
     """Per-sample softmax cross entropy, ``logsumexp(logits) - logits[label]``.
 
     Never overflows, even for logits like ``1e4``, and is exact where the
@@ -322,7 +327,7 @@ def softmax_cross_entropy(logits, labels, *, check_labels=True):
     logits = _as_float(logits)
     labels = np.asarray(labels)
     if check_labels:
-        _check_logits_labels(logits, labels)
+        check_logits_labels(logits, labels)
     # Unlike logsumexp, no guard for infinite row maxima (this is the hot path): the loss of
     # such a row is inf - inf, undefined anyway.
     lse = _logsumexp_shifted(logits, np.maximum.reduce(logits, axis=-1, keepdims=True))

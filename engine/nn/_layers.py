@@ -20,7 +20,9 @@ asking their types:
     The names of the layer's parameters in `params`, a list of str (``[]`` for none).
 ``check(params, n_in)``
     The output width for the input width `n_in`; ValueError naming the entry of `params`
-    that is missing or has the wrong shape. The net calls it before any work.
+    that is missing or has the wrong shape. The net calls it before any work. For
+    samples of more than one axis (images (B, C, H, W), see :mod:`engine.nn._conv`)
+    `n_in` and the result are the sample's shape, a tuple such as ``(C, H, W)``.
 ``kind``
     What the batched evaluator (:mod:`engine._batched`) may assume of the layer:
 
@@ -31,14 +33,24 @@ asking their types:
     - None (also for a layer without ``kind``): anything else. A net with such a layer is
       evaluated by the loop evaluator.
 
+Optional, for layers that act differently in training (:mod:`engine.nn._regularize`):
+``for_inference()`` returns the layer in inference mode; ``state_names()``,
+``init_state(n_in)`` and ``update_state(params, z, state)`` name, create and advance
+state that is not differentiated (running statistics), which the inference-mode
+``forward`` reads from the dict it is given.
+
 A new layer type subclasses :class:`Layer`, which gives the defaults of a layer without
 parameters, and is complete in its own class; :data:`ACTIVATIONS` names the activations
 that :func:`engine.mlp` can build.
 """
+from __future__ import annotations
 
 import numpy as np
 
-from ._functions import _check_logits_labels, sigmoid, softmax, softmax_cross_entropy
+from ._functions import check_logits_labels, sigmoid, softmax, softmax_cross_entropy
+
+__all__ = ["Layer", "Affine", "Sigmoid", "ReLU", "Tanh", "SoftmaxCrossEntropy", "ACTIVATIONS",
+           "AFFINE", "ELEMENTWISE", "LAYER_METHODS"]
 
 AFFINE = "affine"
 ELEMENTWISE = "elementwise"
@@ -50,7 +62,7 @@ def _lookup(params, name):
     try:
         return params[name]
     except KeyError:
-        raise ValueError(f"`params` has no entry {name!r}.") from None
+        raise ValueError(f"`params` has no entry {name!r}") from None
 
 
 class Layer:
@@ -77,9 +89,9 @@ class Affine(Layer):
 
     def __init__(self, weight, bias=None):
         if not isinstance(weight, str):
-            raise TypeError(f"`weight` must be a parameter name (str), got {weight!r}.")
+            raise TypeError(f"`weight` must be a parameter name (str), got {weight!r}")
         if bias is not None and not isinstance(bias, str):
-            raise TypeError(f"`bias` must be a parameter name (str) or None, got {bias!r}.")
+            raise TypeError(f"`bias` must be a parameter name (str) or None, got {bias!r}")
         self.weight = weight
         self.bias = bias
 
@@ -92,16 +104,19 @@ class Affine(Layer):
 
     def check(self, params, n_in):
         """Return n_out; ValueError unless W is (n_in, n_out) and b, if named, is (n_out,)."""
+        if isinstance(n_in, tuple):
+            raise ValueError(f"{self!r} needs rows, samples of one axis, but `x` (or the layer "
+                             f"before) gives samples of shape {n_in}: put Reshape(-1) before it")
         w_shape = np.shape(_lookup(params, self.weight))
         if len(w_shape) != 2 or w_shape[0] != n_in:
             raise ValueError(
-                f"`params[{self.weight!r}]` must have shape ({n_in}, n_out), got {w_shape}."
+                f"`params[{self.weight!r}]` must have shape ({n_in}, n_out), got {w_shape}"
             )
         if self.bias is not None:
             b_shape = np.shape(_lookup(params, self.bias))
             if b_shape != (w_shape[1],):
                 raise ValueError(
-                    f"`params[{self.bias!r}]` must have shape ({w_shape[1]},), got {b_shape}."
+                    f"`params[{self.bias!r}]` must have shape ({w_shape[1]},), got {b_shape}"
                 )
         return w_shape[1]
 
@@ -195,8 +210,8 @@ class SoftmaxCrossEntropy:
         """
         logits, labels = np.asarray(logits), np.asarray(labels)
         if logits.ndim != 2:
-            raise ValueError(f"`logits` must have shape (B, C), got {logits.shape}.")
-        _check_logits_labels(logits, labels)
+            raise ValueError(f"`logits` must have shape (B, C), got {logits.shape}")
+        check_logits_labels(logits, labels)
         grad = softmax(logits)
         batch = grad.shape[0]
         grad[np.arange(batch), labels] -= 1.0

@@ -1,9 +1,9 @@
 """Where chunks run: worker processes or threads that keep `f` resident, or per-call runners.
 
 Resident pools (``"loky"`` processes, ``"threading"``) hold each gradient's ``(f, x)``
-in every worker between calls (`engine._worker`): a call sends the new values of `x`
-and its arguments, then tasks, over a lean channel of their own (a pipe per process,
-queues per thread) and gets results back as they finish; a worker that finishes early
+in every worker between calls (`engine.run._worker`): a call sends the new values of `x`
+and its arguments, then tasks, over a lean channel of their own (a socket pair per
+process, queues per thread) and gets results back as they finish; a worker that finishes early
 takes the next task. loky starts the worker processes (fork + exec, one BLAS thread,
 no re-import of ``__main__``); the pool watches them itself: a dead worker shows up as
 the end of its pipe, and its tasks are re-run on fresh workers by the caller.
@@ -12,29 +12,36 @@ Per-call runners (``"dask"``, other joblib backends) ship ``(f, x, args)`` with 
 
 Nothing outlives the caller: worker processes are daemonic (ended at exit), leave when
 their pipe closes, and check every quarter second that their parent is still their
-caller (so a ``kill -9`` of the caller ends them too). The values' shared-memory file is
-unlinked as soon as every worker has mapped it; files left by callers that died in
-between are removed by the next pool that starts.
+caller (so a ``kill -9`` of the caller ends them too). The values' shared memory has no
+name to leave behind (`engine.run._shared_memory`): its file descriptor travels to each
+worker over the socket. The pools are not multiprocessing's children, so an ``os.fork()``
+child that exits does not stop its parent's workers.
+
+The contract every pool keeps is `Pool` (`engine.run._pool`).
 """
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import queue
 import signal
 import threading
 import uuid
+from abc import abstractmethod
 from multiprocessing.connection import wait
-from typing import Any, Iterator
+from multiprocessing.reduction import send_handle
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ._pool import PerCallPool, Pool
 from ._shared_memory import SharedValues, remove_stale_shared_files
-from ._threads import SINGLE_THREAD_ENVIRONMENT
-from ._worker import InlinePayload, Task, evaluate_chunk, serve, serve_process
-from .._errors import PayloadError, RemoteTraceback, WorkerLost
+from ._blas import SINGLE_THREAD_ENVIRONMENT
+from ._worker import InlineBundle, Task, evaluate_chunk, serve, serve_process
+from .._errors import PayloadError, RemoteTraceback, WorkerDied
 from ._execution import in_daemonic_process
 
-__all__ = ["make_pool", "shared_pool", "ProcessPool", "ThreadPool", "JoblibPool"]
+__all__ = ["make_pool", "shared_pool", "ResidentPool", "ProcessPool", "ThreadPool", "JoblibPool"]
 
 # A fresh process's glibc returns every large temporary to the system at once and maps it
 # anew on the next call (a batch of 100 images: ~96,000 page faults, 1.7x the parent's
@@ -77,8 +84,8 @@ def shared_pool(backend: str, workers: int, scheduler: str | None = None):
         return pool
 
 
-class _ResidentPool:
-    """Workers that keep residents between calls; subclasses provide the channel."""
+class ResidentPool(Pool):
+    """Workers that keep residents between calls; subclasses provide the channel (the hooks)."""
 
     resident = True
 
@@ -103,6 +110,7 @@ class _ResidentPool:
             self._owner = os.getpid()
             self._broken = True
         if self._broken:
+            self._check_can_start()
             self._stop_workers(kill=True)
             self._start()
             self._broken = False
@@ -115,17 +123,22 @@ class _ResidentPool:
 
     def ship(self, key: str, bundle: bytes, arrays: list[np.ndarray]) -> None:
         """Give every worker its own ``(f, x)`` from `bundle`, kept as resident `key`."""
-        shared = self._shared_values(arrays)
+        values = self._shared_values(arrays)
         try:
             for worker in range(self.workers):
-                self._send(worker, ("ship", key, bundle, shared))
+                self._send(worker, ("ship", key, bundle, None if values is None else values.layout))
+                if values is not None:
+                    self._send_descriptor(worker, values.fd)
             errors = []
             for _ in range(self.workers):
                 message = self._receive_kind("shipped")
                 if message[2] is not None:
                     errors.append(message[2])
-        finally:
-            self._after_ship(key)
+        except BaseException:
+            if values is not None:
+                values.close()
+            raise
+        self._keep_values(key, values)
         self._keys.add(key)
         if errors:
             self.drop(key)
@@ -134,16 +147,21 @@ class _ResidentPool:
                 f"({type(errors[0]).__name__}: {errors[0]}): everything `f` uses must be "
                 "importable in the worker processes") from errors[0]
 
-    def update(self, key: str, arrays: list[np.ndarray], args: bytes | None) -> None:
-        """Stage this call's values of `x` (`arrays`, in `x`'s order) and pickled `args`.
+    def update(self, key: str, arrays: list[np.ndarray], args: tuple | None) -> None:
+        """Stage this call's values of `x` (`arrays`, in `x`'s order) and `args` as pickled.
 
         They travel with the next task sent to each worker (one message, not two).
         """
         update = (key, self._publish(key, arrays), args)
         self._updates = {worker: update for worker in range(self.workers)}
 
-    def run(self, key: str, job: Any, tasks: dict[int, Task]) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(number, values)`` as tasks finish; raise f's error, or `WorkerLost`."""
+    def run(self, key: str, job: Any, tasks: dict[int, Task],
+            while_waiting: Callable[[], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(number, values)`` as tasks finish; raise f's error, or `WorkerDied`.
+
+        `while_waiting` is called once, after the first tasks went out: work of the
+        caller's own that overlaps with the workers'.
+        """
         self._call += 1
         call, waiting, running = self._call, list(tasks.items()), {}
 
@@ -156,6 +174,8 @@ class _ResidentPool:
         waiting.reverse()   # pop() from the end: tasks go out in order
         for worker in range(min(self.workers, len(waiting))):
             submit(worker)
+        if while_waiting is not None:
+            while_waiting()
         while running:
             worker, message = self._receive()
             if message[0] not in ("done", "error") or message[1] != call:
@@ -177,7 +197,7 @@ class _ResidentPool:
             for worker in range(self.workers):
                 try:
                     self._send(worker, ("drop", key))
-                except WorkerLost:
+                except WorkerDied:
                     self._broken = True
                     return
 
@@ -193,6 +213,52 @@ class _ResidentPool:
             self._stop_workers(kill=True)
         self._broken = True
 
+    # -- the hooks a channel provides -------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def _check_can_start() -> None:
+        """Raise if this process may not start workers of this kind."""
+
+    @abstractmethod
+    def _start(self) -> None:
+        """Start `workers` workers, each serving `engine.run._worker.serve`."""
+
+    @abstractmethod
+    def _stop_workers(self, kill: bool) -> None:
+        """Stop the workers: after their task, or at once (`kill`)."""
+
+    @abstractmethod
+    def _forget_inherited(self) -> None:
+        """After a fork: drop the parent's channels without touching its workers."""
+
+    @abstractmethod
+    def _shared_values(self, arrays: list[np.ndarray]) -> Any:
+        """Shared memory for `arrays`' values (a `SharedValues`), or None."""
+
+    @abstractmethod
+    def _keep_values(self, key: str, values: Any) -> None:
+        """Keep resident `key`'s shared values (replacing older ones)."""
+
+    @abstractmethod
+    def _publish(self, key: str, arrays: list[np.ndarray]) -> Any:
+        """Make this call's values available; what the update carries (None: shared memory)."""
+
+    @abstractmethod
+    def _drop_values(self, key: str) -> None:
+        """Release resident `key`'s shared values."""
+
+    @abstractmethod
+    def _send(self, worker: int, message: Any) -> None:
+        """Send `message` to `worker`; `WorkerDied` if it is gone."""
+
+    @abstractmethod
+    def _receive(self) -> tuple[int, Any]:
+        """The next ``(worker, message)``; `WorkerDied` if a worker died."""
+
+    def _send_descriptor(self, worker: int, fd: int) -> None:
+        raise NotImplementedError("this pool has no shared memory")
+
     def _receive_kind(self, kind: str):
         while True:
             _, message = self._receive()
@@ -203,7 +269,7 @@ class _ResidentPool:
         """Run a blocking wait; on Ctrl-C (or any abort) the workers are stopped at once."""
         try:
             return wait_for()
-        except WorkerLost:
+        except WorkerDied:
             self._broken = True
             self._stop_workers(kill=True)
             raise
@@ -212,19 +278,22 @@ class _ResidentPool:
             raise
 
 
-class ProcessPool(_ResidentPool):
-    """Worker processes started by loky, each serving its caller over a pipe."""
+class ProcessPool(ResidentPool):
+    """Worker processes started by loky, each serving its caller over a socket pair."""
 
     def __init__(self, workers: int):
-        if in_daemonic_process():
-            raise RuntimeError(
-                "this process is a daemonic worker (of multiprocessing.Pool, say), which cannot "
-                "start worker processes: use workers=1, or backend='threading'")
+        self._check_can_start()
         super().__init__(workers)
         self._processes: list = []
         self._pipes: list = []
         self._values: dict[str, SharedValues] = {}
-        self._pending_unlink = None
+
+    @staticmethod
+    def _check_can_start() -> None:
+        if in_daemonic_process():
+            raise RuntimeError(
+                "this process is a daemonic worker (of multiprocessing.Pool, say), which cannot "
+                "start worker processes: use workers=1, or backend='threading'")
 
     def _start(self) -> None:
         from joblib.externals.loky.backend.context import get_context
@@ -237,6 +306,9 @@ class ProcessPool(_ResidentPool):
                                       daemon=True, env=_WORKER_ENVIRONMENT,
                                       name=f"numgrad-worker-{number}")
             process.start()
+            # Not multiprocessing's child to manage: its exit handler would terminate the
+            # workers in a child of os.fork() as they exit (this pool stops them itself).
+            multiprocessing.process._children.discard(process)
             theirs.close()
             self._processes.append(process)
             self._pipes.append(ours)
@@ -269,13 +341,17 @@ class ProcessPool(_ResidentPool):
         self._processes, self._pipes, self._values = [], [], {}
 
     def _shared_values(self, arrays):
-        values = SharedValues.create(arrays)
-        self._pending_unlink = values
-        return values.spec
+        return SharedValues.create(arrays)
 
-    def _after_ship(self, key: str) -> None:
-        values, self._pending_unlink = self._pending_unlink, None
-        values.unlink()   # every worker has mapped it (or failed): the name is not needed
+    def _send_descriptor(self, worker: int, fd: int) -> None:
+        try:
+            send_handle(self._pipes[worker], fd, self._processes[worker].pid)
+        except OSError as exc:
+            self._broken = True
+            raise WorkerDied(f"worker process {self._processes[worker].pid} is gone ({exc})",
+                             self._processes[worker].exitcode) from exc
+
+    def _keep_values(self, key: str, values) -> None:
         previous = self._values.pop(key, None)
         if previous is not None:
             previous.close()
@@ -295,7 +371,8 @@ class ProcessPool(_ResidentPool):
             self._pipes[worker].send(message)
         except (OSError, ValueError) as exc:   # a broken pipe: the worker died
             self._broken = True
-            raise WorkerLost(f"worker process {self._processes[worker].pid} is gone ({exc})") from exc
+            raise WorkerDied(f"worker process {self._processes[worker].pid} is gone ({exc})",
+                             self._processes[worker].exitcode) from exc
 
     def _receive(self):
         def wait_for():
@@ -307,12 +384,12 @@ class ProcessPool(_ResidentPool):
                     except (EOFError, OSError) as exc:
                         process = self._processes[worker]
                         process.join(timeout=1)
-                        raise WorkerLost(f"worker process {process.pid} died (exit code "
-                                         f"{process.exitcode})") from exc
+                        raise WorkerDied(f"worker process {process.pid} died (exit code "
+                                         f"{process.exitcode})", process.exitcode) from exc
         return self._guarded(wait_for)
 
 
-class ThreadPool(_ResidentPool):
+class ThreadPool(ResidentPool):
     """Threads of this process, each with its own resident copies."""
 
     def __init__(self, workers: int):
@@ -336,10 +413,14 @@ class ThreadPool(_ResidentPool):
     def _forget_inherited(self) -> None:
         self._inboxes, self._outbox = [], None
 
+    @staticmethod
+    def _check_can_start() -> None:
+        pass
+
     def _shared_values(self, arrays):
         return None
 
-    def _after_ship(self, key: str) -> None:
+    def _keep_values(self, key: str, values) -> None:
         pass
 
     def _publish(self, key, arrays):
@@ -369,44 +450,32 @@ class _QueueChannel:
         self.outbox.put((self.number, message))
 
 
-class JoblibPool:
+class JoblibPool(PerCallPool):
     """Any other joblib backend, through `joblib.Parallel`: `(f, x, args)` travel with every call."""
 
-    resident = False
-    generation = 0
-    usable = True
-
     def __init__(self, backend: str, workers: int):
-        self.backend, self.workers = backend, workers
-        self.lock = threading.RLock()
-
-    def ensure_started(self) -> None:
-        pass
+        super().__init__(workers)
+        self.backend = backend
 
     def run_once(self, job, bundle: bytes, tasks: dict[int, Task]):
         from joblib import Parallel, delayed
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
-        payload = InlinePayload(bundle, uuid.uuid4().hex)
+        inline = InlineBundle(bundle, uuid.uuid4().hex)
         # max_nbytes=None: no auto-memmapping, which would hand workers read-only arrays.
         parallel = Parallel(n_jobs=self.workers, backend=self.backend, max_nbytes=None)
         try:
-            yield from parallel(delayed(_numbered)(number, job, payload, task)
+            yield from parallel(delayed(_numbered)(number, job, inline, task)
                                 for number, task in tasks.items())
         except BrokenProcessPool as exc:
-            raise WorkerLost(str(exc)) from exc
-
-    def drop(self, key: str) -> None:
-        pass
+            raise WorkerDied(str(exc)) from exc
 
     def close(self) -> None:
         pass
 
-    kill = close
 
-
-def _numbered(number, job, payload, task):
-    return number, evaluate_chunk(job, payload, task)
+def _numbered(number, job, inline, task):
+    return number, evaluate_chunk(job, inline, task)
 
 
 def _with_remote_traceback(error: BaseException) -> BaseException:

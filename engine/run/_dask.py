@@ -1,7 +1,7 @@
 """Chunks as tasks on a Dask cluster: the active client's, a scheduler's, or a local one.
 
 Why distributed's futures API, not joblib's dask backend. The engine ships one
-self-contained payload per call, ``bytes`` pickled from ``(f, x)`` together, and
+self-contained bundle per call, ``bytes`` pickled from ``(f, x)`` together, and
 wants chunks back as they finish, a cap on the chunks in flight, and a lost chunk
 told apart from an error in `f`. joblib's dask backend scatters each argument that
 is over 1 kB and weak-referenceable separately: given ``f`` and ``x`` as arguments
@@ -12,7 +12,7 @@ task; its ``scatter=`` option fixes that, but results still come back through
 `Parallel`, which polls, and a dead worker fails the whole call. The futures API
 gives: one `Client.scatter` per call; `as_completed` to stream results and top
 up the chunks in flight; per-future errors, where `KilledWorker` and a future
-cancelled because its data died with a worker become `WorkerLost`, so the engine
+cancelled because its data died with a worker become `WorkerDied`, so the engine
 re-runs only the lost chunks; and `Client.cancel` on Ctrl-C.
 
 How the data moves: the bundle is scattered once per call with ``broadcast=True``:
@@ -34,15 +34,16 @@ repeatedly should create a `Client` itself, which every call then reuses.
 from __future__ import annotations
 
 import contextlib
-import threading
 import uuid
 from concurrent.futures import CancelledError
 from typing import Iterator
 
 import numpy as np
 
-from ._worker import InlinePayload, Job, Task, evaluate_chunk
-from .._errors import WorkerLost
+from ._job import Job
+from ._pool import PerCallPool
+from ._worker import InlineBundle, Task, evaluate_chunk
+from .._errors import WorkerDied
 
 try:
     import dask
@@ -60,24 +61,17 @@ __all__ = ["DaskPool", "DaskRunner", "open_client"]
 _LOST = (distributed.KilledWorker, CancelledError)  # a chunk's worker died, not its f
 
 
-class DaskPool:
+class DaskPool(PerCallPool):
     """The engine's pool interface over a `DaskRunner` kept open until `close`.
 
     ``(f, x, args)`` travel with every call (one broadcast scatter); the connection, or
     the local cluster this pool started, is kept for the gradient's later calls.
     """
 
-    resident = False
-    generation = 0
-    usable = True
-
     def __init__(self, workers: int, scheduler: str | None = None):
-        self.workers, self.scheduler = workers, scheduler
-        self.lock = threading.RLock()
+        super().__init__(workers)
+        self.scheduler = scheduler
         self._runner = None
-
-    def ensure_started(self) -> None:
-        pass
 
     def run_once(self, job: Job, bundle: bytes, tasks: dict[int, Task]):
         if self._runner is None:
@@ -85,15 +79,10 @@ class DaskPool:
             self._runner = runner.__enter__()
         yield from self._runner.run(job, bundle, tasks)
 
-    def drop(self, key: str) -> None:
-        pass
-
     def close(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.__exit__(None, None, None)
-
-    kill = close
 
 
 class DaskRunner:
@@ -138,14 +127,7 @@ class DaskRunner:
         return self._owned.enter_context(_connect_to(self.scheduler))
 
     def _start_local_cluster(self):
-        from joblib import cpu_count
-
-        cluster = self._owned.enter_context(distributed.LocalCluster(
-            n_workers=min(self.workers, cpu_count()), threads_per_worker=1,
-            processes=True, dashboard_address=None,
-            # no dashboard, and its HTTP server on any free port: 8787 may be taken
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}))
-        return self._owned.enter_context(distributed.Client(cluster, set_as_default=False))
+        return _local_client(self._owned, self.workers)
 
     def _scatter(self, bundle: bytes):
         try:
@@ -171,7 +153,7 @@ class _Flight:
                                              raise_errors=False)
 
     def stream(self, cap: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield finished chunks; after a lost one, drain the rest and raise `WorkerLost`."""
+        """Yield finished chunks; after a lost one, drain the rest and raise `WorkerDied`."""
         lost = []
         for _ in range(cap):
             self._submit_next()
@@ -188,7 +170,7 @@ class _Flight:
             else:
                 raise failure   # f's own error, with its type and its worker-side traceback
         if lost:
-            raise WorkerLost("Dask workers died, taking chunks or the call's data with them: "
+            raise WorkerDied("Dask workers died, taking chunks or the call's data with them: "
                              + "; ".join(lost))
 
     def cancel(self) -> None:
@@ -218,7 +200,7 @@ def _failure(future, result) -> BaseException | None:
 
 def _run_chunk(job: Job, bundle: bytes, call_id: str, task) -> np.ndarray:
     """The task: Dask hands it the scattered bundle, the worker keeps one copy per thread."""
-    return evaluate_chunk(job, InlinePayload(bundle, call_id), task)
+    return evaluate_chunk(job, InlineBundle(bundle, call_id), task)
 
 
 @contextlib.contextmanager
@@ -232,14 +214,21 @@ def open_client(scheduler: str | None, workers: int):
         if scheduler is not None:
             client = owned.enter_context(_connect_to(scheduler))
         else:
-            from joblib import cpu_count
-
-            cluster = owned.enter_context(distributed.LocalCluster(
-                n_workers=min(workers, cpu_count()), threads_per_worker=1, processes=True,
-                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}))
-            client = owned.enter_context(distributed.Client(cluster, set_as_default=False))
+            client = _local_client(owned, workers)
         with client.as_current():
             yield client
+
+
+def _local_client(owned: contextlib.ExitStack, workers: int):
+    """A client of a new local cluster of one-thread worker processes, both closed by `owned`."""
+    from joblib import cpu_count
+
+    cluster = owned.enter_context(distributed.LocalCluster(
+        n_workers=min(workers, cpu_count()), threads_per_worker=1, processes=True,
+        dashboard_address=None,
+        # no dashboard, and its HTTP server on any free port: 8787 may be taken
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}))
+    return owned.enter_context(distributed.Client(cluster, set_as_default=False))
 
 
 def _active_client():

@@ -3,7 +3,7 @@ into chunks (`plan_chunks`): the speed, never the numbers."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,7 +41,8 @@ class Plan:
     parallel_seconds: float | None = None
 
     def __str__(self) -> str:
-        where = f"{self.workers} workers" if self.where == "parallel" else self.where
+        plural = "s" if self.workers != 1 else ""
+        where = f"{self.workers} worker{plural}" if self.where == "parallel" else self.where
         return f"{where} ({self.reason})"
 
 
@@ -100,6 +101,12 @@ class Planner:
                 self._decide("in-process", f"measured {best_in * 1e3:.3g} ms per call "
                              f"in-process vs {best_out * 1e3:.3g} ms on {self.workers} workers",
                              best_in, best_out)
+
+    def use_workers(self, workers: int) -> None:
+        """The pool has `workers` workers (no more than the chunks of a call need)."""
+        if workers != self.workers:
+            self.workers = workers
+            self.plan = replace(self.plan, workers=workers)
 
     def _decide(self, where: str, reason: str, inside=None, outside=None) -> None:
         self.plan = Plan(where, self.workers, reason, inside, outside)

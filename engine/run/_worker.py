@@ -4,17 +4,19 @@ A worker (a process or a thread) holds one `Resident` per gradient that uses it:
 private, unpickled copy of ``f`` and ``x``, shipped once. Each later call sends only the
 new values of `x`'s arrays (copied *into* the resident arrays, so a closure over the net
 that owns ``x['w1']`` sees them) and the call's extra arguments. Then it sends tasks:
-chunks of the flat index space, or ``None`` for ``f(x)`` itself.
+chunks of the task index space, ``None`` for ``f(x)`` itself, or a `Point` (``f`` at
+given values: the caller's state check).
 
 `serve` is the loop both kinds of worker run, over a channel with ``send`` and
 ``recv``: a pipe for a process, a pair of queues for a thread. Messages to a worker:
 
-- ``("ship", key, bundle, shared)``: unpickle ``(f, x)`` as the resident `key`; `shared`
-  names a shared-memory file through which later values arrive (processes), or is None.
+- ``("ship", key, bundle, layout)``: unpickle ``(f, x)`` as the resident `key`. A process
+  then receives, on the same socket, the file descriptor of the shared memory through
+  which later values arrive, laid out as `layout`; threads get None and no descriptor.
 - ``("task", call, key, number, job, task, update)``: evaluate; replies ``("done", call,
   number, (values, report))`` or ``("error", call, number, exception)``. The first task of a call
   to each worker carries the call's update, ``(key, values, args)``: new values (None:
-  read them from the shared memory) and pickled args (None: keep the last ones).
+  read them from the shared memory) and args as ``(pickle, buffers)`` (None: keep the last ones).
 - ``("drop", key)``, ``("stop",)``.
 
 Replies carry the caller's call number so that a call never reads a late reply of an
@@ -30,36 +32,23 @@ import signal
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.reduction import recv_handle
+from typing import Any, TypeAlias
 
 import numpy as np
 
-from ._threads import one_blas_thread
 from .._errors import WorkerError
-from ..batched._detect import bind, get_evaluator
-from ..fd._evaluators import Report, checked_output, loss_at
-from ._payload import loads_bundle
-from ..fd._schemes import get_scheme
+from ..batched._detect import bind
 from ..fd._space import ParamSpace
+from ._job import Job, Point, evaluate
+from ._bundle import loads_bundle
 
-__all__ = ["Job", "Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
-           "InlinePayload"]
+__all__ = ["Task", "Resident", "serve", "serve_process", "evaluate_chunk", "portable_error",
+           "InlineBundle"]
 
-Task = "tuple[int, int] | None"    # a chunk (start, stop) of the flat index space, or None: f(x)
+Task: TypeAlias = "tuple[int, int] | Point | None"   # a chunk (start, stop), a Point, or CENTER (None)
 
 _WATCH_PARENT_SECONDS = 0.25   # how often a worker process checks that its caller is alive
-
-
-@dataclass(frozen=True)
-class Job:
-    """How every task of one call is evaluated."""
-
-    evaluator: str
-    scheme: str
-    steps: tuple[float, ...]
-    options: tuple[tuple[str, Any], ...] = ()   # keyword arguments of the evaluator
-    center: Any = None                          # f(x), when the caller already has it
-    vector: bool = False                        # f returns an array (a Jacobian)
 
 
 class Resident:
@@ -75,51 +64,34 @@ class Resident:
     def from_bundle(cls, bundle: bytes) -> Resident:
         return cls(*loads_bundle(bundle))
 
-    def attach(self, path: str, layout: list[tuple[int, tuple, str]]) -> None:
-        """Map the shared-memory file at `path`; `layout` gives (offset, shape, dtype) per array."""
-        with open(path, "rb") as file:
-            self._mapping = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+    def attach(self, fd: int, layout: list[tuple[int, tuple, str]]) -> None:
+        """Map the shared values behind `fd` (then closed); `layout`: (offset, shape, dtype) per array."""
+        try:
+            self._mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
         self.shared = [np.ndarray(shape, dtype=np.dtype(dtype), buffer=self._mapping, offset=offset)
                        for offset, shape, dtype in layout]
 
-    def update(self, values: list[np.ndarray] | None, args: bytes | None) -> None:
-        """Copy new values into the resident arrays (in place) and take new arguments."""
+    def update(self, values: list[np.ndarray] | None, args: tuple | None) -> None:
+        """Copy new values into the resident arrays (in place) and take new arguments.
+
+        `args` is ``(pickle, buffers)`` (protocol 5, the arrays' data out of band), or None
+        to keep the last ones.
+        """
         source = self.shared if values is None else values
         for array, value in zip(self.space.arrays, source):
             array[...] = value
         if args is not None:
-            self.args = pickle.loads(args)
+            data, buffers = args
+            self.args = pickle.loads(data, buffers=buffers)
         self._reset()
 
-    def evaluate(self, job: Job, task: tuple[int, int] | None):
-        """``(values, report)`` for the chunk ``task = (start, stop)``; ``(f(x), None)`` for None.
-
-        `values` is float64 of shape (stop - start,), or (stop - start, m) for a vector
-        `f`; `report` an `engine._evaluators.Report` from the loop evaluator, else None.
-        """
+    def evaluate(self, job: Job, task: Any):
+        """``(values, report)`` for one task of `job` (see `engine.run._job.evaluate`)."""
         if self._bound is None:
             self._bound = bind(self.f, self.args, self.space.structure)
-        with one_blas_thread():
-            if task is None:
-                return self.center(job.vector), None
-            if job.center is not None:
-                self._cache["center"] = job.center
-            evaluate = get_evaluator(job.evaluator)
-            options, report = dict(job.options), None
-            if job.evaluator == "loop":
-                report = options["report"] = Report()
-            values = evaluate(self._bound, self.space, list(job.steps), get_scheme(job.scheme),
-                              task[0], task[1], self._cache, **options)
-            return values, report
-
-    def center(self, vector: bool = False):
-        """``f(x, *args)`` at the resident values, once per update."""
-        if "center" not in self._cache:
-            if self._bound is None:
-                self._bound = bind(self.f, self.args, self.space.structure)
-            self._cache["center"] = loss_at(self._bound, self.space, "the unperturbed x",
-                                            checked_output if vector else None)
-        return self._cache["center"]
+        return evaluate(job, self._bound, self.space, task, self._cache)
 
     def close(self) -> None:
         self.shared = None
@@ -150,15 +122,21 @@ def serve(channel: Any) -> None:
             except BaseException as exc:   # f's own error, with where it happened
                 channel.send(("error", call, number, portable_error(exc)))
         elif kind == "ship":
-            _, key, bundle, shared = message
+            _, key, bundle, layout = message
             _drop(residents, broken, key)
+            # the values' file descriptor follows the message on the same socket
+            fd = recv_handle(channel) if layout is not None else None
             try:
                 residents[key] = Resident.from_bundle(bundle)
-                if shared is not None:
-                    residents[key].attach(*shared)
+                if fd is not None:
+                    residents[key].attach(fd, layout)
+                    fd = None
                 channel.send(("shipped", key, None))
             except Exception as exc:
                 channel.send(("shipped", key, portable_error(exc)))
+            finally:
+                if fd is not None:
+                    os.close(fd)
         elif kind == "drop":
             _drop(residents, broken, message[1])
         elif kind == "stop":
@@ -223,7 +201,7 @@ def portable_error(exc: BaseException) -> BaseException:
 
 
 @dataclass(frozen=True)
-class InlinePayload:
+class InlineBundle:
     """One call's bundle ``(f, x, args)``, carried in its tasks (Dask, joblib backends)."""
 
     data: bytes
@@ -233,11 +211,11 @@ class InlinePayload:
 _per_thread = threading.local()   # per worker thread: (call id, Resident) of the current call
 
 
-def evaluate_chunk(job: Job, payload: InlinePayload, task: tuple[int, int] | None):
+def evaluate_chunk(job: Job, bundle: InlineBundle, task: tuple[int, int] | None):
     """A task of a per-call runner: unpickle the call's bundle once per thread, evaluate."""
-    if getattr(_per_thread, "call_id", None) != payload.call_id:
+    if getattr(_per_thread, "call_id", None) != bundle.call_id:
         _per_thread.resident = None   # drop the previous call's copy before loading the next
-        _per_thread.resident = Resident.from_bundle(payload.data)
-        _per_thread.call_id = payload.call_id
+        _per_thread.resident = Resident.from_bundle(bundle.data)
+        _per_thread.call_id = bundle.call_id
     return _per_thread.resident.evaluate(job, task)
 

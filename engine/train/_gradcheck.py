@@ -2,13 +2,17 @@
 
 `gradient_check` answers "is my backprop right?" with the teaching text's figure (the
 mean absolute difference) and a scale-free one, the relative error
-``max|g_num - g_bp| / max(max|g_num|, max|g_bp|)``. The ``engine-gradcheck`` command
-(`engine.cli.gradcheck`) runs it on an MLP and real MNIST images.
+``max|g_num - g_bp| / max(max|g_num|, max|g_bp|, RELATIVE_FLOOR)`` over the entries that
+no kink explains (see `engine.train._kinks`). The floor keeps an array whose gradient is
+zero to rounding (the bias before a batch normalization) from failing on differences of
+1e-12. The ``engine-gradcheck`` command (`engine.cli.gradcheck`) runs it on an MLP and
+real MNIST images.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,13 +21,19 @@ from ..nn._functions import to_labels
 from ..book._nets import Net
 from ..derivatives._parallel import parallel_numerical_gradient
 from ..batched._detect import AUTO_EVALUATOR
-from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP
+from ..fd._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP
+from ._kinks import KINK_HINT, kink_entries
 
 __all__ = ["GradientDifference", "gradient_check", "failures", "format_table", "default_tol",
-           "LABEL_FORMS", "DEFAULT_WORKERS"]
+           "LABEL_FORMS", "DEFAULT_WORKERS", "RELATIVE_FLOOR"]
 
 LABEL_FORMS = ("auto", "one-hot", "int")
 DEFAULT_WORKERS = 1   # a check runs in this process unless told otherwise
+# The smallest gradient scale a relative error divides by. The rounding of a central
+# difference at h = 1e-4 is about eps * |loss| / h ~ 1e-12 for the book's losses, so an
+# array whose gradients are all below 1e-6 passes the float64 tolerance 1e-5 while its
+# differences stay below 1e-11, and fails when backprop is off by more.
+RELATIVE_FLOOR = 1e-6
 
 # Largest relative error accepted by default, at h = 1e-4 (docs/accuracy.md). A correct
 # backprop measured up to 2.8e-6 (central, central4; float64) and 1.8e-4 (float32) over
@@ -46,13 +56,15 @@ class GradientDifference:
 
     max_abs: float    # max |g_num - g_bp|
     mean_abs: float   # mean |g_num - g_bp|, the figure the teaching text prints
-    relative: float   # max_abs / max_grad (0 when both gradients are all zero)
+    relative: float   # max |g_num - g_bp| over the entries not in `kinks`, / max(max_grad, RELATIVE_FLOOR)
     max_grad: float   # max(max |g_num|, max |g_bp|)
+    kinks: tuple = ()  # indices of the entries a ReLU/max-pool kink explains (engine.train._kinks)
 
 
 def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
                    h: float | str | dict = DEFAULT_STEP, evaluator: str = AUTO_EVALUATOR,
-                   labels: str = "auto", execution: Execution | None = None,
+                   labels: str = "auto", train: bool = True, tol: float | None = None,
+                   execution: Execution | None = None,
                    **execution_options: Any) -> dict[str, GradientDifference]:
     """Compare the numerical gradient of ``net.loss(x, t)`` with ``net.gradient(x, t)``.
 
@@ -84,6 +96,18 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
         needs it), and integer labels if one-hot ones make ``net.loss`` or
         ``net.gradient`` raise. Both methods are called once with the chosen form
         before the numerical gradient starts.
+    train : bool, default True
+        Differentiate the training-mode loss, the one backprop differentiates (batch
+        normalization on the batch's statistics, dropout's mask). An engine net's
+        gradients are always of ``net.loss(x, t, train=True)``; any other net's `loss`
+        is called with ``train_flg=True`` (the book's keyword) or ``train=True`` when its
+        signature has one of them, and as ``net.loss(x, t)`` with ``train=False``.
+    tol : float, optional
+        The relative error that `failures` will be given; default `default_tol` for the
+        scheme and the parameters' dtype. Entries whose difference exceeds it are probed
+        for kinks: where the one-sided differences disagree by more and backprop lies
+        between them, the entry is listed in ``kinks`` and left out of ``relative``
+        (at most 1,000 probes per array, two loss evaluations each, in this process).
     execution : Execution, optional
         Where the numerical gradient runs; default ``Execution(workers=1)``, this
         process. The keywords below replace its fields.
@@ -94,15 +118,18 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
     -------
     dict of str to GradientDifference
         One entry per array of ``net.params``, in its order. Both gradients are
-        compared in float64, whatever the dtype of the parameters.
+        compared in float64, whatever the dtype of the parameters. ``relative`` is
+        ``max |num - bp|`` over the entries not in ``kinks``, divided by
+        ``max(max_grad, RELATIVE_FLOOR)`` (``RELATIVE_FLOOR = 1e-6``).
 
     Raises
     ------
     TypeError
         If `net` lacks ``params``, ``loss`` or ``gradient``.
     ValueError
-        If `labels` is unknown; if `t` cannot be given in the form `labels` asks (the
-        message says why); if ``net.loss`` or ``net.gradient`` raise ``ValueError``,
+        If `labels` is unknown; if `tol` is not a number >= 0; if `t` cannot be given
+        in the form `labels` asks (the message says why); if ``net.loss`` or
+        ``net.gradient`` raise ``ValueError``,
         ``IndexError`` or ``TypeError`` with every form of the labels tried (the
         message names each form, its shape, and the error); if ``net.gradient`` does
         not return the arrays of ``net.params`` with their shapes; or if an engine
@@ -121,19 +148,54 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
     if labels not in LABEL_FORMS:
         raise ValueError(f"`labels` must be one of {', '.join(map(repr, LABEL_FORMS))}, "
                          f"got {labels!r}")
+    tol = _check_tol(tol, scheme, net.params)
     execution = Execution.from_options(Execution(workers=DEFAULT_WORKERS) if execution is None else execution,
                                        **execution_options)
     options = dict(scheme=scheme, h=h, evaluator=evaluator, execution=execution)
-    t, exact = _labels_the_net_takes(net, x, t, labels)
+    loss = _loss_in_mode(net, train)
+    t, exact = _labels_the_net_takes(net, x, t, labels, loss)
     if isinstance(net, Net):   # its ModelLoss lets the batched evaluator in
         numerical = net.numerical_gradient(x, t, **options)
     else:                      # the book's f = lambda w: net.loss(x, t)
-        numerical = parallel_numerical_gradient(lambda w: net.loss(x, t), net.params, **options)
+        numerical = parallel_numerical_gradient(lambda w: loss(x, t), net.params, **options)
     _check_same_arrays(numerical, exact)
-    return {name: _difference(numerical[name], exact[name]) for name in numerical}
+    report = {}
+    for name in numerical:
+        scale = _scale(numerical[name], exact[name])
+        step = h.get(name, DEFAULT_STEP) if isinstance(h, dict) else h
+        kinks = kink_entries(lambda: loss(x, t), net.params[name], numerical[name], exact[name],
+                             None if step == AUTO else step, tol * scale)
+        report[name] = _difference(numerical[name], exact[name], kinks)
+    return report
 
 
-def _labels_the_net_takes(net: Any, x: Any, t: Any, labels: str) -> tuple[Any, Any]:
+def _check_tol(tol: Any, scheme: str, params: dict) -> float:
+    """`tol`, or the default for `scheme` and the parameters' dtype; ValueError if negative."""
+    if tol is None:
+        small = any(np.asarray(a).dtype.itemsize < 8 for a in params.values()
+                    if np.asarray(a).dtype.kind == "f")
+        return default_tol(scheme, "float32" if small else "float64")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol >= 0:
+        raise ValueError(f"`tol` must be a number >= 0, got {tol!r}")
+    return float(tol)
+
+
+def _loss_in_mode(net: Any, train: bool) -> Callable[[Any, Any], float]:
+    """``loss(x, t)``: `net`'s loss in training mode (if `train`) or as the net calls it by default."""
+    if isinstance(net, Net):
+        return lambda x, t: net.loss(x, t, train=True)
+    if train:
+        try:
+            names = inspect.signature(net.loss).parameters
+        except (TypeError, ValueError):   # a builtin without a signature: no mode to set
+            names = {}
+        for keyword in ("train_flg", "train"):
+            if keyword in names:
+                return lambda x, t: net.loss(x, t, **{keyword: True})
+    return net.loss
+
+
+def _labels_the_net_takes(net: Any, x: Any, t: Any, labels: str, loss: Callable) -> tuple[Any, Any]:
     """The labels to call `net` with, and ``net.gradient(x, t)`` computed with them."""
     forms = None if labels == "auto" and isinstance(net, Net) else _label_forms(net, x, t, labels)
     if forms is None:   # nothing to convert: the net's own errors reach the caller as they are
@@ -142,7 +204,7 @@ def _labels_the_net_takes(net: Any, x: Any, t: Any, labels: str) -> tuple[Any, A
     for name, candidate in forms:
         try:
             exact = net.gradient(x, candidate)
-            net.loss(x, candidate)
+            loss(x, candidate)
         except (ValueError, IndexError, TypeError) as error:
             failed.append(f"with {name} labels of shape {np.shape(candidate)}: "
                           f"{type(error).__name__}: {error}")
@@ -234,7 +296,16 @@ def _check_same_arrays(numerical: dict, exact: Any) -> None:
                              f"{name!r}; the parameter has shape {np.shape(numerical[name])}")
 
 
-def _difference(numerical: Any, exact: Any) -> GradientDifference:
+def _scale(numerical: Any, exact: Any) -> float:
+    """``max(max|num|, max|bp|, RELATIVE_FLOOR)``, what a relative error divides by."""
+    g_num, g_bp = np.asarray(numerical, np.float64), np.asarray(exact, np.float64)
+    if g_num.size == 0:
+        return RELATIVE_FLOOR
+    largest = float(max(np.abs(g_num).max(), np.abs(g_bp).max()))
+    return largest if largest > RELATIVE_FLOOR else RELATIVE_FLOOR   # NaN: the floor
+
+
+def _difference(numerical: Any, exact: Any, kinks: np.ndarray = ()) -> GradientDifference:
     g_num = np.asarray(numerical, dtype=np.float64)
     g_bp = np.asarray(exact, dtype=np.float64)
     if g_num.size == 0:
@@ -242,8 +313,10 @@ def _difference(numerical: Any, exact: Any) -> GradientDifference:
     diff = np.abs(g_num - g_bp)
     max_abs = float(diff.max())
     max_grad = float(max(np.abs(g_num).max(), np.abs(g_bp).max()))
-    relative = max_abs / max_grad if max_grad > 0 else max_abs   # 0/0 is 0; NaN stays NaN
-    return GradientDifference(max_abs, float(diff.mean()), relative, max_grad)
+    rest = np.delete(diff.reshape(-1), np.asarray(kinks, dtype=np.int64))
+    relative = float(rest.max()) / _scale(g_num, g_bp) if rest.size else 0.0   # NaN stays NaN
+    where = tuple(tuple(int(i) for i in np.unravel_index(k, g_num.shape)) for k in kinks)
+    return GradientDifference(max_abs, float(diff.mean()), relative, max_grad, where)
 
 
 def default_tol(scheme: str, dtype: str = "float64") -> float:
@@ -263,7 +336,8 @@ def default_tol(scheme: str, dtype: str = "float64") -> float:
 def format_table(results: dict[str, GradientDifference], tol: float | None = None) -> str:
     """The differences as a plain-text table, one row per array.
 
-    With `tol`, a last column says ``ok`` or ``FAIL`` (relative error above `tol`).
+    With `tol`, a last column says ``ok`` or ``FAIL`` (relative error above `tol`). Where an
+    array has entries at a kink, a column counts them and a last line says what they are.
 
     Examples
     --------
@@ -274,13 +348,22 @@ def format_table(results: dict[str, GradientDifference], tol: float | None = Non
     header = ["array", "max |num-bp|", "mean |num-bp|", "max |grad|", "relative"]
     rows = [[name, *(f"{v:.2e}" for v in (d.max_abs, d.mean_abs, d.max_grad, d.relative))]
             for name, d in results.items()]
+    widths = [max(len(row[0]) for row in [header] + rows) + 2, 14, 15, 13, 13]
+    kinks = sum(len(d.kinks) for d in results.values())
+    if kinks:
+        header.append("kinks")
+        widths.append(7)
+        for row, d in zip(rows, results.values()):
+            row.append(str(len(d.kinks)))
     if tol is not None:
         header.append("")
+        widths.append(6)
         for row, d in zip(rows, results.values()):
             row.append("ok" if _passes(d, tol) else "FAIL")
-    widths = [max(len(row[0]) for row in [header] + rows) + 2, 14, 15, 13, 13, 6]
-    lines = [header] + rows
-    return "\n".join(_row(cells, widths) for cells in lines)
+    lines = [_row(cells, widths) for cells in [header] + rows]
+    if kinks:
+        lines.append(f"{kinks} entries (left out of `relative`) {KINK_HINT}")
+    return "\n".join(lines)
 
 
 def _row(cells: list[str], widths: list[int]) -> str:

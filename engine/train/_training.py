@@ -19,14 +19,42 @@ from ..data._data import Dataset
 from ..batched._detect import AUTO_EVALUATOR
 from ..run._execution import Execution, check_positive_int
 from ..derivatives._gradient import Gradient, Plan
-from ..nn._model import DEFAULT_WEIGHT_STD, check_sizes, init_params, mlp
-from ..book._nets import BOOK_SIZES, Net
-from ..fd._schemes import DEFAULT_SCHEME, DEFAULT_STEP
+from ..nn._layers import ACTIVATIONS
+from ..nn._model import DEFAULT_ACTIVATION, DEFAULT_WEIGHT_STD, check_sizes
+from ..book._convnet import SimpleConvNet
+from ..book._nets import BOOK_SIZES, MLP, Net
+from ..fd._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP
 
-__all__ = ["TrainConfig", "TrainingState", "Trainer", "GRADIENTS"]
+__all__ = ["TrainConfig", "TrainingState", "Trainer", "GRADIENTS", "NETS", "build_net"]
 
 NUMERICAL, BACKPROP = "numerical", "backprop"
 GRADIENTS = (NUMERICAL, BACKPROP)          # how a step's gradient is computed
+NETS = ("mlp", "convnet")                  # the book's MLP (sigmoid) or its SimpleConvNet
+
+
+def build_net(sizes: tuple[int, ...], net: str = NETS[0], weight_init_std: float = DEFAULT_WEIGHT_STD,
+              seed: Any = None, activation: str = DEFAULT_ACTIVATION) -> Net:
+    """The net a run trains, its weights drawn from ``default_rng(seed)``.
+
+    ``"mlp"``: the MLP of widths `sizes` (`activation` between its affine layers).
+    ``"convnet"``: the book's SimpleConvNet on square one-channel images of ``sizes[0]``
+    pixels, hidden width ``sizes[1]``, ``sizes[2]`` classes (30 filters of 5x5, 2x2 max pooling).
+
+    Raises
+    ------
+    ValueError
+        If `net` is unknown, or `sizes` does not fit it (naming the field).
+    """
+    if net == "mlp":
+        return MLP(sizes, activation, weight_init_std=weight_init_std, seed=seed)
+    if net != "convnet":
+        raise ValueError(f"`net` must be one of {NETS}, got {net!r}")
+    side = int(round(np.sqrt(sizes[0])))
+    if len(sizes) != 3 or side * side != sizes[0]:
+        raise ValueError(f"`sizes` of the convnet must be (H*W, hidden, classes) for square images, "
+                         f"got {sizes}")
+    return SimpleConvNet(input_dim=(1, side, side), hidden_size=sizes[1], output_size=sizes[2],
+                         weight_init_std=weight_init_std, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -42,7 +70,8 @@ class TrainConfig:
         Naming the field: `sizes` not at least two positive ints; `lr` or
         `weight_init_std` not a positive finite number; `batch_size` not a positive int;
         `steps`, `seed` or `eval_every` not a non-negative int; `shuffle` not a bool;
-        `gradient` not one of `GRADIENTS`.
+        `gradient` not one of `GRADIENTS`; `activation` not one of ``sigmoid``, ``relu``,
+        ``tanh``.
     """
 
     sizes: tuple[int, ...] = BOOK_SIZES
@@ -50,13 +79,15 @@ class TrainConfig:
     lr: float = 0.1
     batch_size: int = 1
     steps: int = 100
-    h: float = DEFAULT_STEP
+    h: float | str = DEFAULT_STEP   # or "auto"
     scheme: str = DEFAULT_SCHEME
     seed: int = 0
     shuffle: bool = False
     gradient: str = NUMERICAL
     evaluator: str = AUTO_EVALUATOR
     eval_every: int = 0          # steps between test evaluations; 0: each epoch's end only
+    activation: str = DEFAULT_ACTIVATION   # between the affine layers of the MLP
+    net: str = NETS[0]
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(check_sizes(self.sizes)))
@@ -72,6 +103,18 @@ class TrainConfig:
             raise ValueError(f"`shuffle` must be True or False, got {self.shuffle!r}")
         if self.gradient not in GRADIENTS:
             raise ValueError(f"`gradient` must be one of {GRADIENTS}, got {self.gradient!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {sorted(ACTIVATIONS)}, got "
+                             f"{self.activation!r}")
+        if self.net not in NETS:
+            raise ValueError(f"`net` must be one of {NETS}, got {self.net!r}")
+        if self.net != NETS[0]:
+            build_net(self.sizes, self.net, 0.0)   # ValueError if `sizes` does not fit the net
+        scale = 4.0 * float(self.weight_init_std)   # nearly every initial weight is below this
+        if self.gradient != BACKPROP and self.h != AUTO and scale + float(self.h) == scale:
+            raise ValueError(f"`h` = {self.h!r} is lost to rounding at weights of size {scale:g} "
+                             f"(4 x `weight_init_std` = {self.weight_init_std!r}): nothing would be "
+                             "perturbed. Use a larger `h`, or 'auto', or a smaller `weight_init_std`")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sizes": list(self.sizes)}
@@ -99,8 +142,8 @@ class TrainingState:
 
     @classmethod
     def from_document(cls, params: dict[str, np.ndarray], document: dict[str, Any],
-                      sizes: tuple[int, ...], n_train: int) -> TrainingState:
-        """The state that `to_document` wrote, with its `params`, for the net of `sizes`.
+                      sizes: tuple[int, ...], n_train: int, net: str = NETS[0]) -> TrainingState:
+        """The state that `to_document` wrote, with its `params`, for the `net` of `sizes`.
 
         Raises
         ------
@@ -108,7 +151,7 @@ class TrainingState:
             If `params` are not the arrays of that net, or the sample order does not fit
             `n_train` training images; KeyError if `document` lacks a field.
         """
-        expected = {name: array.shape for name, array in init_params(sizes, 0.0).items()}
+        expected = {name: array.shape for name, array in build_net(sizes, net, 0.0).params.items()}
         if {name: array.shape for name, array in params.items()} != expected:
             raise ValueError(f"holds parameters of other shapes than its "
                              f"{'-'.join(map(str, sizes))} net")
@@ -143,7 +186,8 @@ class Trainer:
             raise ValueError(f"`batch_size` {config.batch_size} is more than the {len(train)} "
                              "training images")
         self.config, self.train, self.test = config, train, test
-        self.net = Net(mlp(config.sizes), {})   # the structure; its params are the state's
+        # the structure; its params are the state's
+        self.net = Net(build_net(config.sizes, config.net, 0.0, activation=config.activation).model, {})
         self.gradient = None
         if config.gradient != BACKPROP:
             self.gradient = Gradient(self.net.model.loss, h=config.h, scheme=config.scheme,
@@ -191,7 +235,7 @@ class Trainer:
         permutation from the same generator (`_next_order`). Without `shuffle`, file order."""
         c = self.config
         rng = np.random.default_rng(c.seed)
-        params = init_params(c.sizes, c.weight_init_std, seed=rng)
+        params = build_net(c.sizes, c.net, c.weight_init_std, seed=rng, activation=c.activation).params
         order = rng.permutation(len(self.train)) if c.shuffle else np.arange(len(self.train))
         return TrainingState(params, 0, 0, 0, order.astype(np.int64), rng.bit_generator.state)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine._errors import PayloadError
-from engine.run._payload import dumps_bundle, loads_bundle
+from engine.run._bundle import dumps_bundle, loads_bundle
 
 
 def round_trip(f, x, views, args=()):

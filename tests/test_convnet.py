@@ -1,0 +1,180 @@
+"""The book's SimpleConvNet: backprop against the loop evaluator, parallel against serial
+(exactly), the batched evaluator on it (the filters the loop's way), the loop fallback of
+``evaluator="auto"`` for a layer it cannot follow, and the net's arguments checked.
+
+A tiny net (3 filters of 3x3 on 8x8 images, hidden 6, 4 classes; weights of std 0.3 so
+that no ReLU or max-pool input lies within h of a kink for this seed) keeps each numerical
+gradient under a tenth of a second.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+from engine.batched._batched import unsupported_layer
+from engine.book._convnet import SimpleConvNet
+from engine.book._nets import MLP
+from engine.derivatives._serial import numerical_gradient
+from engine.data._data import load_embedded_mnist
+from engine.derivatives._gradient import Gradient
+from engine.nn._conv import Convolution, Pooling, Reshape
+from engine.nn._layers import Affine, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
+from engine.nn._model import Sequential
+
+NORM_RTOL = 1e-6   # ||numerical - backprop|| / ||backprop||, per array (issue 25's goal)
+
+
+@pytest.fixture
+def tiny():
+    net = SimpleConvNet(input_dim=(1, 8, 8), filter_num=3, filter_size=3, hidden_size=6,
+                        output_size=4, weight_init_std=0.3, seed=1)
+    x = np.random.default_rng(0).random((3, 64))
+    return net, x, np.array([0, 3, 1])
+
+
+def loop_gradient(net, x, t, **options):
+    return net.numerical_gradient(x, t, evaluator="loop", **options)
+
+
+def test_backprop_matches_the_numerical_gradient(tiny):
+    net, x, t = tiny
+    exact = net.gradient(x, t)
+    numerical = loop_gradient(net, x, t, workers=1)
+    assert list(exact) == list(numerical) == ["w1", "b1", "w2", "b2", "w3", "b3"]
+    for name in exact:
+        error = np.linalg.norm(numerical[name] - exact[name]) / np.linalg.norm(exact[name])
+        assert error <= NORM_RTOL, name
+
+
+def test_two_workers_give_the_serial_loop_bit_for_bit(tiny):
+    net, x, t = tiny
+    before = {k: v.copy() for k, v in net.params.items()}
+    serial = numerical_gradient(lambda w: net.loss(x, t, train=True), net.params)
+    parallel = loop_gradient(net, x, t, workers=2, dispatch="parallel")
+    for name in serial:
+        assert np.array_equal(parallel[name], serial[name]), name
+        assert np.array_equal(net.params[name], before[name])
+
+
+def within_rounding(batched, loop, loss):
+    """The loop's own rounding (4 ulps of the loss / 2h) or 1e-9 relative, per array (test_layers)."""
+    noise = 4 * np.spacing(loss) / (2 * 1e-4)
+    return all(np.abs(batched[k] - loop[k]).max() <= max(noise, 1e-9 * np.abs(loop[k]).max())
+               for k in loop)
+
+
+def test_batched_takes_the_convolution_to_rounding(tiny):
+    net, x, t = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # "auto" takes it without a word
+        auto = net.numerical_gradient(x, t, workers=1)
+    batched = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+    assert all(np.array_equal(auto[k], batched[k]) for k in loop)
+    assert within_rounding(batched, loop, net.loss(x, t, train=True))
+    assert not np.array_equal(batched["w1"], loop["w1"])   # the channel path, not the loop
+
+
+@pytest.mark.parametrize("scheme,h", [("central", 1e-4), ("forward", 1e-4), ("central4", 1e-3),
+                                      ("central", "auto")], ids=["central", "forward", "central4", "auto"])
+def test_a_strided_padded_convolution_through_sigmoid_and_overlapping_pools(scheme, h):
+    model = Sequential([Reshape((2, 7, 6)), Convolution("k", None, stride=2, pad=1), Sigmoid(),
+                        Pooling(2, 2, stride=1), Reshape(-1), Affine("w", "b"), Tanh(),
+                        Affine("v")], SoftmaxCrossEntropy())
+    rng = np.random.default_rng(4)
+    params = {"k": rng.standard_normal((3, 2, 3, 2)), "w": 0.5 * rng.standard_normal((27, 5)),
+              "b": rng.standard_normal(5), "v": rng.standard_normal((5, 3))}
+    x, t = rng.random((4, 84)), np.array([0, 2, 1, 1])
+    batched, loop = (engine_gradient(model, params, x, t, evaluator, scheme=scheme, h=h)
+                     for evaluator in ("batched", "loop"))
+    if h == "auto":   # steps of ~6e-6: the loop's rounding is 17x larger than at 1e-4
+        assert all(np.abs(batched[k] - loop[k]).max() <= 1e-8 * np.abs(loop[k]).max() for k in loop)
+    else:
+        assert within_rounding(batched, loop, model.loss(params, x, t) * (10 if h == 1e-3 else 1))
+
+
+def test_pooling_kinks_are_evaluated_as_the_loop_evaluates_them():
+    # 2 filters on a real 28x28 digit, weights of std 0.01: many ReLU and pooling inputs
+    # within h of a kink
+    net = SimpleConvNet(filter_num=2, hidden_size=10, weight_init_std=0.01, seed=0)
+    train, _ = load_embedded_mnist()
+    x, t = train.images[:1], train.labels[:1]
+    batched = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+    exact = net.gradient(x, t)
+    for name in ("w1", "b1"):   # far from backprop: kinks crossed, the same way in both
+        assert np.abs(loop[name] - exact[name]).max() > 1e-5, name
+    assert within_rounding(batched, loop, net.loss(x, t, train=True))
+
+
+def test_a_model_outside_the_pattern_leaves_the_filters_to_the_loop():
+    model = Sequential([Reshape((1, 6, 6)), Convolution("k1", None), ReLU(), Convolution("k2", None),
+                        Reshape(-1), Affine("w")], SoftmaxCrossEntropy())
+    rng = np.random.default_rng(6)
+    params = {"k1": rng.standard_normal((2, 1, 2, 2)), "k2": rng.standard_normal((2, 2, 2, 2)),
+              "w": rng.standard_normal((32, 3))}
+    x, t = rng.random((2, 36)), np.array([0, 2])
+    batched, loop = (engine_gradient(model, params, x, t, evaluator)
+                     for evaluator in ("batched", "loop"))
+    assert np.array_equal(batched["k1"], loop["k1"]) and np.array_equal(batched["k2"], loop["k2"])
+
+
+def engine_gradient(model, params, x, t, evaluator, **options):
+    with Gradient(model.loss, workers=1, evaluator=evaluator, **options) as gradient:
+        return gradient(params, x, t)
+
+
+def test_batched_on_two_workers_gives_the_same_bits(tiny):
+    net, x, t = tiny
+    one = net.numerical_gradient(x, t, workers=1, evaluator="batched")
+    two = net.numerical_gradient(x, t, workers=2, evaluator="batched", dispatch="parallel")
+    assert all(np.array_equal(one[k], two[k]) for k in one)
+
+
+def test_a_layer_after_an_affine_one_sends_auto_to_the_loop():
+    net = MLP([6, 5, 3], "relu", 0.5, seed=0, dropout=0.3)
+    x, t = np.random.default_rng(2).random((4, 6)), np.array([0, 1, 2, 1])
+    with pytest.warns(UserWarning, match=r"layer Dropout\(0.3, seed=1, train\).*uses the loop"):
+        auto = net.numerical_gradient(x, t, workers=1)
+    loop = net.numerical_gradient(x, t, workers=1, evaluator="loop")
+    assert all(np.array_equal(auto[k], loop[k]) for k in auto)
+    with pytest.raises(ValueError, match=r"evaluator='batched' cannot take the layer Dropout"):
+        net.numerical_gradient(x, t, workers=1, evaluator="batched")
+
+
+def test_a_layer_before_the_affine_ones_may_not_share_their_parameters():
+    shared = Sequential([Convolution("w", None), Reshape(-1), Affine("w")], SoftmaxCrossEntropy())
+    assert unsupported_layer(shared) is shared.layers[0]
+    alone = Sequential([Convolution("k", None), Reshape(-1), Affine("w")], SoftmaxCrossEntropy())
+    assert unsupported_layer(alone) is None
+
+
+def test_images_and_rows_are_the_same_input(tiny):
+    net, x, t = tiny
+    images = x.reshape(3, 1, 8, 8)
+    assert net.loss(x, t) == net.loss(images, t)
+    assert net.predict(images).shape == (3, 4)
+    assert 0.0 <= net.accuracy(images, t) <= 1.0
+    assert all(np.array_equal(a, b) for a, b in zip(net.gradient(x, t).values(),
+                                                        net.gradient(images, t).values()))
+
+
+def test_the_books_default_shapes():
+    net = SimpleConvNet(seed=0)
+    assert {k: v.shape for k, v in net.params.items()} == {
+        "w1": (30, 1, 5, 5), "b1": (30,), "w2": (4320, 100), "b2": (100,), "w3": (100, 10),
+        "b3": (10,)}
+    assert sum(v.size for v in net.params.values()) == 433_890   # the book's count (issue 25)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"filter_num": 0}, "`filter_num` must be a positive int"),
+    ({"input_dim": (28, 28)}, r"`input_dim` must be \(C, H, W\)"),
+    ({"input_dim": (1, 4, 4), "filter_size": 5}, "`filter_size` 5 with pad 0 does not fit"),
+    ({"input_dim": (1, 5, 5), "filter_size": 5}, "leaves no place for the 2x2 pooling"),
+    ({"weight_init_std": -1.0}, "`weight_init_std` must be finite and >= 0"),
+    ({"stride": 0}, "`stride` must be an int >= 1"),
+], ids=["filters", "input-dim", "filter-too-large", "nothing-to-pool", "std", "stride"])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SimpleConvNet(**kwargs)

@@ -1,0 +1,212 @@
+"""Column grouping (`engine.group_columns`): valid groups, and as few as the targets (3, 5, widest block).
+
+A grouping is valid when no row holds two columns of one group; each test checks that
+directly from the dense pattern, not through the engine's own checker.
+"""
+import numpy as np
+import pytest
+
+from engine.fd._grouping import Pattern, check_groups, group_columns, members
+
+
+def tridiagonal(n):
+    i = np.arange(n)
+    return np.abs(i[:, None] - i[None, :]) <= 1
+
+
+def stencil(k):
+    """The 5-point Laplacian's pattern on a k x k grid: (k*k, k*k), unknown (a, b) at a*k + b."""
+    a, b = np.divmod(np.arange(k * k), k)
+    return np.abs(a[:, None] - a[None, :]) + np.abs(b[:, None] - b[None, :]) <= 1
+
+
+def block_diagonal(widths, rng=None):
+    """Dense blocks of the given widths (square), rows and columns shuffled when `rng` is given."""
+    n = sum(widths)
+    block = np.repeat(np.arange(len(widths)), widths)
+    pattern = block[:, None] == block[None, :]
+    if rng is not None:
+        pattern = pattern[rng.permutation(n)][:, rng.permutation(n)]
+    return pattern
+
+
+def assert_valid(dense, groups):
+    dense = np.asarray(dense) != 0
+    assert groups.shape == (dense.shape[1],) and groups.dtype == np.int64
+    for i, row in enumerate(dense):
+        in_row = groups[row]
+        assert np.unique(in_row).size == in_row.size, f"row {i} holds two columns of one group"
+    used = np.unique(groups)
+    assert np.array_equal(used, np.arange(used.size)), "groups are numbered 0..G-1"
+
+
+class TestTargets:
+    @pytest.mark.parametrize("n", [3, 4, 5, 10, 101, 10_000])
+    def test_tridiagonal_takes_three_groups(self, n):
+        if n <= 200:
+            groups = group_columns(tridiagonal(n))
+            assert_valid(tridiagonal(n), groups)
+        else:   # the same pattern as a sparse matrix: a dense 10,000 x 10,000 is 100 MB
+            sparse = pytest.importorskip("scipy.sparse")
+            ones = np.ones(n)
+            groups = group_columns(sparse.diags_array([ones[1:], ones, ones[1:]], offsets=[-1, 0, 1]))
+            assert np.array_equal(groups, np.arange(n) % 3)   # valid: |i - j| <= 1 in a row
+        assert groups.max() + 1 == 3
+
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_a_tridiagonal_of_one_or_two_columns_takes_that_many(self, n):
+        assert group_columns(tridiagonal(n)).max() + 1 == n
+
+    @pytest.mark.parametrize("k", [3, 4, 5, 7, 12, 30])
+    def test_the_five_point_stencil_takes_five_groups(self, k):
+        groups = group_columns(stencil(k))
+        assert_valid(stencil(k), groups)
+        assert groups.max() + 1 == 5
+
+    def test_the_stencil_on_a_100_by_100_grid_takes_five_groups(self):
+        sparse = pytest.importorskip("scipy.sparse")
+        k = 100
+        chain = sparse.diags_array([np.ones(k - 1), np.ones(k), np.ones(k - 1)], offsets=[-1, 0, 1])
+        pattern = sparse.csr_array(sparse.kron(sparse.eye_array(k), chain)
+                                   + sparse.kron(chain, sparse.eye_array(k)))
+        groups = group_columns(pattern)
+        assert groups.max() + 1 == 5
+        a, b = np.divmod(np.arange(k * k), k)
+        for da, db in [(0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0)]:   # all conflicting pairs
+            first = (a + da < k) & (b + db >= 0) & (b + db < k)
+            other = (a[first] + da) * k + b[first] + db
+            assert not np.any(groups[first] == groups[other]), (da, db)
+
+    @pytest.mark.parametrize("widths", [[3, 5, 2], [1, 1, 1], [4], [2, 7, 7, 1, 3]])
+    def test_a_block_diagonal_pattern_takes_its_largest_block_width(self, widths, rng):
+        for pattern in (block_diagonal(widths), block_diagonal(widths, rng)):
+            groups = group_columns(pattern)
+            assert_valid(pattern, groups)
+            assert groups.max() + 1 == max(widths)
+
+
+class TestValidity:
+    @pytest.mark.parametrize("density", [0.02, 0.1, 0.3, 0.7])
+    def test_random_patterns_get_valid_groups_no_fewer_than_a_row_holds(self, density, rng):
+        for shape in [(40, 30), (30, 40), (1, 25), (25, 1)]:
+            pattern = rng.random(shape) < density
+            groups = group_columns(pattern)
+            assert_valid(pattern, groups)
+            assert groups.max() + 1 >= max(1, pattern.sum(axis=1).max())
+
+    def test_the_fewest_groups_over_the_orders_are_kept(self):
+        """On this pattern the natural and DSatur orders need 6 groups, smallest-last 5."""
+        from engine.fd import _grouping
+        pattern = np.random.default_rng(0).random((25, 25)) < 0.12
+        index = Pattern.from_any(pattern)
+        csc = (index.col_ptr.tolist(), index.rows.tolist())
+        counts = [_grouping._greedy(order, csc, 25).max() + 1 for order in _grouping._orders(index)]
+        assert counts[:2] == [6, 6] and min(counts) == 5
+        groups = group_columns(pattern)
+        assert_valid(pattern, groups)
+        assert groups.max() + 1 == 5
+
+    def test_a_dense_row_puts_every_column_in_its_own_group(self):
+        pattern = np.eye(6, dtype=bool)
+        pattern[2] = True
+        assert sorted(group_columns(pattern)) == list(range(6))
+
+    def test_empty_columns_join_group_zero_and_an_empty_pattern_one_group(self):
+        pattern = tridiagonal(6)
+        pattern[:, [1, 4]] = False
+        groups = group_columns(pattern)
+        assert_valid(pattern, groups)
+        assert groups[1] == groups[4] == 0
+        assert np.array_equal(group_columns(np.zeros((3, 4))), np.zeros(4, dtype=np.int64))
+        assert group_columns(np.zeros((3, 0))).shape == (0,)
+
+    def test_the_same_pattern_always_gets_the_same_groups(self, rng):
+        pattern = rng.random((60, 60)) < 0.08
+        assert np.array_equal(group_columns(pattern), group_columns(pattern.copy()))
+
+    def test_the_graph_free_path_for_a_huge_intersection_graph_is_valid(self, monkeypatch, rng):
+        from engine.fd import _grouping
+        monkeypatch.setattr(_grouping, "_GRAPH_PAIRS", 0)
+        pattern = rng.random((50, 40)) < 0.1
+        groups = group_columns(pattern)
+        assert_valid(pattern, groups)
+        assert group_columns(tridiagonal(30)).max() + 1 == 3
+
+
+class TestPatternForms:
+    def test_bool_integer_and_float_arrays_and_lists_give_the_same_groups(self, rng):
+        pattern = rng.random((20, 15)) < 0.2
+        expected = group_columns(pattern)
+        for form in (pattern.astype(np.int8), pattern.astype(float), pattern.tolist()):
+            assert np.array_equal(group_columns(form), expected)
+
+    def test_scipy_sparse_matrices_and_arrays_in_any_format(self, rng):
+        sparse = pytest.importorskip("scipy.sparse")
+        pattern = rng.random((20, 15)) < 0.2
+        expected = group_columns(pattern)
+        for make in (sparse.csr_array, sparse.csc_array, sparse.coo_array, sparse.csr_matrix,
+                     sparse.lil_matrix, sparse.dok_array):
+            assert np.array_equal(group_columns(make(pattern.astype(float))), expected), make
+
+    def test_a_sparse_patterns_explicit_zeros_are_not_entries(self):
+        sparse = pytest.importorskip("scipy.sparse")
+        full = sparse.csr_array(np.ones((3, 3)))
+        full.data[:] = np.eye(3).reshape(-1)   # stored, but zero off the diagonal
+        assert full.nnz == 9
+        assert np.array_equal(group_columns(full), [0, 0, 0])
+
+    def test_the_index_arrays_hold_the_pattern(self, rng):
+        dense = rng.random((7, 5)) < 0.4
+        pattern = Pattern.from_any(dense)
+        for j in range(5):
+            column = pattern.rows[pattern.col_ptr[j]:pattern.col_ptr[j + 1]]
+            assert np.array_equal(column, np.flatnonzero(dense[:, j]))
+        for i in range(7):
+            row = pattern.cols[pattern.row_ptr[i]:pattern.row_ptr[i + 1]]
+            assert np.array_equal(row, np.flatnonzero(dense[i]))
+        rows, owner = pattern.entries(np.array([4, 1]))
+        expected = [(i, 0) for i in np.flatnonzero(dense[:, 4])] + [
+            (i, 1) for i in np.flatnonzero(dense[:, 1])]
+        assert list(zip(rows.tolist(), owner.tolist())) == expected
+
+
+class TestBadPatterns:
+    @pytest.mark.parametrize("pattern, error, match", [
+        (np.ones(4), ValueError, "2-D"),
+        (np.ones((2, 2, 2)), ValueError, "2-D"),
+        (np.array([[1.0, np.nan]]), ValueError, "NaN or infinity"),
+        (np.array([["a", "b"]]), TypeError, "dtype <U1"),
+        (np.ones((2, 2), dtype=complex), TypeError, "complex"),
+        ("tridiagonal", TypeError, "str"),
+        (None, TypeError, "2-D array of bools"),
+    ], ids=["1-D", "3-D", "nan", "strings", "complex", "a-name", "None"])
+    def test_refused_naming_the_parameter(self, pattern, error, match):
+        with pytest.raises(error, match=match) as info:
+            group_columns(pattern)
+        assert "`pattern`" in str(info.value)
+
+
+class TestCheckGroups:
+    def test_valid_groups_are_renumbered_keeping_the_partition(self):
+        pattern = Pattern.from_any(tridiagonal(6))
+        numbered = check_groups(pattern, np.array([7, 3, 10, 7, 3, 10]))
+        assert np.array_equal(numbered, [1, 0, 2, 1, 0, 2])
+
+    def test_two_columns_sharing_a_row_are_named_with_the_row(self):
+        pattern = Pattern.from_any(tridiagonal(6))
+        with pytest.raises(ValueError, match=r"columns 2 and 3 in one group \(group 1\).*row 2"):
+            check_groups(pattern, np.array([0, 2, 1, 1, 0, 2]))
+
+    @pytest.mark.parametrize("groups, error, match", [
+        (np.zeros(5, dtype=int), ValueError, r"shape \(6,\)"),
+        (np.array([0, 1, 2, 0, 1, -2]), ValueError, "non-negative"),
+        (np.array([0, 1, 2, 0, 1, 2.0]), TypeError, "integers"),
+        (np.array([True, False] * 3), TypeError, "integers"),
+    ], ids=["short", "negative", "floats", "bools"])
+    def test_bad_groups_are_refused(self, groups, error, match):
+        with pytest.raises(error, match=match):
+            check_groups(Pattern.from_any(tridiagonal(6)), groups)
+
+    def test_members_lists_each_groups_columns(self):
+        ptr, columns = members(np.array([1, 0, 2, 1, 0, 2]))
+        assert [columns[a:b].tolist() for a, b in zip(ptr[:-1], ptr[1:])] == [[1, 4], [0, 3], [2, 5]]
