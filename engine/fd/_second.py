@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluators import ON_FAILURE, Report, _Failed, loss_at
+from ._calling import ON_FAILURE, EvaluationFailed, Report, loss_at
 from ._schemes import Scheme
 from ._space import ParamSpace
 
@@ -301,7 +301,7 @@ class _Pairs:
                 return loss_at(self.f, self.space, where)
             try:
                 return loss_at(self.f, self.space, where, failures=True)
-            except _Failed as failed:
+            except EvaluationFailed as failed:
                 error = failed.__cause__
                 self.report.failures.append((point[0][0], point, type(error).__name__, str(error)))
                 return None
