@@ -4,6 +4,7 @@ one update per worker per call, a bounded close(), failed updates, the exact sta
 Each case was seen failing on the one-line bug it is named after (see tests/README.md).
 """
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -198,3 +199,39 @@ def test_reship_ships_f_to_every_worker_again_on_the_next_call(tmp_path, check_s
         assert logged_lines(log) == 4
         assert np.array_equal(g(x), expected)
         assert logged_lines(log) == 4
+
+
+# -- a retry after a lost worker ------------------------------------------------------------------
+
+class LogsEntriesAndDiesOnce:
+    """`squares`; in a worker, logs which entry each evaluation moved, and the first time the
+    last entry is moved, kills its own process."""
+
+    def __init__(self, x, log, marker):
+        self.x, self.log, self.marker, self.home = x.copy(), str(log), str(marker), os.getpid()
+
+    def __call__(self, v):
+        moved = np.flatnonzero(v != self.x)
+        if os.getpid() != self.home:
+            with open(self.log, "a") as file:
+                file.write(" ".join(map(str, moved)) + "\n")
+            if list(moved) == [self.x.size - 1] and not os.path.exists(self.marker):
+                Path(self.marker).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return squares(v)
+
+
+def test_a_retry_reruns_only_the_chunks_that_were_lost(tmp_path):
+    x = np.arange(1.0, 5.0)
+    log, marker = tmp_path / "evaluated.log", tmp_path / "killed"
+    f = LogsEntriesAndDiesOnce(x, log, marker)
+    # chunk_size=1, two workers: entry 3's chunk, the 4th, goes out when a 2nd chunk is back,
+    # so when its worker dies two of the other three are finished, one may still be running
+    with Gradient(f, workers=2, dispatch="parallel", chunk_size=1, check_state=False) as g:
+        assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+    assert os.path.exists(marker)
+    evaluated = [line for line in log.read_text().splitlines() if line]
+    counts = {entry: evaluated.count(str(entry)) for entry in range(4)}
+    others = sorted(counts[entry] for entry in range(3))
+    assert others[:2] == [2, 2] and others[2] in (2, 4), counts   # finished ones never rerun
+    assert counts[3] == 3, counts   # +h, the death, then +h and -h on a fresh worker
