@@ -492,10 +492,12 @@ def test_a_costly_f_is_sent_to_the_workers_from_the_first_call_and_a_cheap_one_m
         g(x)
         assert g.plan.where == "parallel" and g.plan.reason.startswith("estimated ")
     with Gradient(squares, workers=2, backend="threading") as g:
+        started = time.perf_counter()
         plan = g.calibrate(np.ones(4))
-        assert plan.where in ("in-process", "parallel") and plan.in_process_seconds is not None
-        assert plan.parallel_seconds is not None and g.plan == plan
-        assert 0 < plan.in_process_seconds < 5 and 0 < plan.parallel_seconds < 5   # durations
+        took = time.perf_counter() - started
+        assert plan.where in ("in-process", "parallel") and g.plan == plan
+        # durations of calls made inside calibrate(): positive, and no longer than all of it
+        assert 0 < plan.in_process_seconds < took and 0 < plan.parallel_seconds < took
 
 
 def test_chunks_follow_chunk_size_then_chunks_per_worker_then_the_default():
@@ -548,9 +550,8 @@ def test_closing_stops_the_threads():
     started = {t for t in set(threading.enumerate()) - before if t.name.startswith("numgrad-thread-")}
     assert len(started) == 2
     g.close()
-    deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    for thread in started:
+        thread.join(timeout=60)   # bounds a failure only: a thread not stopped runs for good
     assert not any(t.is_alive() for t in started)
 
 
@@ -650,5 +651,7 @@ def test_two_entries_are_worth_estimating_and_measuring_interleaves_whatever_a_c
 
 def test_a_per_call_backend_measures_real_durations():
     with Gradient(squares, workers=2, backend="sequential") as g:
+        started = time.perf_counter()
         plan = g.calibrate(np.ones(4))
-    assert 0 < plan.in_process_seconds < 5 and 0 < plan.parallel_seconds < 5
+        took = time.perf_counter() - started
+    assert 0 < plan.in_process_seconds < took and 0 < plan.parallel_seconds < took
