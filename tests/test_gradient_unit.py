@@ -183,12 +183,12 @@ def test_the_first_plan_follows_the_options():
 
 def test_a_loop_f_is_estimated_first_and_a_costly_one_goes_parallel_at_once():
     p = planner(2)
-    assert p.where(("sig", None, "loop"), 1) == "in-process"      # one entry: never the workers
-    assert p.where(("sig", None, "loop"), 10) == "estimate"
+    assert p.where(("sig", None, "loop"), 1, black_box=True) == "in-process"   # one entry: never workers
+    assert p.where(("sig", None, "loop"), 10, black_box=True) == "estimate"
     assert p.estimate(0.2, 10) == "parallel"                       # 2 s per call
     assert p.plan.where == "parallel" and p.plan.reason == "estimated 2 s per call in-process"
     q = planner(2)
-    q.where(("sig", None, "loop"), 10)
+    q.where(("sig", None, "loop"), 10, black_box=True)
     assert q.estimate(0.05, 10) == "in-process"                    # 0.5 s: measure instead
     assert q.plan.where == "measuring"
 
@@ -557,7 +557,7 @@ def test_closing_stops_the_threads():
 
 def test_an_estimate_of_exactly_one_second_is_measured_not_decided():
     p = planner(2)
-    p.where(("sig", None, "loop"), 10)
+    p.where(("sig", None, "loop"), 10, black_box=True)
     assert p.estimate(0.1, 10) == "in-process" and p.plan.where == "measuring"
 
 
@@ -641,7 +641,7 @@ def test_no_more_threads_than_chunks():
 
 def test_two_entries_are_worth_estimating_and_measuring_interleaves_whatever_a_call_takes():
     p = planner(2)
-    assert p.where(("sig", None, "loop"), 2) == "estimate"
+    assert p.where(("sig", None, "loop"), 2, black_box=True) == "estimate"
     q = planner(2)
     signature = ("sig", None, "batched")
     q.where(signature, 10)
