@@ -183,12 +183,12 @@ def test_the_first_plan_follows_the_options():
 
 def test_a_loop_f_is_estimated_first_and_a_costly_one_goes_parallel_at_once():
     p = planner(2)
-    assert p.where(("sig", None, "loop"), 1) == "in-process"      # one entry: never the workers
-    assert p.where(("sig", None, "loop"), 10) == "estimate"
+    assert p.where(("sig", None, "loop"), 1, black_box=True) == "in-process"   # one entry: never workers
+    assert p.where(("sig", None, "loop"), 10, black_box=True) == "estimate"
     assert p.estimate(0.2, 10) == "parallel"                       # 2 s per call
     assert p.plan.where == "parallel" and p.plan.reason == "estimated 2 s per call in-process"
     q = planner(2)
-    q.where(("sig", None, "loop"), 10)
+    q.where(("sig", None, "loop"), 10, black_box=True)
     assert q.estimate(0.05, 10) == "in-process"                    # 0.5 s: measure instead
     assert q.plan.where == "measuring"
 
@@ -492,10 +492,12 @@ def test_a_costly_f_is_sent_to_the_workers_from_the_first_call_and_a_cheap_one_m
         g(x)
         assert g.plan.where == "parallel" and g.plan.reason.startswith("estimated ")
     with Gradient(squares, workers=2, backend="threading") as g:
+        started = time.perf_counter()
         plan = g.calibrate(np.ones(4))
-        assert plan.where in ("in-process", "parallel") and plan.in_process_seconds is not None
-        assert plan.parallel_seconds is not None and g.plan == plan
-        assert 0 < plan.in_process_seconds < 5 and 0 < plan.parallel_seconds < 5   # durations
+        took = time.perf_counter() - started
+        assert plan.where in ("in-process", "parallel") and g.plan == plan
+        # durations of calls made inside calibrate(): positive, and no longer than all of it
+        assert 0 < plan.in_process_seconds < took and 0 < plan.parallel_seconds < took
 
 
 def test_chunks_follow_chunk_size_then_chunks_per_worker_then_the_default():
@@ -548,15 +550,14 @@ def test_closing_stops_the_threads():
     started = {t for t in set(threading.enumerate()) - before if t.name.startswith("numgrad-thread-")}
     assert len(started) == 2
     g.close()
-    deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    for thread in started:
+        thread.join(timeout=60)   # bounds a failure only: a thread not stopped runs for good
     assert not any(t.is_alive() for t in started)
 
 
 def test_an_estimate_of_exactly_one_second_is_measured_not_decided():
     p = planner(2)
-    p.where(("sig", None, "loop"), 10)
+    p.where(("sig", None, "loop"), 10, black_box=True)
     assert p.estimate(0.1, 10) == "in-process" and p.plan.where == "measuring"
 
 
@@ -640,7 +641,7 @@ def test_no_more_threads_than_chunks():
 
 def test_two_entries_are_worth_estimating_and_measuring_interleaves_whatever_a_call_takes():
     p = planner(2)
-    assert p.where(("sig", None, "loop"), 2) == "estimate"
+    assert p.where(("sig", None, "loop"), 2, black_box=True) == "estimate"
     q = planner(2)
     signature = ("sig", None, "batched")
     q.where(signature, 10)
@@ -650,5 +651,7 @@ def test_two_entries_are_worth_estimating_and_measuring_interleaves_whatever_a_c
 
 def test_a_per_call_backend_measures_real_durations():
     with Gradient(squares, workers=2, backend="sequential") as g:
+        started = time.perf_counter()
         plan = g.calibrate(np.ones(4))
-    assert 0 < plan.in_process_seconds < 5 and 0 < plan.parallel_seconds < 5
+        took = time.perf_counter() - started
+    assert 0 < plan.in_process_seconds < took and 0 < plan.parallel_seconds < took

@@ -142,7 +142,7 @@ def test_a_plan_the_options_fix_is_never_measured_again(workers, dispatch):
 
 def test_an_estimated_plan_is_not_watched():
     p = planner()
-    assert p.where(("structure", None, "loop"), 10) == "estimate"
+    assert p.where(("structure", None, "loop"), 10, black_box=True) == "estimate"
     assert p.estimate(0.2, 10) == "parallel"
     for _ in range(3 * DRIFT_WINDOW):
         p.record("parallel", 100.0)

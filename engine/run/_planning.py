@@ -85,14 +85,19 @@ class Planner:
         else:
             self.plan = Plan("measuring", self.workers, why or "the first calls are timed both ways")
 
-    def where(self, signature: tuple, size: int) -> str:
-        """``"parallel"``, ``"in-process"``, or ``"estimate"`` (time one entry first)."""
+    def where(self, signature: tuple, size: int, black_box: bool = False) -> str:
+        """``"parallel"``, ``"in-process"``, or ``"estimate"`` (time one task first).
+
+        `signature` identifies what the workers hold (a new one is measured anew);
+        `size` is the call's task count; `black_box`: `f`'s cost is unknown (the loop
+        evaluator), so a new signature first times one task in this process.
+        """
         if size <= 1:
             return "in-process"
         if signature != self.signature and self.mode == "auto" and self.workers > 1:
             self.signature = signature
             self._reset()
-            if signature[2] == "loop":   # an unknown f: its cost decides whether to measure
+            if black_box:   # an unknown f: its cost decides whether to measure
                 return "estimate"
         if self.plan.where != "measuring":
             return self.plan.where
