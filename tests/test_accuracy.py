@@ -292,3 +292,34 @@ def test_the_serial_reference_refuses_the_complex_step():
     from engine import numerical_gradient
     with pytest.raises(ValueError, match="scheme='complex' is evaluated by"):
         numerical_gradient(lambda v: float(np.sum(v)), np.array([1.0]), scheme="complex")
+
+
+class TestComplexStepSparse:
+    @staticmethod
+    def chain(v):
+        out = v ** 2 * np.exp(v)
+        out[1:] += np.sin(v[:-1])
+        out[:-1] += v[1:] ** 3
+        return out
+
+    def test_a_sparse_jacobian_gives_the_dense_complex_steps_bits(self):
+        scipy_sparse = pytest.importorskip("scipy.sparse")
+        n = 12
+        pattern = scipy_sparse.diags([np.ones(n - 1), np.ones(n), np.ones(n - 1)], [-1, 0, 1])
+        x = np.linspace(-1.0, 2.0, n)
+        dense = jacobian(self.chain, x.copy(), scheme="complex", h="auto", workers=1)
+        one = jacobian(self.chain, x.copy(), scheme="complex", h="auto", workers=1,
+                       sparsity=pattern)
+        two = jacobian(self.chain, x.copy(), scheme="complex", h="auto", workers=2,
+                       chunk_size=1, sparsity=pattern)
+        assert np.array_equal(one.toarray(), dense) and np.array_equal(two.toarray(), dense)
+        exact = np.diag(2 * x * np.exp(x) + x ** 2 * np.exp(x)) + np.diag(np.cos(x[:-1]), -1) \
+            + np.diag(3 * x[1:] ** 2, 1)
+        np.testing.assert_allclose(dense, exact, rtol=1e-14, atol=1e-300)
+
+    def test_a_sparse_jacobian_that_drops_the_imaginary_part_is_named(self):
+        pytest.importorskip("scipy.sparse")
+        f = lambda v: np.array([abs(v[0]) + v[1], v[1] * v[2]])  # noqa: E731
+        with pytest.raises(TypeError, match=r"imaginary part of exactly 0 at group \d \(x\[0\]"):
+            jacobian(f, np.array([1.0, 2.0, 3.0]), scheme="complex", h="auto", workers=1,
+                     sparsity=np.array([[1, 1, 0], [0, 1, 1]]))
