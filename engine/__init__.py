@@ -27,6 +27,7 @@ from .train._gradcheck import GradientDifference, format_table, gradient_check
 from .derivatives._failures import Failure
 from .derivatives._gradient import Gradient
 from .derivatives._sparse import Jacobian
+from .derivatives._hessian import Hessian, hessian
 from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from .nn._conv import Convolution, Pooling, Reshape
@@ -49,6 +50,8 @@ __all__ = [
     "Jacobian",
     "gradient_with_error",
     "GradientWithError",
+    "hessian",
+    "Hessian",
     "group_columns",
     "Execution",
     "Plan",

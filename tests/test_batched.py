@@ -1,10 +1,13 @@
 """The batched evaluator: the same finite differences as the loop evaluator, in blocks."""
+import itertools
+
 import numpy as np
 import pytest
 
 from engine import parallel_numerical_gradient
 from engine.data._data import load_embedded_mnist
 from engine.fd._evaluators import loop_evaluate
+from engine.batched import _batched
 from engine.book._nets import MLP, ThreeLayerNet
 from engine.fd._schemes import get_scheme
 from engine.fd._space import ParamSpace
@@ -95,6 +98,47 @@ def test_block_size_does_not_change_a_bit(mnist):
     tiny = parallel_numerical_gradient(f, f.params, workers=1, block_memory=50_000)
     for name in default:
         assert np.array_equal(default[name], tiny[name]), name
+
+
+BLOCKS = _batched._blocks
+
+
+def bounded_blocks(counts, most_entries, most_rows):
+    """`_blocks`, failing instead of looping once it yields more slices than entries."""
+    slices = list(itertools.islice(BLOCKS(counts, most_entries, most_rows), counts.size + 1))
+    assert len(slices) <= counts.size, f"{len(slices)} slices or more for {counts.size} entries"
+    return slices
+
+
+@pytest.mark.parametrize("counts, most_entries, most_rows", [
+    ([7, 7, 7], 10, 3),           # every entry above the row limit: one entry per slice
+    ([1, 5, 1, 1, 9, 2], 10, 4),  # some above it, some packed together
+    ([2, 2, 2, 2, 2], 2, 100),    # the entry limit binds
+    ([3], 1, 1),
+    ([], 4, 4),
+], ids=["all-above", "mixed", "entry-limit", "one", "none"])
+def test_blocks_cover_every_entry_once_within_the_limits(counts, most_entries, most_rows):
+    counts = np.array(counts, dtype=np.int64)
+    slices = bounded_blocks(counts, most_entries, most_rows)
+    assert [i for sel in slices for i in range(sel.start, sel.stop)] == list(range(counts.size))
+    for sel in slices:
+        entries = sel.stop - sel.start
+        assert 1 <= entries <= most_entries
+        assert entries == 1 or counts[sel].sum() <= most_rows   # more rows only for a lone entry
+        if sel.stop < counts.size and entries < most_entries:   # as full as the limits allow
+            assert counts[sel.start:sel.stop + 1].sum() > most_rows
+
+
+def test_a_batch_above_the_block_row_limit_ends_and_changes_no_bit(mnist, monkeypatch):
+    # 7 samples: with a limit of 3 rows, every entry that moves a loss has more rows than a block.
+    net = MLP([784, 12, 10], weight_init_std=0.1, seed=2)
+    f = net.loss_function(mnist.images[:7], mnist.labels[:7])
+    default = parallel_numerical_gradient(f, f.params, workers=1, evaluator="batched")
+    monkeypatch.setattr(_batched, "_BLOCK_ROWS", 3)
+    monkeypatch.setattr(_batched, "_blocks", bounded_blocks)
+    small = parallel_numerical_gradient(f, f.params, workers=1, evaluator="batched")
+    for name in default:
+        assert np.array_equal(default[name], small[name]), name
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])

@@ -14,7 +14,7 @@ from engine.batched._detect import bind, get_evaluator, is_model_objective
 from engine.fd._evaluators import (LoopOptions, Report, annotate_error, checked_loss, checked_output,
                                    loop_evaluate)
 from engine.nn._model import ModelLoss, init_params, mlp
-from engine.fd._schemes import auto_step, get_scheme
+from engine.fd._schemes import get_scheme
 from engine.fd._space import ParamSpace
 
 H = 1e-4
@@ -138,18 +138,27 @@ def test_reports_merge_failures_and_the_largest_deviation():
     assert Report().failures == [] and Report().step_deviation == 0.0
 
 
+# The documented h="auto" (README, `auto_step`): eps ** (1 / root) * max(1, |x_i|), roots 2, 3, 5;
+# each difference divided by the steps actually stored, written out here per scheme.
+AUTO_ROOTS = {"forward": 2, "central": 3, "central4": 5}
+STORED_DIFFERENCES = {
+    "forward": lambda v, c, s: (v[1] - c) / s[1],
+    "central": lambda v, c, s: (v[1] - v[-1]) / (s[1] - s[-1]),
+    "central4": lambda v, c, s: (-v[2] + 8 * v[1] - 8 * v[-1] + v[-2]) / (6 * (s[1] - s[-1])),
+}
+
+
 @pytest.mark.parametrize("scheme", ["central", "forward", "central4"])
 def test_auto_steps_are_relative_and_the_difference_divides_by_the_stored_steps(scheme):
     x = np.array([0.5, 1.5, -3000.0])
     got, report = evaluate(cube_sum, x.copy(), h=None, scheme=scheme)
-    the = get_scheme(scheme)
     c = cube_sum(x)
     for i, base in enumerate(x):
-        h = auto_step(the, np.float64) * max(1.0, abs(base))
-        points = {m: float(base + m * h) for m in the.multiples}
-        stored = [points[m] - base for m in the.multiples]
-        values = [cube_sum(moved(x, i, points[m] - base)) for m in the.multiples]
-        assert got[i] == the.combine_stored(values, c, stored)
+        h = np.finfo(np.float64).eps ** (1.0 / AUTO_ROOTS[scheme]) * max(1.0, abs(base))
+        multiples = (1,) if scheme == "forward" else (1, -1) if scheme == "central" else (2, 1, -1, -2)
+        stored = {m: float(base + m * h) - base for m in multiples}
+        values = {m: cube_sum(moved(x, i, stored[m])) for m in multiples}
+        assert got[i] == STORED_DIFFERENCES[scheme](values, c, stored)
     assert report.step_deviation == 0.0   # only a numeric `h` is compared with what is stored
 
 

@@ -1,5 +1,6 @@
 """The package's surface: its exports, and its modules run as commands without warnings."""
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
     "numerical_gradient": "derivatives._serial", "parallel_numerical_gradient": "derivatives._parallel",
     "jacobian": "derivatives._parallel", "Gradient": "derivatives._gradient",
-    "Jacobian": "derivatives._sparse", "group_columns": "fd._grouping", "Plan": "run._planning",
+    "Jacobian": "derivatives._sparse",
+    "hessian": "derivatives._hessian", "Hessian": "derivatives._hessian",
+    "group_columns": "fd._grouping", "Plan": "run._planning",
     "Failure": "derivatives._failures",
     "gradient_with_error": "derivatives._with_error", "GradientWithError": "derivatives._with_error",
     "Execution": "run._execution", "gradient_check": "train._gradcheck",
@@ -104,3 +107,14 @@ def test_without_the_train_extra_csv_files_still_train_without_the_plot(tmp_path
     assert done.returncode == 0, done.stderr
     assert "training.png not written" in done.stderr and "numgrad-engine[train]" in done.stderr
     assert (tmp_path / "run" / "params.npz").exists() and not (tmp_path / "run" / "training.png").exists()
+
+
+def test_the_readme_layout_table_names_every_module_and_only_those():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("| package | concern | modules |"):]
+    table = table[:table.index("\n\n")]
+    named = set(re.findall(r"`(engine/[\w/]+\.py)`", table))
+    modules = {str(path.relative_to(PACKAGE.parent)) for path in PACKAGE.rglob("*.py")
+               if path.name != "__init__.py" or path.parent == PACKAGE}
+    assert named == modules, (f"missing from README's layout table: {sorted(modules - named)}; "
+                              f"named but absent: {sorted(named - modules)}")

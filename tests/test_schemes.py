@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.fd._schemes import SCHEMES, Scheme, fit_to_bounds, get_scheme, one_sided, resolve_steps
+from engine.fd._schemes import SCHEMES, Scheme, auto_step, fit_to_bounds, get_scheme, one_sided, resolve_steps
 
 X, H = 3.0, 0.5
 
@@ -65,6 +65,22 @@ def test_known_values():
     assert SCHEMES["central"].combine([7.0, 3.0], None, 0.25) == 8.0          # 4 / 0.5
     assert SCHEMES["forward"].combine([7.0], 3.0, 0.25) == 16.0               # 4 / 0.25
     assert SCHEMES["central4"].combine([1.0, 2.0, 4.0, 8.0], None, 0.25) == -3.0   # -9 / 3
+
+
+@pytest.mark.parametrize("name, root", [("forward", 2), ("central", 3), ("central4", 5)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_auto_step_is_the_documented_root_of_the_dtypes_eps(name, root, dtype):
+    assert auto_step(get_scheme(name), dtype) == float(np.finfo(dtype).eps) ** (1.0 / root)
+
+
+def test_auto_steps_in_figures():
+    assert auto_step(get_scheme("forward"), np.float64) == 2.0 ** -26   # sqrt(2 ** -52)
+    assert auto_step(get_scheme("central"), np.float64) == pytest.approx(6.0554544523933e-06,
+                                                                         rel=1e-12)
+    assert auto_step(get_scheme("central4"), np.float32) == pytest.approx(0.041234622211652,
+                                                                          rel=1e-7)
+    assert auto_step(get_scheme("complex"), np.float64) == 1e-20   # whatever the dtype
+    assert auto_step(get_scheme("complex"), np.float16) == 1e-20
 
 
 def test_schemes_cannot_be_changed_in_place():

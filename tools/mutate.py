@@ -317,12 +317,15 @@ def main(argv: list[str] | None = None) -> int:
             print(mutant.describe(args.module))
         return 0
     ids = {int(i) for i in args.ids.split(",")} if args.ids else None
+    started = time.monotonic()
     mutants, clean, collected = run(args.module, args.tests, args.keyword, args.timeout, ids,
                                     args.record)
     score = report(args.module, mutants, collected)
     if args.json:
         args.json.write_text(json.dumps({"module": args.module, "tests": args.tests,
+                                         "keyword": args.keyword, "ids": args.ids,
                                          "clean_seconds": clean, "score": score,
+                                         "wall_seconds": time.monotonic() - started,
                                          "mutants": [asdict(m) for m in mutants]}, indent=1))
     return 1 if score < args.fail_under else 0
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluators import LoopOptions, Report, annotate_error, checked_output
+from ._calling import LoopOptions, Report, annotate_error, checked_output
 from ._schemes import COMPLEX, Scheme, auto_step
 from ._space import ParamSpace
 

@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluators import ON_FAILURE, Report, _Failed, _inside, checked_output, loss_at
+from ._calling import ON_FAILURE, EvaluationFailed, Report, checked_output, loss_at
+from ._evaluators import _inside
 from ._grouping import Pattern
 from ._schemes import SCHEMES, Scheme, auto_step
 from ._space import ParamSpace
@@ -190,7 +191,7 @@ class _Group:
             try:
                 return self._checked(loss_at(self.f, self.space, where, checked_output,
                                              failures=True)), stored
-            except _Failed as failed:
+            except EvaluationFailed as failed:
                 error = failed.__cause__
                 for column, m in zip(self.columns[moved].tolist(), multiples[moved].tolist()):
                     self.report.failures.append((column, int(m), type(error).__name__, str(error)))

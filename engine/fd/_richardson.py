@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._evaluators import Report, _Failed, loss_at
+from ._calling import EvaluationFailed, Report, loss_at
 from ._schemes import Scheme
 from ._space import ParamSpace
 
@@ -126,7 +126,7 @@ def _at(f, space, array, index, base, offset, flat):
     where = lambda: f"{space.describe(flat)} (x_i {'+' if offset > 0 else '-'} {abs(offset):.3g})"  # noqa: E731
     try:
         return loss_at(f, space, where, failures=True), stored
-    except _Failed as failed:
+    except EvaluationFailed as failed:
         if isinstance(failed.__cause__, FloatingPointError):
             return np.nan, stored
         raise failed.__cause__ from None

@@ -26,6 +26,7 @@ from ..fd._complex import complex_evaluate, complex_grouped_evaluate
 from ..fd._grouped import grouped_evaluate
 from ..fd._richardson import RICHARDSON, richardson_evaluate
 from ..fd._schemes import get_scheme
+from ..fd._second import gradient_rows_evaluate, pair_evaluate
 from ..fd._space import ParamSpace
 from ._blas import one_blas_thread
 
@@ -95,6 +96,8 @@ EVALUATORS: dict[str, Callable[..., np.ndarray]] = {
     "batched": _batched,
     "grouped": _grouped,   # a sparse Jacobian's column groups (engine.fd._grouped)
     RICHARDSON: richardson_evaluate,   # several steps per entry, extrapolated (engine.fd._richardson)
+    "pairs": pair_evaluate,        # a Hessian's entries i <= j (engine.fd._second)
+    "gradient-rows": gradient_rows_evaluate,   # a Hessian from a gradient callable (grad=)
 }
 
 

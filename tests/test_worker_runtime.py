@@ -1,0 +1,237 @@
+"""The resident workers' runtime, stated as behaviour seen from the workers' side: late replies,
+one update per worker per call, a bounded close(), failed updates, the exact state check, reship().
+
+Each case was seen failing on the one-line bug it is named after (see tests/README.md).
+"""
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import Gradient, StateNotShippedError, numerical_gradient
+
+GUARD_SECONDS = 60     # bounds a failure only: no test waits for it
+
+
+def squares(v):
+    return float(np.sum(v ** 2))
+
+
+def wait_for_file(path: str) -> None:
+    """In a worker: wait until the test creates `path` (the guard turns a hang into an error)."""
+    deadline = time.monotonic() + GUARD_SECONDS
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
+def logged_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class LogsUnpickling:
+    """A value that appends a line to `log` each time it is unpickled (in a worker)."""
+
+    def __init__(self, log, value=1.0):
+        self.log, self.value = str(log), value
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.log, "a") as file:
+            file.write(f"{os.getpid()}\n")
+
+
+class LoggedSquares(LogsUnpickling):
+    """`squares` as a callable whose every shipping to a worker is logged."""
+
+    def __call__(self, v):
+        return squares(v)
+
+
+# -- a late reply of an abandoned call ------------------------------------------------------------
+
+def fails_then_blocks(v, scale, release):
+    """Entry 0 moved: an error at once; entry 1 moved: wait for `release` (the call has failed
+    meanwhile), then answer, late. With ``release=None``: ``scale * squares``."""
+    if release is not None and v[0] != 1.0:
+        raise ValueError("entry 0 fails")
+    if release is not None and v[1] != 2.0:
+        wait_for_file(release)
+    return scale * squares(v)
+
+
+def test_a_late_reply_of_a_call_that_raised_is_never_taken_for_the_next_calls(tmp_path):
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    release = str(tmp_path / "release")
+    # chunk_size=1: worker 0 gets entry 0 (fails), worker 1 entry 1 (answers after the failure)
+    with Gradient(fails_then_blocks, workers=2, dispatch="parallel", chunk_size=1,
+                  check_state=False) as g:
+        with pytest.raises(ValueError, match="entry 0 fails"):
+            g(x, 100.0, release)
+        Path(release).touch()   # worker 1 now answers call 1, while call 2 runs
+        for _ in range(2):
+            got = g(x, 1.0, None)
+            assert np.array_equal(got, numerical_gradient(squares, x.copy()))
+
+
+# -- the update: once per worker per call ---------------------------------------------------------
+
+def scaled(v, counted):
+    return counted.value * squares(v)
+
+
+@pytest.mark.parametrize("check_state", [True, False], ids=["checked", "unchecked"])
+def test_each_calls_arguments_reach_each_worker_once_however_many_tasks(tmp_path, check_state):
+    log = tmp_path / "unpickled.log"
+    x = np.arange(1.0, 13.0)
+    with Gradient(scaled, workers=2, dispatch="parallel", chunk_size=1,
+                  check_state=check_state) as g:
+        for call in range(1, 4):   # new arguments each call; 12 tasks of one entry each
+            got = g(x, LogsUnpickling(log, float(call)))
+            assert np.array_equal(got, numerical_gradient(lambda v, c=call: c * squares(v), x.copy()))
+            assert logged_lines(log) == 2 * call, f"call {call}"
+    assert len(set(log.read_text().split())) == 2   # two workers, one unpickling each per call
+
+
+# -- close() with a worker stuck in f ------------------------------------------------------------
+
+def stuck_after_failure(v, release):
+    if v[0] != 1.0:
+        raise ValueError("entry 0 fails")
+    if v[1] != 2.0:
+        Path(release).touch()   # the test's sign that this worker is in f for good
+        time.sleep(3600)
+    return squares(v)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_close_returns_and_ends_a_worker_stuck_in_f(tmp_path):
+    inside = str(tmp_path / "inside")
+    g = Gradient(stuck_after_failure, workers=2, dispatch="parallel", chunk_size=1,
+                 check_state=False)
+    with pytest.raises(ValueError, match="entry 0 fails"):
+        g(np.array([1.0, 2.0, 3.0]), inside)
+    pids = [process.pid for process in g._link.pool._processes]
+    wait_for_file(inside)
+    closing = threading.Thread(target=g.close, daemon=True)
+    closing.start()
+    closing.join(GUARD_SECONDS)   # an unbounded close() would wait for the hour-long f
+    assert not closing.is_alive(), "close() waits for a worker stuck in f"
+    assert not [pid for pid in pids if alive(pid)]
+
+
+# -- a failed update ------------------------------------------------------------------------------
+
+class Scale:
+    def __init__(self, value):
+        self.value = value
+
+
+class OnlyHere(Scale):
+    """Unpickles in the process that made it, raises in any other."""
+
+    def __init__(self, value):
+        super().__init__(value)
+        self.home = os.getpid()
+
+    def __setstate__(self, state):
+        if os.getpid() != state["home"]:
+            raise RuntimeError("cannot be unpickled in a worker")
+        self.__dict__.update(state)
+
+
+@pytest.mark.parametrize("check_state", [True, False], ids=["checked", "unchecked"])
+def test_arguments_a_worker_cannot_unpickle_raise_instead_of_reusing_the_last_ones(check_state):
+    x = np.arange(1.0, 5.0)
+    with Gradient(scaled, workers=2, dispatch="parallel", check_state=check_state) as g:
+        assert np.array_equal(g(x, Scale(1.0)), numerical_gradient(squares, x.copy()))
+        with pytest.raises(Exception, match="cannot be unpickled in a worker"):
+            g(x, OnlyHere(5.0))
+        assert np.array_equal(g(x, Scale(2.0)), numerical_gradient(lambda v: 2.0 * squares(v),
+                                                                   x.copy()))
+
+
+# -- the state check: exact ----------------------------------------------------------------------
+
+class OneUlpOffElsewhere:
+    """`squares`, one ulp higher in any process but the one that made it."""
+
+    def __init__(self):
+        self.home = os.getpid()
+
+    def __call__(self, v):
+        value = squares(v)
+        return float(np.nextafter(value, np.inf)) if os.getpid() != self.home else value
+
+
+def test_a_worker_whose_f_is_one_ulp_off_fails_the_state_check():
+    with Gradient(OneUlpOffElsewhere(), workers=2, dispatch="parallel") as g:
+        with pytest.raises(StateNotShippedError):
+            g(np.arange(1.0, 5.0))
+
+
+# -- reship() -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("check_state", [True, False], ids=["checked", "unchecked"])
+def test_reship_ships_f_to_every_worker_again_on_the_next_call(tmp_path, check_state):
+    log = tmp_path / "shipped.log"
+    x = np.arange(1.0, 9.0)
+    expected = numerical_gradient(squares, x.copy())
+    with Gradient(LoggedSquares(log), workers=2, dispatch="parallel",
+                  check_state=check_state) as g:
+        for _ in range(2):
+            assert np.array_equal(g(x), expected)
+        assert logged_lines(log) == 2            # shipped once to each worker
+        g.reship()
+        assert logged_lines(log) == 2            # on the next call, not now
+        assert np.array_equal(g(x), expected)
+        assert logged_lines(log) == 4
+        assert np.array_equal(g(x), expected)
+        assert logged_lines(log) == 4
+
+
+# -- a retry after a lost worker ------------------------------------------------------------------
+
+class LogsEntriesAndDiesOnce:
+    """`squares`; in a worker, logs which entry each evaluation moved, and the first time the
+    last entry is moved, kills its own process."""
+
+    def __init__(self, x, log, marker):
+        self.x, self.log, self.marker, self.home = x.copy(), str(log), str(marker), os.getpid()
+
+    def __call__(self, v):
+        moved = np.flatnonzero(v != self.x)
+        if os.getpid() != self.home:
+            with open(self.log, "a") as file:
+                file.write(" ".join(map(str, moved)) + "\n")
+            if list(moved) == [self.x.size - 1] and not os.path.exists(self.marker):
+                Path(self.marker).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return squares(v)
+
+
+def test_a_retry_reruns_only_the_chunks_that_were_lost(tmp_path):
+    x = np.arange(1.0, 5.0)
+    log, marker = tmp_path / "evaluated.log", tmp_path / "killed"
+    f = LogsEntriesAndDiesOnce(x, log, marker)
+    # chunk_size=1, two workers: entry 3's chunk, the 4th, goes out when a 2nd chunk is back,
+    # so when its worker dies two of the other three are finished, one may still be running
+    with Gradient(f, workers=2, dispatch="parallel", chunk_size=1, check_state=False) as g:
+        assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+    assert os.path.exists(marker)
+    evaluated = [line for line in log.read_text().splitlines() if line]
+    counts = {entry: evaluated.count(str(entry)) for entry in range(4)}
+    others = sorted(counts[entry] for entry in range(3))
+    assert others[:2] == [2, 2] and others[2] in (2, 4), counts   # finished ones never rerun
+    assert counts[3] == 3, counts   # +h, the death, then +h and -h on a fresh worker
