@@ -265,6 +265,15 @@ class TestRichardson:
         with GradientWithError(f, workers=1, dispatch="in-process", levels=6) as g:
             g(np.array([0.1, 0.2, 0.3]))
         assert len(calls) == 3 * 2 * 6
+        calls.clear()
+        gradient_with_error(f, np.array([0.1, 0.2, 0.3]), workers=1, dispatch="in-process")
+        assert len(calls) == 3 * 24   # the default, as documented
+
+    def test_a_step_that_rounds_away_is_an_error_naming_the_entry(self):
+        x = np.array([1.0, 3.0], dtype=np.float16)   # 0.125 / 2**11 is half an ulp at 1
+        with pytest.raises(ValueError, match=r"x\[0\] = 1\.0 \+ .* rounds back to 1\.0 in float16"):
+            gradient_with_error(lambda v: float(np.sum(v.astype(np.float64) ** 2)), x, workers=1)
+        assert np.array_equal(x, [1.0, 3.0])
 
     def test_steps_where_f_is_not_finite_are_left_out(self):
         x = np.array([1e-3])   # log: the steps above 1e-3 leave its domain

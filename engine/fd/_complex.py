@@ -9,6 +9,8 @@ differentiates, sets one entry's imaginary part at a time and resets it by assig
 and hands `f` the structure of `x` with that member replaced by the copy. The caller's
 (or the worker's resident) arrays are only read; the bits of a derivative depend only on
 the entry and its step, so any chunking and any worker count give the same numbers.
+For a sparse Jacobian (`complex_grouped_evaluate`) every member is a complex copy and the
+columns of a group take their imaginary steps together.
 """
 from __future__ import annotations
 
