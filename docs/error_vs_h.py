@@ -4,7 +4,10 @@ The teaching text's 784-100-10 net (seed 0), one real MNIST image (the embedded 
 split's first), parameters in float64 and in float32. For every scheme, dtype and h,
 the relative error ``max|g_num - g_bp| / max(max|g_num|, max|g_bp|)`` of each parameter
 array is measured and the worst array is kept. Plots error against h (log-log) and
-prints the minimum of each curve and the issue's goal points.
+prints the minimum of each curve and the issue's goal points. A second panel does the
+same for a smooth black box, ``exp(a) sin(b) log(c)`` at (0.5, 1.2, 3), where the exact
+gradient is known: the three schemes, the complex step, the second-order one-sided
+difference at a bound, and `gradient_with_error` (its own steps: a level, not a curve).
 
     python docs/error_vs_h.py                  # writes docs/error_vs_h.png, ~6 s
     python docs/error_vs_h.py --loop-check     # also the goal points with the loop evaluator
@@ -18,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import MLP, ThreeLayerNet, gradient_check, load_embedded_mnist
+from engine import (MLP, ThreeLayerNet, gradient_check, gradient_with_error, load_embedded_mnist,
+                    parallel_numerical_gradient)
 
 SCHEMES = ("forward", "central", "central4")
 DTYPES = ("float64", "float32")
@@ -29,7 +33,23 @@ SURVEY_CHECKS = (("float64", "central", 1e-4), ("float64", "central4", 1e-4),
                  ("float64", "central4", 3e-3), ("float64", "forward", 1e-4),
                  ("float32", "central", 1e-4), ("float32", "central", 2e-3),
                  ("float32", "central4", 1e-2))
-STYLE = {"forward": "tab:red", "central": "tab:blue", "central4": "tab:green"}
+STYLE = {"forward": "tab:red", "central": "tab:blue", "central4": "tab:green",
+         "complex": "tab:purple", "one-sided (bound)": "tab:orange"}
+BLACKBOX_X = (0.5, 1.2, 3.0)
+
+
+def blackbox(v):
+    """exp(a) sin(b) log(c): smooth, with every derivative known."""
+    return float(np.exp(v[0]) * np.sin(v[1]) * np.log(v[2]))
+
+
+def blackbox_complex(v):
+    return np.exp(v[0]) * np.sin(v[1]) * np.log(v[2])
+
+
+def blackbox_gradient(v):
+    e, s, c, l_ = np.exp(v[0]), np.sin(v[1]), np.cos(v[1]), np.log(v[2])
+    return np.array([e * s * l_, e * c * l_, e * s / v[2]])
 
 
 def make_net(dtype: str):
@@ -68,12 +88,38 @@ def sweep(steps: np.ndarray, x, t) -> dict[tuple[str, str], np.ndarray]:
     return curves
 
 
-def plot(steps: np.ndarray, curves: dict, out: Path) -> None:
+def blackbox_sweep(steps: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    """Worst relative error over the entries of the black box, per scheme and step; and
+    `gradient_with_error`'s (which picks its own steps)."""
+    x = np.array(BLACKBOX_X)
+    truth = blackbox_gradient(x)
+    variants = {"forward": dict(scheme="forward"), "central": dict(scheme="central"),
+                "central4": dict(scheme="central4"),
+                "complex": dict(scheme="complex", f=blackbox_complex),
+                "one-sided (bound)": dict(scheme="central", bounds=(x.copy(), np.inf))}
+    curves = {}
+    for name, options in variants.items():
+        options = dict(options)
+        f = options.pop("f", blackbox)
+        errors = []
+        for h in steps:
+            try:
+                got = parallel_numerical_gradient(f, x.copy(), h=h, workers=1,
+                                                  dispatch="in-process", **options)
+                errors.append(float(np.max(np.abs(got - truth) / np.abs(truth))))
+            except ValueError:   # x_i + h rounds back to x_i
+                errors.append(1.0)
+        curves[name] = np.array(errors)
+    value, _ = gradient_with_error(blackbox, x.copy(), workers=1, dispatch="in-process")
+    return curves, float(np.max(np.abs(value - truth) / np.abs(truth)))
+
+
+def plot(steps: np.ndarray, curves: dict, out: Path, box: tuple | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     for (scheme, dtype), errors in curves.items():
         ax.loglog(steps, np.maximum(errors, 1e-17), marker="o" if dtype == "float64" else "s",
                   markersize=3.5, color=STYLE[scheme], alpha=0.85,
@@ -89,6 +135,21 @@ def plot(steps: np.ndarray, curves: dict, out: Path) -> None:
                  "784-100-10 net (seed 0), one MNIST image, batched evaluator")
     ax.grid(True, which="major", alpha=0.4)
     ax.legend(fontsize=8, loc="lower left")
+    if box is not None:
+        box_curves, richardson = box
+        for name, errors in box_curves.items():
+            right.loglog(steps, np.maximum(errors, 1e-17), marker="o", markersize=3.5,
+                         color=STYLE[name], alpha=0.85, label=name)
+        right.axhline(max(richardson, 1e-17), color="black", linestyle="--", linewidth=1.2,
+                      label=f"gradient_with_error (own steps): {richardson:.1e}")
+        right.set_xlabel("step h")
+        right.set_ylabel("relative error vs the exact gradient, worst entry")
+        right.set_title("A smooth black box: exp(a) sin(b) log(c) at (0.5, 1.2, 3)\n"
+                        "errors of exactly 0 drawn at 1e-17")
+        right.grid(True, which="major", alpha=0.4)
+        right.legend(fontsize=7, loc="lower right")
+    else:
+        right.set_visible(False)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -146,6 +207,17 @@ def survey(train) -> str:
     return "\n".join(lines)
 
 
+def blackbox_table(steps: np.ndarray, box: tuple) -> str:
+    curves, richardson = box
+    lines = ["black box exp(a) sin(b) log(c) at (0.5, 1.2, 3), worst entry:",
+             f"{'scheme':<19}{'min error':>11}{'at h':>10}"]
+    for name, errors in curves.items():
+        best = int(np.argmin(errors))
+        lines.append(f"{name:<19}{errors[best]:>11.2e}{steps[best]:>10.2e}")
+    lines.append(f"{'gradient_with_error':<19}{richardson:>11.2e}{'(own)':>10}")
+    return "\n".join(lines)
+
+
 def auto_table(steps: np.ndarray, curves: dict, x, t) -> str:
     """h="auto" (a relative step per entry, divided by the stored step) against the best fixed h."""
     lines = ["h='auto' vs the best fixed h on the grid (worst array):",
@@ -187,11 +259,13 @@ def main(argv=None) -> int:
     print(goals_table(x, t, "batched", 1))
     print(float32_table(x, t))
     print(auto_table(steps, curves, x, t))
+    box = blackbox_sweep(steps)
+    print(blackbox_table(steps, box))
     if args.loop_check:
         print(goals_table(x, t, "loop", 2))
     if args.survey:
         print(survey(train))
-    plot(steps, curves, args.out)
+    plot(steps, curves, args.out, box)
     print(f"wrote {args.out}")
     return 0
 

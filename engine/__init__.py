@@ -27,6 +27,7 @@ from .train._gradcheck import GradientDifference, format_table, gradient_check
 from .derivatives._failures import Failure
 from .derivatives._gradient import Gradient
 from .derivatives._sparse import Jacobian
+from .derivatives._hessian import Hessian, hessian
 from .fd._grouping import group_columns
 from .nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
 from .nn._conv import Convolution, Pooling, Reshape
@@ -35,6 +36,7 @@ from .nn._model import ModelLoss, Sequential, mlp
 from .book._nets import MLP, SimpleNet, ThreeLayerNet
 from .book._convnet import SimpleConvNet
 from .derivatives._parallel import jacobian, parallel_numerical_gradient
+from .derivatives._with_error import GradientWithError, gradient_with_error
 from .run._planning import Plan
 from .derivatives._serial import numerical_gradient
 from .train._training import TrainConfig, Trainer, TrainingState
@@ -46,6 +48,10 @@ __all__ = [
     "Gradient",
     "jacobian",
     "Jacobian",
+    "gradient_with_error",
+    "GradientWithError",
+    "hessian",
+    "Hessian",
     "group_columns",
     "Execution",
     "Plan",

@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
-from engine import NumericalFallbackWarning, jacobian, parallel_numerical_gradient
+from engine import (GradientWithError, NumericalFallbackWarning, gradient_with_error, jacobian,
+                    parallel_numerical_gradient)
 
 
 def vector_vector(x):
@@ -85,8 +86,7 @@ class TestComplexStep:
 
     @pytest.mark.parametrize("f, x, expected", [
         (np.sinh, [1.0], lambda x: np.cosh(x).reshape(1, 1)),
-        (scalar_vector, [1.0], lambda x: np.array([[2 * x[0]], [np.cos(x[0]) ** -2],
-                                                   [np.exp(x[0])]])),
+        (scalar_vector, [1.0], lambda x: scalar_vector_jac(x)),
         (lambda x: np.atleast_1d(vector_scalar(x)), [100.0, -0.5],
          lambda x: vector_scalar_grad(x).reshape(1, 2)),
         (vector_vector, [-100.0, 0.2], vector_vector_jac),
@@ -188,3 +188,107 @@ class TestComplexStep:
         with pytest.raises(ValueError, match="scheme='complex' runs on the loop evaluator only"):
             parallel_numerical_gradient(loss, net.params, scheme="complex", evaluator="batched",
                                         workers=1)
+
+
+# --- Richardson extrapolation with an error estimate ----------------------------------------
+
+def exp_sin_log(v):
+    return np.exp(v[0]) * np.sin(v[1]) * np.log(v[2])
+
+
+def exp_sin_log_grad(v):
+    f = exp_sin_log(v)
+    return np.array([f, np.exp(v[0]) * np.cos(v[1]) * np.log(v[2]), np.exp(v[0]) * np.sin(v[1]) / v[2]])
+
+
+def scalar_vector_jac(x):
+    return np.array([[2 * x[0]], [np.cos(x[0]) ** -2], [np.exp(x[0])]])
+
+
+def row(f, i):
+    """Output i of a vector `f`, as a scalar function (or row i of a Jacobian)."""
+    return lambda v: f(v)[i]
+
+
+SMOOTH = [   # name, f, x, the exact gradient
+    ("sinh", lambda v: np.sinh(v[0]), [1.0], lambda v: np.cosh(v)),
+    ("vector-scalar", vector_scalar, [100.0, -0.5], vector_scalar_grad),
+    *[(f"vector-vector[{i}]", row(vector_vector, i), [-100.0, 0.2], row(vector_vector_jac, i))
+      for i in range(3)],
+    *[(f"scalar-vector[{i}]", row(scalar_vector, i), [1.0], row(scalar_vector_jac, i))
+      for i in range(3)],
+    ("exp-sin-log", exp_sin_log, [0.5, 1.2, 3.0], exp_sin_log_grad),
+    ("exp-sin-log-far", exp_sin_log, [-3.0, 40.0, 0.2], exp_sin_log_grad),
+    ("gaussian-product", lambda v: np.exp(-v @ v) * np.sin(3 * v[0]) * np.log1p(v[1] ** 2),
+     [0.3, -0.7], lambda v: np.exp(-v @ v) * np.array([
+         (3 * np.cos(3 * v[0]) - 2 * v[0] * np.sin(3 * v[0])) * np.log1p(v[1] ** 2),
+         np.sin(3 * v[0]) * (2 * v[1] / (1 + v[1] ** 2) - 2 * v[1] * np.log1p(v[1] ** 2))])),
+]
+
+
+class TestRichardson:
+    @pytest.mark.parametrize("name, f, x, exact", SMOOTH, ids=[case[0] for case in SMOOTH])
+    def test_within_1e_10_and_the_estimate_bounds_the_true_error(self, name, f, x, exact):
+        x = np.array(x)
+        value, error = gradient_with_error(f, x.copy(), workers=1)
+        truth = exact(x)
+        true_error = np.abs(value - truth)
+        assert np.all(true_error <= 1e-10 * np.abs(truth)), true_error / np.abs(truth)
+        assert np.all(true_error <= error), (true_error, error)
+        assert np.all(error <= 1e-8 * np.maximum(np.abs(truth), 1e-300))   # and it is informative
+
+    def test_workers_give_the_same_bits(self):
+        x = {"a": np.array([0.5, 1.2]), "b": np.array([[3.0]])}
+        f = lambda p: float(np.exp(p["a"][0]) * np.sin(p["a"][1]) * np.log(p["b"][0, 0]))  # noqa: E731
+        one = gradient_with_error(f, x, workers=1)
+        two = gradient_with_error(f, x, workers=2, chunk_size=1)
+        for got, again in zip(one, two):
+            assert all(np.array_equal(got[k], again[k]) for k in x)
+        assert np.array_equal(x["a"], [0.5, 1.2]) and np.array_equal(x["b"], [[3.0]])
+
+    @pytest.mark.parametrize("decimals", [11, 9, 7])
+    def test_an_f_with_noise_above_rounding_gets_a_larger_estimate_that_bounds_it(self, decimals):
+        # f known to 10**-decimals only; at 5 decimals the estimate no longer bounds the
+        # error (docs/accuracy.md): the rounding model is eps * |f|
+        f = lambda v: float(np.round(np.exp(v[0]), decimals))  # noqa: E731
+        value, error = gradient_with_error(f, np.array([0.3]), workers=1)
+        true_error = abs(value[0] - np.exp(0.3))
+        assert 1e-12 < true_error <= error[0]
+
+    def test_evaluations_per_entry_are_two_per_level(self):
+        calls = []
+
+        def f(v):
+            calls.append(1)
+            return float(np.sum(np.sin(v)))
+
+        with GradientWithError(f, workers=1, dispatch="in-process", levels=6) as g:
+            g(np.array([0.1, 0.2, 0.3]))
+        assert len(calls) == 3 * 2 * 6
+
+    def test_steps_where_f_is_not_finite_are_left_out(self):
+        x = np.array([1e-3])   # log: the steps above 1e-3 leave its domain
+        with np.errstate(invalid="ignore"):
+            value, error = gradient_with_error(lambda v: float(np.log(v[0])), x, workers=1)
+        assert abs(value[0] - 1e3) <= error[0] < 1.0
+        value, error = gradient_with_error(lambda v: float(np.log(v[0])) if v[0] == 1e-3 else
+                                           math.nan, x, workers=1)
+        assert np.isnan(value[0]) and error[0] == np.inf
+
+    @pytest.mark.parametrize("option, bad, match", [
+        ("levels", 4, r"`levels` must be an int >= terms \+ 2 = 5"),
+        ("levels", 7.0, "`levels`"), ("terms", 0, "`terms` must be an int >= 1"),
+        ("base", -1.0, "`base` must be a positive"), ("ratio", 1.0, "`ratio` must be > 1"),
+        ("ratio", np.inf, "`ratio` must be a positive finite")])
+    def test_bad_options_are_refused_naming_them(self, option, bad, match):
+        calls = []
+        with pytest.raises(ValueError, match=match):
+            gradient_with_error(lambda v: calls.append(1) or 0.0, np.array([1.0]), workers=1,
+                                **{option: bad})
+        assert not calls
+
+
+def test_the_serial_reference_refuses_the_complex_step():
+    from engine import numerical_gradient
+    with pytest.raises(ValueError, match="scheme='complex' is evaluated by"):
+        numerical_gradient(lambda v: float(np.sum(v)), np.array([1.0]), scheme="complex")

@@ -21,7 +21,8 @@ def square_sum(w):
     (np.arange(4), "floating dtype"),
     (np.array([True, False]), "floating dtype"),
     (np.ones(3, dtype=complex), "floating dtype"),
-    ([1.0, 2.0], r"`x\[0\]` must be a NumPy array"),
+    ([np.ones(2), "a"], r"`x\[1\]` must be a NumPy array"),   # a list of numbers is accepted
+    ([1.0, np.ones(2)], r"`x\[0\]` is a number among arrays.*np\.asarray"),
     ("abc", "`x` must be a floating-point ndarray"),
     ({"w": np.arange(3)}, r"x\['w'\].*floating dtype"),
 ])

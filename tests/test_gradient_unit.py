@@ -183,48 +183,44 @@ def test_the_first_plan_follows_the_options():
 
 def test_a_loop_f_is_estimated_first_and_a_costly_one_goes_parallel_at_once():
     p = planner(2)
-    assert p.where(("sig", None, "loop"), 1) == "in-process"      # one entry: never the workers
-    assert p.where(("sig", None, "loop"), 10) == "estimate"
+    assert p.where(("sig", None, "loop"), 1, black_box=True) == "in-process"   # one entry: never workers
+    assert p.where(("sig", None, "loop"), 10, black_box=True) == "estimate"
     assert p.estimate(0.2, 10) == "parallel"                       # 2 s per call
     assert p.plan.where == "parallel" and p.plan.reason == "estimated 2 s per call in-process"
     q = planner(2)
-    q.where(("sig", None, "loop"), 10)
+    q.where(("sig", None, "loop"), 10, black_box=True)
     assert q.estimate(0.05, 10) == "in-process"                    # 0.5 s: measure instead
     assert q.plan.where == "measuring"
 
 
-def test_measuring_takes_two_in_process_calls_then_two_parallel_ones_and_keeps_the_faster(
-        caplog):
+def test_measuring_alternates_five_calls_each_way_and_keeps_the_faster_median(caplog):
     caplog.set_level("INFO", logger="engine")
     p = planner(2)
     signature = ("sig", None, "batched")
     steps = []
-    for seconds in (0.02, 0.03, 0.01, 0.015):
+    for seconds in (0.02, 0.01, 0.03, 0.015, 0.025, 0.012, 0.04, 0.011, 0.021, 0.013):
         where = p.where(signature, 10)
         steps.append(where)
         p.record(where, seconds)
-    assert steps == ["in-process", "in-process", "parallel", "parallel"]
-    assert p.plan.where == "parallel" and p.plan.in_process_seconds == 0.02
-    assert p.plan.parallel_seconds == 0.01
-    assert p.plan.reason == "measured 10 ms per call on 2 workers vs 20 ms in-process"
-    assert caplog.messages == ["numerical gradient plan: 2 workers (measured 10 ms per call on "
-                               "2 workers vs 20 ms in-process)"]
+    assert steps == ["in-process", "parallel"] * 5
+    assert p.plan.where == "parallel" and p.plan.in_process_seconds == 0.025
+    assert p.plan.parallel_seconds == 0.012
+    reason = "measured 12 ms per call on 2 workers vs 25 ms in-process, medians of 5 calls each"
+    assert p.plan.reason == reason
+    assert caplog.messages == [f"numerical gradient plan: 2 workers ({reason})"]
     assert p.where(signature, 10) == "parallel"
     p.record("in-process", 0.0001)            # decided: no more samples
-    assert p.samples["in-process"] == [0.02, 0.03]
+    assert p.samples["in-process"] == [0.02, 0.03, 0.025, 0.04, 0.021]
 
 
-def test_slower_workers_keep_the_work_in_process_and_a_slow_call_is_timed_once():
+def test_slower_workers_keep_the_work_in_process_and_a_new_structure_is_measured_again():
     p = planner(3)
     signature = ("sig", None, "batched")
-    assert p.where(signature, 10) == "in-process"
-    p.record("in-process", 0.2)               # slower than 0.1 s: one sample is enough
-    assert p.where(signature, 10) == "parallel"
-    p.record("parallel", 0.3)
-    assert p.plan.where == "measuring"        # two parallel samples needed
-    p.record("parallel", 0.2)
-    assert p.plan == Plan("in-process", 3, "measured 200 ms per call in-process vs 200 ms on "
-                                           "3 workers", 0.2, 0.2)
+    for seconds in (0.2, 0.3, 0.2, 0.2, 0.2, 0.25, 0.1, 0.25, 0.3, 0.2):
+        p.record(p.where(signature, 10), seconds)
+    assert p.plan == Plan("in-process", 3, "measured 200 ms per call in-process vs 250 ms on "
+                                           "3 workers, medians of 5 calls each; the workers must "
+                                           "be 10% faster", 0.2, 0.25)
     p.where(("other", None, "batched"), 10)   # a new structure: measured again
     assert p.plan.where == "measuring" and p.samples == {"in-process": [], "parallel": []}
 
@@ -561,7 +557,7 @@ def test_closing_stops_the_threads():
 
 def test_an_estimate_of_exactly_one_second_is_measured_not_decided():
     p = planner(2)
-    p.where(("sig", None, "loop"), 10)
+    p.where(("sig", None, "loop"), 10, black_box=True)
     assert p.estimate(0.1, 10) == "in-process" and p.plan.where == "measuring"
 
 
@@ -643,14 +639,14 @@ def test_no_more_threads_than_chunks():
         assert g.plan.workers == 2
 
 
-def test_two_entries_are_worth_estimating_and_one_slow_call_at_exactly_0_1_s_is_not():
+def test_two_entries_are_worth_estimating_and_measuring_interleaves_whatever_a_call_takes():
     p = planner(2)
-    assert p.where(("sig", None, "loop"), 2) == "estimate"
+    assert p.where(("sig", None, "loop"), 2, black_box=True) == "estimate"
     q = planner(2)
     signature = ("sig", None, "batched")
     q.where(signature, 10)
     q.record("in-process", 0.1)
-    assert q.where(signature, 10) == "in-process"   # a second in-process sample
+    assert q.where(signature, 10) == "parallel"     # then the workers, in turn
 
 
 def test_a_per_call_backend_measures_real_durations():

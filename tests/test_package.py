@@ -15,8 +15,11 @@ COMMANDS = ["engine.cli.data", "engine.cli.gradcheck", "engine.cli.train"]
 EXPORTS = {
     "numerical_gradient": "derivatives._serial", "parallel_numerical_gradient": "derivatives._parallel",
     "jacobian": "derivatives._parallel", "Gradient": "derivatives._gradient",
-    "Jacobian": "derivatives._sparse", "group_columns": "fd._grouping", "Plan": "run._planning",
+    "Jacobian": "derivatives._sparse",
+    "hessian": "derivatives._hessian", "Hessian": "derivatives._hessian",
+    "group_columns": "fd._grouping", "Plan": "run._planning",
     "Failure": "derivatives._failures",
+    "gradient_with_error": "derivatives._with_error", "GradientWithError": "derivatives._with_error",
     "Execution": "run._execution", "gradient_check": "train._gradcheck",
     "GradientDifference": "train._gradcheck", "format_table": "train._gradcheck", "SimpleNet": "book._nets",
     "ThreeLayerNet": "book._nets", "MLP": "book._nets", "SimpleConvNet": "book._convnet",

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.fd._schemes import SCHEMES, Scheme, auto_step, get_scheme, resolve_steps
+from engine.fd._schemes import SCHEMES, Scheme, auto_step, fit_to_bounds, get_scheme, one_sided, resolve_steps
 
 X, H = 3.0, 0.5
 
@@ -140,3 +140,38 @@ class TestResolveSteps:
             resolve_steps(h, ["a", "b"], ["x['a']", "x['b']"])
         assert str(error.value) == ("`h` as a dict must name exactly the keys of `x`: "
                                     f"missing {missing}, unknown {unknown}")
+
+
+class TestOneSidedAndBounds:
+    @pytest.mark.parametrize("order", [1, 2, 4])
+    @pytest.mark.parametrize("side", [1, -1])
+    def test_one_sided_is_exact_up_to_its_order_and_not_beyond(self, order, side):
+        scheme, x, h = one_sided(order, side), 0.3, 0.125
+        for degree in range(order + 2):
+            poly = lambda t, d=degree: t ** d  # noqa: E731
+            values = [poly(x + m * h) for m in scheme.multiples]
+            got = scheme.combine(values, poly(x), h)
+            stored = scheme.combine_stored(values, poly(x), [m * h for m in scheme.multiples])
+            exact = degree * x ** (degree - 1) if degree else 0.0
+            if degree <= order:
+                assert abs(got - exact) < 1e-12 and abs(stored - exact) < 1e-12
+            else:
+                assert abs(got - exact) > 1e-4 and abs(stored - exact) > 1e-4
+
+    def test_second_order_is_the_textbook_formula_bit_for_bit(self):
+        v0, v1, v2, h = 1.0, 1.3, 1.7, 0.1
+        assert one_sided(2, 1).combine([v1, v2], v0, h) == (-3 * v0 + 4 * v1 - v2) / (2 * h)
+        assert one_sided(2, -1).combine([v1, v2], v0, h) == (-3 * v0 + 4 * v1 - v2) / (2 * -h)
+
+    @pytest.mark.parametrize("x, lower, upper, name, step", [
+        (0.5, 0.0, 1.0, "central", 0.25),        # fits
+        (0.5, 0.4, 1.0, "one-sided2+", 0.25),    # one side has room for 2h
+        (0.5, 0.0, 0.6, "one-sided2-", 0.25),
+        (0.5, 0.47, 0.6, "one-sided2+", 0.05),   # shrunk: room/2 above beats room below
+        (0.5, 0.4, 0.6, "central", 0.1),         # shrunk: a tie goes to centred
+        (0.5, 0.5, 0.5, "central", 0.0),         # no room: 0, which the caller refuses
+    ])
+    def test_fit_to_bounds(self, x, lower, upper, name, step):
+        scheme, h = fit_to_bounds(get_scheme("central"), x, 0.25, lower, upper)
+        assert (scheme.name, h) == (name, pytest.approx(step, abs=1e-15))
+        assert all(lower <= x + m * h <= upper for m in scheme.multiples)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.fd._evaluators import Report
+from engine.fd._calling import Report
 from engine.fd._schemes import get_scheme
 from engine.fd._second import (SHIFTS, PairOptions, evaluation_count, pair_count, pair_evaluate,
                                pair_of, pairs_to_matrix, second_step)

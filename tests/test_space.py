@@ -138,3 +138,50 @@ class TestBadInput:
     def test_a_structure_of_another_kind(self):
         with pytest.raises(TypeError, match="`x` must be a floating-point ndarray.*got set"):
             ParamSpace({np.zeros(1).tobytes()})
+
+
+class TestListsOfNumbers:
+    """A list or tuple of numbers is the vector it spells; anything ambiguous is refused."""
+
+    @pytest.mark.parametrize("x", [[1.0, 2.0], (1.0, 2.0), [1, 2.0], [np.float32(1), np.int64(2)]])
+    def test_becomes_a_float64_vector(self, x):
+        space = ParamSpace(x)
+        assert isinstance(space.structure, np.ndarray) and space.structure.dtype == np.float64
+        assert np.array_equal(space.structure, [1.0, 2.0]) and space.labels == ["x"]
+        assert isinstance(space.rebuild(space.zeros_like()), np.ndarray)
+
+    def test_the_callers_list_is_not_changed(self):
+        import engine
+
+        x = [1.0, 2.0]
+        grad = engine.numerical_gradient(lambda v: float(np.sum(v ** 3)), x)
+        assert x == [1.0, 2.0] and grad.shape == (2,)
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_every_call_gives_the_arrays_numbers_exactly(self, workers):
+        import engine
+
+        f = lambda v: float(np.sum(np.sin(v) * v))
+        as_array = np.array([0.5, 1.5, -2.0])
+        serial = engine.numerical_gradient(f, as_array.copy())
+        assert np.array_equal(engine.numerical_gradient(f, [0.5, 1.5, -2.0]), serial)
+        assert np.array_equal(engine.parallel_numerical_gradient(f, (0.5, 1.5, -2.0),
+                                                                 workers=workers), serial)
+        with engine.Gradient(f, workers=workers, dispatch="parallel" if workers > 1 else "auto") as g:
+            assert np.array_equal(g([0.5, 1.5, -2.0]), serial)
+        jac = engine.jacobian(lambda v: np.array([v[0] * v[1], v[2]]), [1.0, 2.0, 3.0],
+                              workers=workers)
+        assert np.array_equal(jac, engine.jacobian(lambda v: np.array([v[0] * v[1], v[2]]),
+                                                   np.array([1.0, 2.0, 3.0]), workers=1))
+
+    @pytest.mark.parametrize("x, message", [
+        (1.0, r"`x` must be an array, got the number 1\.0: pass np\.array\(\[1\.0\]\)"),
+        (np.float64(2), r"got the number 2\.0: pass np\.array\(\[2\.0\]\) \(one entry\) or "
+                        r"np\.array\(2\.0\) \(0-d\)"),
+        ([1.0, np.zeros(2)], r"`x\[0\]` is a number among arrays.*np\.asarray\(x, dtype=float\)"),
+        ([np.zeros(2), 3], r"`x\[1\]` is a number among arrays"),
+        ([True, 1.0], r"`x\[0\]` must be a NumPy array, got bool"),
+    ])
+    def test_ambiguous_input_is_refused_naming_the_fix(self, x, message):
+        with pytest.raises(TypeError, match=message):
+            ParamSpace(x)

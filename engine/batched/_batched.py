@@ -12,10 +12,12 @@ declare itself affine or elementwise (its `kind`, see engine._layers); `unsuppor
 finds one that does not.
 
 Layers before the first affine layer may be anything (a convolution, pooling, a reshape):
-they are computed once, with the rest of the forward pass, and their parameters (a
-convolution's filters) are perturbed the loop evaluator's way, entry by entry through
-the whole loss, by the loop evaluator itself: those entries get its numbers, bit for bit.
-In the book's SimpleConvNet they are 780 of 433,890 entries.
+they are computed once, with the rest of the forward pass. A convolution's filters and
+biases there (``[..., Convolution, elementwise or pooling layers..., Reshape(-1), Affine,
+...]``) are perturbed one output channel at a time (`engine.batched._conv_rows`), to
+rounding of the loop evaluator's numbers; any other parameter before the first affine
+layer is perturbed by the loop evaluator itself, entry by entry through the whole loss,
+and gets its numbers bit for bit.
 
 The work is done per (entry, sample) *row*, and only where the sample's loss can move:
 

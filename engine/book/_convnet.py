@@ -2,9 +2,9 @@
 
 ``conv - relu - pool - affine - relu - affine - softmax``; parameters ``w1, b1`` (the
 filters), ``w2, b2``, ``w3, b3``. It takes the flat MNIST rows (B, 784) of
-`engine.load_embedded_mnist` as well as images (B, 1, 28, 28). Its convolution and pooling
-are not batched: the numerical gradient runs on the loop evaluator (``evaluator="auto"``
-warns once per resident gradient, naming the layer).
+`engine.load_embedded_mnist` as well as images (B, 1, 28, 28). Its numerical gradient
+takes the batched evaluator (``evaluator="auto"``): the filters one output channel at a
+time, the affine layers as in the MLPs (see `engine.batched._batched`).
 """
 from __future__ import annotations
 

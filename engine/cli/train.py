@@ -232,7 +232,7 @@ def _finish(trainer: Trainer, run, wall: float) -> int:
     }
     write_json_atomic(out / "metrics.json", metrics)
     title = (f"{_net_name(run['config'])}, {run['config'].gradient} "
-             f"gradients, {state.step} steps")
+             f"gradients, {state.step:,} steps")
     written = list(OUTPUTS[1:])
     if plots_available():
         atomic_write(out / "training.png",

@@ -15,7 +15,10 @@ OPTIONS = """\
         1%. ``"auto"``: a relative step per entry, ``eps ** (1/k) * max(1, |x_i|)`` (k = 2,
         3, 5 for forward, central, central4; eps of `x`'s dtype), the difference divided
         by the steps actually stored. A dict gives per-array steps for a dict `x`.
-    scheme : {"central", "forward", "central4"}, default "central"
+    scheme : {"central", "forward", "central4", "complex"}, default "central"
+        At a bound, each takes the one-sided scheme of its order (docs/accuracy.md).
+        ``"complex"``: ``Im f(x + ih) / h`` (loop evaluator; `f` must accept complex
+        input; use ``h="auto"``, 1e-20 * max(1, |x_i|)).
     evaluator : {"auto", "loop", "batched"}, default "auto"
         ``"loop"`` calls `f` once per perturbation and works for any `f`; ``"batched"``
         evaluates blocks of perturbations through a layered model (``model.loss``, or a

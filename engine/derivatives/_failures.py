@@ -23,8 +23,8 @@ class Failure(NamedTuple):
 
 def tell(space: ParamSpace, report: Report, on_failure: str) -> list[Failure]:
     """Warn once per call about replaced evaluations and steps that are not `h`; the failures."""
-    failures = [Failure(space.describe(flat), f"x_i {'+' if m > 0 else '-'} {abs(m)}*h", error, message)
-                for flat, m, error, message in sorted(report.failures)]
+    failures = [_failure(space, flat, m, error, message)
+                for flat, m, error, message in sorted(report.failures, key=_order)]
     if failures:
         listed = "; ".join(f"{f.entry} at {f.side}: {f.error}: {f.message}" for f in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
@@ -36,3 +36,17 @@ def tell(space: ParamSpace, report: Report, on_failure: str) -> list[Failure]:
                   "the nominal h (the teaching text's formula). h='auto' divides by the "
                   "stored step", StepSizeWarning)
     return failures
+
+
+def _failure(space: ParamSpace, flat: int, m: int | tuple, error: str, message: str) -> Failure:
+    """A failure at ``x_i + m*h``, or (a Hessian's) at a point ``((i, m_i), (j, m_j))``."""
+    if isinstance(m, tuple):
+        entry = ", ".join(space.describe(i) for i, _ in m)
+        side = ", ".join(f"x_{'ij'[k]} {'+' if s > 0 else '-'} {abs(s)}*h" for k, (_, s) in enumerate(m))
+        return Failure(entry, side, error, message)
+    return Failure(space.describe(flat), f"x_i {'+' if m > 0 else '-'} {abs(m)}*h", error, message)
+
+
+def _order(failure: tuple) -> tuple:
+    flat, m = failure[:2]
+    return (flat, m if isinstance(m, tuple) else ((flat, m),), *failure[2:])

@@ -205,7 +205,7 @@ class Gradient:
                   vector=self._vector)
         count = self._task_count(space)
         want_center = want_value or self._vector or self._needs_center(evaluator)
-        where = self._planner.where(_signature(space, evaluator), count)
+        where = self._planner.where(_signature(space, evaluator), count, black_box=evaluator == "loop")
         if where == "estimate":
             where = self._planner.estimate(self._time_one_task(space, bound, job, count), count)
         started = time.perf_counter()

@@ -16,7 +16,6 @@ import numpy as np
 
 from ._calling import (ON_FAILURE, EvaluationFailed, LoopOptions, Report, annotate_error, checked_loss,
                        checked_output, loss_at, with_arguments)
-from ._complex import complex_evaluate
 from ._schemes import Scheme, auto_step, fit_to_bounds, one_sided
 from ._space import ParamSpace
 
@@ -54,10 +53,12 @@ def loop_evaluate(
     ------
     ValueError
         If ``x_i + m*h`` rounds back to ``x_i`` (nothing would be perturbed), also for a
-        step shrunk to fit the bounds, or if an entry has no room between its bounds.
+        step shrunk to fit the bounds, or if an entry has no room between its bounds; for
+        the complex step (`engine.fd._complex`).
     """
     if scheme.complex_step:
-        return complex_evaluate(f, space, steps, scheme, start, stop, cache, loop, report)
+        raise ValueError("scheme='complex' is evaluated by engine.fd._complex.complex_evaluate, "
+                         "not by the real-valued loop evaluator")
     cache = {} if cache is None else cache
     report = Report() if report is None else report
     loop_f = _Entries(f, space, scheme, cache, loop, report)

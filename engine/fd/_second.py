@@ -30,12 +30,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._calling import ON_FAILURE, EvaluationFailed, Report, loss_at
+from ._calling import ON_FAILURE, EvaluationFailed, LoopOptions, Report, checked_output, loss_at
+from ._evaluators import loop_evaluate
 from ._schemes import Scheme
 from ._space import ParamSpace
 
 __all__ = ["PairOptions", "pair_evaluate", "pair_count", "pair_of", "pairs_to_matrix",
-           "second_step", "evaluation_count", "describe_point", "SECOND_SCHEMES", "SHIFTS", "PAIRS"]
+           "second_step", "evaluation_count", "describe_point",
+           "gradient_rows_evaluate", "SECOND_SCHEMES", "SHIFTS", "PAIRS"]
 
 SECOND_SCHEMES = ("central", "forward")
 SHIFTS, PAIRS = "shifts", "pairs"   # the phases: f(x + h_i e_i) for each i (forward), the entries
@@ -43,6 +45,7 @@ SHIFTS, PAIRS = "shifts", "pairs"   # the phases: f(x + h_i e_i) for each i (for
 # O(h^2) (central) or O(h) (forward) and its rounding error O(eps |f| / h^2); the sum is
 # smallest near h ~ eps^(1/4) and eps^(1/3) respectively.
 _ROOTS = {"central": 4, "forward": 3}
+_VECTOR = LoopOptions(vector=True)
 # Per coordinate, the stencils in the order they are tried: the scheme's own first.
 _CROSS = {"central": ((-1, 1), (0, 1), (-1, 0)), "forward": ((0, 1), (-1, 0))}
 _DIAGONAL = {"central": ((-1, 0, 1), (0, 1, 2), (-2, -1, 0)), "forward": ((0, 1, 2), (-2, -1, 0))}
@@ -318,3 +321,35 @@ def _point(i: int, p: int, j: int, q: int) -> tuple:
 def describe_point(space: ParamSpace, point: tuple) -> str:
     """A perturbed point, e.g. ``x[0] + 1*h, x[3] - 1*h``."""
     return ", ".join(f"{space.describe(i)} {'+' if m > 0 else '-'} {abs(m)}*h" for i, m in point)
+
+
+def gradient_rows_evaluate(grad: Callable[[Any], Any], space: ParamSpace, steps: list[float | None],
+                           scheme: Scheme, start: int, stop: int, cache: dict | None = None,
+                           options: LoopOptions = _VECTOR,
+                           report: Report | None = None) -> np.ndarray:
+    """Rows i = start .. stop-1 of the derivative of a gradient callable: d grad / d x_i.
+
+    The loop evaluator over `grad` (a vector `f`), after checking that ``cache["center"]``,
+    ``grad(x)``, has one entry per entry of `x`, so that a gradient of the wrong size is
+    refused before anything is perturbed.
+
+    Returns
+    -------
+    ndarray, float64, shape (stop - start, space.size)
+
+    Raises
+    ------
+    ValueError
+        If ``grad(x)`` does not have ``space.size`` entries.
+    """
+    cache = {} if cache is None else cache
+    if "center" not in cache:
+        cache["center"] = loss_at(grad, space, "the unperturbed x", checked_output)
+    size = int(np.size(cache["center"]))
+    if size != space.size:
+        raise ValueError(f"`grad` must return one derivative per entry of `x` ({space.size} values, "
+                         f"any shape), got {size} (shape {np.shape(cache['center'])}) at the "
+                         "unperturbed x")
+    rows = loop_evaluate(grad, space, steps, scheme, start, stop, cache, options, report)
+    return rows.reshape(stop - start, space.size)
+

@@ -1,8 +1,9 @@
 """What is perturbed: one flat index space over every parameter array.
 
 A gradient's input `x` may be a single array, a dict of arrays, or a list/tuple of
-arrays. `ParamSpace` lays their entries end to end, each array in C order, so that
-entry `k` of the whole structure has one flat index. Chunks are contiguous ranges of
+arrays; a list or tuple of numbers is the 1-D float64 array it spells. `ParamSpace` lays
+their entries end to end, each array in C order, so that entry `k` of the whole structure
+has one flat index. Chunks are contiguous ranges of
 that index, which is all a worker needs to know about its share of the work.
 """
 from __future__ import annotations
@@ -31,19 +32,24 @@ class ParamSpace:
 
     Parameters
     ----------
-    x : ndarray, dict of ndarray, or list/tuple of ndarray
+    x : ndarray, dict of ndarray, list/tuple of ndarray, or list/tuple of numbers
         The structure whose entries are perturbed. Every array must be a writable
-        NumPy array with a floating dtype.
+        NumPy array with a floating dtype. A non-empty list or tuple whose members are
+        all real numbers (int or float, not bool) becomes a new float64 array of shape
+        (n,), which is then `structure`: `f` receives that array and the gradient has its
+        shape; the caller's list is left as it is.
 
     Raises
     ------
     TypeError
-        If `x` (or a member of it) is not a floating-point ndarray.
+        If `x` (or a member of it) is not a floating-point ndarray; for a number, or a list
+        mixing numbers and arrays, the message names ``np.asarray``.
     ValueError
         If an array is read-only.
     """
 
     def __init__(self, x: Any):
+        x = _numbers_as_array(x)
         self.structure = x
         self.keys, self.arrays = _members(x)
         self.labels = [_label(x, key) for key in self.keys]
@@ -143,7 +149,22 @@ def split_range(size: int, n_chunks: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if lo < hi]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, (bool, np.bool_))
+
+
+def _numbers_as_array(x: Any) -> Any:
+    """A non-empty list/tuple of real numbers as a new 1-D float64 array; anything else as given."""
+    if isinstance(x, (list, tuple)) and x and all(_is_number(v) for v in x):
+        return np.array(x, dtype=np.float64)
+    return x
+
+
 def _members(x: Any) -> tuple[list, list]:
+    if _is_number(x):
+        raise TypeError(f"`x` must be an array, got the number {float(x)!r}: pass "
+                        f"np.array([{float(x)!r}]) (one entry) or np.array({float(x)!r}) (0-d)")
     if isinstance(x, np.ndarray):
         return [None], [x]
     if isinstance(x, dict):
@@ -161,6 +182,10 @@ def _label(x: Any, key: Any) -> str:
 
 
 def _check_array(label: str, array: Any) -> None:
+    if _is_number(array):
+        raise TypeError(f"`{label}` is a number among arrays: a list or tuple is either numbers "
+                        "(one vector) or arrays (one per parameter); for one vector pass "
+                        "np.asarray(x, dtype=float), or make every member an array")
     if not isinstance(array, np.ndarray):
         raise TypeError(f"`{label}` must be a NumPy array, got {type(array).__name__}")
     if isinstance(array, (np.ma.MaskedArray, np.matrix)):

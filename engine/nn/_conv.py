@@ -5,8 +5,9 @@ An image batch has shape (B, C, H, W); the per-sample shape ``(C, H, W)`` is wha
 width and back). Convolution is an im2col product: every (FH, FW) window of the padded
 input becomes a row, and the filters a matrix.
 
-None of these layers has a `kind` the batched evaluator knows: a net holding one is
-evaluated by the loop evaluator (``evaluator="auto"`` warns, naming the layer).
+None of these layers has a `kind` of the batched evaluator's: it takes them before the
+first affine layer of a net (see `engine.batched._batched`); a net with one after an
+affine layer is evaluated by the loop evaluator (``evaluator="auto"`` warns, naming it).
 """
 from __future__ import annotations
 

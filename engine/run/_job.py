@@ -22,8 +22,11 @@ import numpy as np
 
 from ..batched._detect import get_evaluator
 from ..fd._evaluators import LoopOptions, Report, checked_output, loss_at
+from ..fd._complex import complex_evaluate
 from ..fd._grouped import grouped_evaluate
+from ..fd._richardson import RICHARDSON, richardson_evaluate
 from ..fd._schemes import get_scheme
+from ..fd._second import gradient_rows_evaluate, pair_evaluate
 from ..fd._space import ParamSpace
 from ._blas import one_blas_thread
 
@@ -70,6 +73,8 @@ class Job:
 
 
 def _loop(f, space, steps, scheme, start, stop, cache, options, report):
+    if scheme.complex_step:   # the loop evaluator's work, at x + ih on a complex copy
+        return complex_evaluate(f, space, steps, scheme, start, stop, cache, options, report)
     return get_evaluator("loop")(f, space, steps, scheme, start, stop, cache,
                                  loop=options or LoopOptions(), report=report)
 
@@ -83,6 +88,9 @@ EVALUATORS: dict[str, Callable[..., np.ndarray]] = {
     "loop": _loop,
     "batched": _batched,
     "grouped": grouped_evaluate,   # a sparse Jacobian's column groups (engine.fd._grouped)
+    RICHARDSON: richardson_evaluate,   # several steps per entry, extrapolated (engine.fd._richardson)
+    "pairs": pair_evaluate,        # a Hessian's entries i <= j (engine.fd._second)
+    "gradient-rows": gradient_rows_evaluate,   # a Hessian from a gradient callable (grad=)
 }
 
 

@@ -16,8 +16,15 @@ log = logging.getLogger("engine")
 
 _MIN_CHUNK_SECONDS = 0.01    # a chunk should carry at least this much work (a task costs ~0.1 ms)
 _DEFAULT_CHUNKS_PER_WORKER = 4
-_SLOW_CALL_SECONDS = 0.1     # an in-process call this slow is measured once, not twice
 _CLEARLY_PARALLEL_SECONDS = 1.0   # an estimated in-process call this slow goes to the workers
+# The rule of dispatch="auto": SAMPLES calls each way, interleaved (in-process first), compared by
+# their medians; the workers are kept only when their median is at least MARGIN faster. After the
+# decision, the median of the last DRIFT_WINDOW calls is compared with the decided median: when
+# it moved by more than DRIFT_FACTOR either way, both ways are measured again.
+SAMPLES = 5
+MARGIN = 0.10
+DRIFT_WINDOW = 5
+DRIFT_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Plan:
         Workers used on the parallel path.
     reason : str
     in_process_seconds, parallel_seconds : float or None
-        The fastest measured call of each kind (seconds), where measured.
+        The median of the calls measured each way (seconds), where measured.
     """
 
     where: str
@@ -47,15 +54,28 @@ class Plan:
 
 
 class Planner:
-    """Decides, from the first calls, whether the workers are worth it (``dispatch="auto"``)."""
+    """Decides whether the workers are worth it (``dispatch="auto"``), and re-decides on drift.
+
+    With ``dispatch="auto"`` and more than one worker, the first ``2 * SAMPLES`` calls of a
+    structure alternate between this process and the workers (in-process first); the plan
+    is then the way whose median call was faster, the workers only when at least `MARGIN`
+    (10%) faster, since they cost more cores for the same numbers. Once decided, `record`
+    keeps the last `DRIFT_WINDOW` calls: when their median is more than `DRIFT_FACTOR`
+    times the decided median, or less than its inverse, both ways are measured again (the
+    next plan's reason says why). A new structure (`where` with another signature) is
+    measured afresh. Timings are the caller's (``record``), so the rule can be tested with
+    injected seconds.
+    """
 
     def __init__(self, execution: Execution, workers: int):
         self.mode, self.workers = execution.dispatch, workers
         self.signature = None
+        self.remeasured = 0        # how many times drift restarted the measurement
         self._reset()
 
-    def _reset(self) -> None:
+    def _reset(self, why: str | None = None) -> None:
         self.samples = {"in-process": [], "parallel": []}
+        self.recent: list[float] = []
         if self.workers == 1:
             self.plan = Plan("in-process", 1, "workers=1")
         elif self.mode == "parallel":
@@ -63,21 +83,26 @@ class Planner:
         elif self.mode == "in-process":
             self.plan = Plan("in-process", self.workers, "dispatch='in-process'")
         else:
-            self.plan = Plan("measuring", self.workers, "the first calls are timed both ways")
+            self.plan = Plan("measuring", self.workers, why or "the first calls are timed both ways")
 
-    def where(self, signature: tuple, size: int) -> str:
-        """``"parallel"``, ``"in-process"``, or ``"estimate"`` (time one entry first)."""
+    def where(self, signature: tuple, size: int, black_box: bool = False) -> str:
+        """``"parallel"``, ``"in-process"``, or ``"estimate"`` (time one task first).
+
+        `signature` identifies what the workers hold (a new one is measured anew);
+        `size` is the call's task count; `black_box`: `f`'s cost is unknown (the loop
+        evaluator), so a new signature first times one task in this process.
+        """
         if size <= 1:
             return "in-process"
         if signature != self.signature and self.mode == "auto" and self.workers > 1:
             self.signature = signature
             self._reset()
-            if signature[2] == "loop":   # an unknown f: its cost decides whether to measure
+            if black_box:   # an unknown f: its cost decides whether to measure
                 return "estimate"
         if self.plan.where != "measuring":
             return self.plan.where
-        needed_in = 1 if any(s > _SLOW_CALL_SECONDS for s in self.samples["in-process"]) else 2
-        return "in-process" if len(self.samples["in-process"]) < needed_in else "parallel"
+        inside, outside = self.samples["in-process"], self.samples["parallel"]
+        return "in-process" if len(inside) <= len(outside) else "parallel"
 
     def estimate(self, entry_seconds: float, size: int) -> str:
         estimated = entry_seconds * size
@@ -87,20 +112,40 @@ class Planner:
         return self.where(self.signature, size)
 
     def record(self, where: str, seconds: float) -> None:
-        if self.plan.where != "measuring":
-            return
+        """Take the duration of a call made `where` (``"in-process"`` or ``"parallel"``)."""
+        if self.plan.where == "measuring":
+            self._measure(where, seconds)
+        elif self.plan.in_process_seconds is not None and where == self.plan.where:
+            self._watch(seconds)
+
+    def _measure(self, where: str, seconds: float) -> None:
         self.samples[where].append(seconds)
         inside, outside = self.samples["in-process"], self.samples["parallel"]
-        if len(outside) >= 2 and inside:
-            best_in, best_out = min(inside), min(outside)
-            if best_out < best_in:
-                self._decide("parallel", f"measured {best_out * 1e3:.3g} ms per call on "
-                             f"{self.workers} workers vs {best_in * 1e3:.3g} ms in-process",
-                             best_in, best_out)
-            else:
-                self._decide("in-process", f"measured {best_in * 1e3:.3g} ms per call "
-                             f"in-process vs {best_out * 1e3:.3g} ms on {self.workers} workers",
-                             best_in, best_out)
+        if len(inside) < SAMPLES or len(outside) < SAMPLES:
+            return
+        median_in, median_out = float(np.median(inside)), float(np.median(outside))
+        medians = f"medians of {SAMPLES} calls each"
+        if median_out <= (1.0 - MARGIN) * median_in:
+            self._decide("parallel", f"measured {median_out * 1e3:.3g} ms per call on "
+                         f"{self.workers} workers vs {median_in * 1e3:.3g} ms in-process, "
+                         f"{medians}", median_in, median_out)
+        else:
+            self._decide("in-process", f"measured {median_in * 1e3:.3g} ms per call "
+                         f"in-process vs {median_out * 1e3:.3g} ms on {self.workers} workers, "
+                         f"{medians}; the workers must be {MARGIN:.0%} faster", median_in, median_out)
+
+    def _watch(self, seconds: float) -> None:
+        self.recent = (self.recent + [seconds])[-DRIFT_WINDOW:]
+        if len(self.recent) < DRIFT_WINDOW:
+            return
+        decided = self.plan.in_process_seconds if self.plan.where == "in-process" \
+            else self.plan.parallel_seconds
+        now = float(np.median(self.recent))
+        if not decided / DRIFT_FACTOR <= now <= decided * DRIFT_FACTOR:
+            self.remeasured += 1
+            self._reset(f"timed both ways again: calls {self.plan.where} took "
+                        f"{now * 1e3:.3g} ms, {decided * 1e3:.3g} ms when decided")
+            log.info("numerical gradient plan: %s", self.plan)
 
     def use_workers(self, workers: int) -> None:
         """The pool has `workers` workers (no more than the chunks of a call need)."""
@@ -110,6 +155,7 @@ class Planner:
 
     def _decide(self, where: str, reason: str, inside=None, outside=None) -> None:
         self.plan = Plan(where, self.workers, reason, inside, outside)
+        self.recent = []
         log.info("numerical gradient plan: %s", self.plan)
 
 

@@ -132,7 +132,9 @@ class TrainingState:
     rng_state: dict[str, Any]     # the generator's state after drawing `order`
     losses: tuple[float, ...] = ()
     seconds: tuple[float, ...] = ()
-    evaluations: tuple[dict, ...] = field(default=())   # {"step", "epoch", "test_accuracy"}
+    # {"step", "epoch", "train_accuracy", "test_accuracy"}; checkpoints of earlier versions
+    # hold no "train_accuracy"
+    evaluations: tuple[dict, ...] = field(default=())
 
     def to_document(self) -> dict[str, Any]:
         """Everything but `params`, as a checkpoint stores it: ints, lists, dicts, `order`."""
@@ -253,6 +255,7 @@ class Trainer:
         evaluations = state.evaluations
         if self._evaluates_after(step, epoch != state.epoch):
             evaluations += ({"step": step, "epoch": epoch,
+                             "train_accuracy": self.accuracy(self.train, params),
                              "test_accuracy": self.accuracy(self.test, params)},)
         return replace(state, params=params, step=step, epoch=epoch, position=position,
                        order=order, rng_state=rng_state, losses=state.losses + (loss,),
