@@ -81,6 +81,10 @@ def test_the_version_is_the_projects():
 def test_engine_messages_come_back_in_flag_words():
     assert flag_words("`workers`=99 is more than 4 per core") == "--workers=99 is more than 4 per core"
     assert flag_words("`batch_size` 7 and `x` stay") == "--batch-size 7 and `x` stay"
+    assert flag_words("Use backend='dask' for a cluster, or workers=1; keep=2 and x='y'") == \
+        "Use --backend dask for a cluster, or --workers 1; keep=2 and x='y'"
+    once = flag_words("`workers`=99 is too many. Use backend='dask'")
+    assert once == "--workers=99 is too many. Use --backend dask" and flag_words(once) == once
 
 
 def test_engine_train_runs_with_h_auto_and_relu(tmp_path, capsys):

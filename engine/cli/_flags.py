@@ -71,7 +71,12 @@ def add_shared_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any]) 
 
 
 def flag_words(message: str) -> str:
-    """An engine message with its parameter names (`` `workers` ``) as the flags (``--workers``)."""
+    """An engine message in the commands' words: `` `workers` `` as ``--workers``, and a
+    suggested keyword such as ``backend='dask'`` or ``workers=1`` as ``--backend dask`` /
+    ``--workers 1``."""
+    message = re.sub(r"(?<![-\w])(\w+)=(?:'([\w.-]+)'|(-?\d+)\b)",
+                     lambda m: f"{_FLAG_OF_PARAMETER[m.group(1)]} {m.group(2) or m.group(3)}"
+                     if m.group(1) in _FLAG_OF_PARAMETER else m.group(0), message)
     return re.sub(r"`(\w+)`", lambda m: _FLAG_OF_PARAMETER.get(m.group(1), m.group(0)), message)
 
 
