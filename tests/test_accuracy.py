@@ -369,6 +369,15 @@ class TestRichardsonParts:
         value, error = extrapolate(rows, options)
         assert abs(value[0] - 1.0) < 1e-12 and abs(value[0] - 1.0) <= error[0] < 1e-9
 
+    @pytest.mark.parametrize("option", [dict(bounds=(0.0, 2.0)), dict(scheme="complex"),
+                                        dict(h=1e-3), dict(on_failure="nan")])
+    def test_options_of_other_kinds_are_refused_not_ignored(self, option):
+        calls = []
+        with pytest.raises(TypeError, match=rf"`{next(iter(option))}` does not apply"):
+            gradient_with_error(lambda v: calls.append(1) or 0.0, np.array([1.0]), workers=1,
+                                **option)
+        assert not calls
+
     def test_the_smallest_options_are_accepted(self):
         value, error = gradient_with_error(lambda v: float(np.exp(v[0])), np.array([0.0]),
                                            workers=1, terms=1, levels=3)
