@@ -362,6 +362,14 @@ class TestRichardsonParts:
         carried = noise * (5 / 3) * (17 / 15) * (65 / 63)   # (r n + n) / (r - 1), r = 4, 16, 64
         assert value[0] == 2.5 and error[0] == pytest.approx(10 * carried, rel=1e-12)
 
+    def test_each_round_weighs_the_rounding_of_the_smaller_step_by_r(self):
+        options = RichardsonOptions(levels=5, terms=3)
+        rows = np.array([[2.5] * 5 + [1e-12, 2e-12, 4e-12, 8e-12, 16e-12]])
+        value, error = extrapolate(rows, options)
+        # window 0, by hand: (4 n1 + n0) / 3 -> 3, 6, 12; (16 m1 + m0) / 15 -> 6.6, 13.2;
+        # (64 p1 + p0) / 63 -> 851.4 / 63 (units of 1e-12); window 1 carries twice as much
+        assert value[0] == 2.5 and error[0] == pytest.approx(10 * 851.4 / 63 * 1e-12, rel=1e-12)
+
     def test_extrapolate_removes_the_even_powers_and_estimates_the_next(self):
         options = RichardsonOptions(levels=6, terms=2)
         h = 0.125 / 2.0 ** np.arange(6)
