@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
+from engine.fd._richardson import RichardsonOptions, extrapolate, richardson_evaluate
+from engine.fd._space import ParamSpace
 from engine import (GradientWithError, NumericalFallbackWarning, gradient_with_error, jacobian,
                     parallel_numerical_gradient)
 
@@ -288,7 +290,8 @@ class TestRichardson:
         ("levels", 4, r"`levels` must be an int >= terms \+ 2 = 5"),
         ("levels", 7.0, "`levels`"), ("terms", 0, "`terms` must be an int >= 1"),
         ("base", -1.0, "`base` must be a positive"), ("ratio", 1.0, "`ratio` must be > 1"),
-        ("ratio", np.inf, "`ratio` must be a positive finite")])
+        ("ratio", np.inf, "`ratio` must be a positive finite"),
+        ("base", 0.0, "`base` must be a positive")])
     def test_bad_options_are_refused_naming_them(self, option, bad, match):
         calls = []
         with pytest.raises(ValueError, match=match):
@@ -332,3 +335,67 @@ class TestComplexStepSparse:
         with pytest.raises(TypeError, match=r"imaginary part of exactly 0 at group \d \(x\[0\]"):
             jacobian(f, np.array([1.0, 2.0, 3.0]), scheme="complex", h="auto", workers=1,
                      sparsity=np.array([[1, 1, 0], [0, 1, 1]]))
+
+
+class TestRichardsonParts:
+    """`richardson_evaluate` and `extrapolate` on their own: the numbers each one makes."""
+
+    def test_the_rows_hold_each_steps_difference_and_its_rounding(self):
+        options = RichardsonOptions(levels=5)
+        space = ParamSpace(np.array([100.0, -0.5]))
+        rows = richardson_evaluate(lambda v: 7.0 + 3.0 * v[0], space, [None, None], None, 0, 2,
+                                   options=options)
+        eps = np.finfo(np.float64).eps
+        for entry, x in enumerate([100.0, -0.5]):
+            h = 0.125 * max(1.0, abs(x)) / 2.0 ** np.arange(5)
+            up, down = 7.0 + 3.0 * (100.0 + (h if entry == 0 else 0)), \
+                7.0 + 3.0 * (100.0 - (h if entry == 0 else 0))
+            np.testing.assert_allclose(rows[entry, :5], 3.0 if entry == 0 else 0.0, atol=1e-12)
+            np.testing.assert_allclose(rows[entry, 5:], eps * (np.abs(up) + np.abs(down)) / (2 * h),
+                                       rtol=1e-12)
+
+    def test_extrapolate_carries_the_rounding_through_the_rounds(self):
+        options = RichardsonOptions(levels=5, terms=3)
+        noise = 1e-12
+        rows = np.array([[2.5] * 5 + [noise] * 5])   # converged differences: only rounding left
+        value, error = extrapolate(rows, options)
+        carried = noise * (5 / 3) * (17 / 15) * (65 / 63)   # (r n + n) / (r - 1), r = 4, 16, 64
+        assert value[0] == 2.5 and error[0] == pytest.approx(10 * carried, rel=1e-12)
+
+    def test_each_round_weighs_the_rounding_of_the_smaller_step_by_r(self):
+        options = RichardsonOptions(levels=5, terms=3)
+        rows = np.array([[2.5] * 5 + [1e-12, 2e-12, 4e-12, 8e-12, 16e-12]])
+        value, error = extrapolate(rows, options)
+        # window 0, by hand: (4 n1 + n0) / 3 -> 3, 6, 12; (16 m1 + m0) / 15 -> 6.6, 13.2;
+        # (64 p1 + p0) / 63 -> 851.4 / 63 (units of 1e-12); window 1 carries twice as much
+        assert value[0] == 2.5 and error[0] == pytest.approx(10 * 851.4 / 63 * 1e-12, rel=1e-12)
+
+    def test_extrapolate_removes_the_even_powers_and_estimates_the_next(self):
+        options = RichardsonOptions(levels=6, terms=2)
+        h = 0.125 / 2.0 ** np.arange(6)
+        rows = np.concatenate([1.0 + h ** 2 + h ** 4 + h ** 6, np.zeros(6)])[None, :]
+        value, error = extrapolate(rows, options)
+        assert abs(value[0] - 1.0) < 1e-12 and abs(value[0] - 1.0) <= error[0] < 1e-9
+
+    @pytest.mark.parametrize("option", [dict(bounds=(0.0, 2.0)), dict(scheme="complex"),
+                                        dict(h=1e-3), dict(on_failure="nan")])
+    def test_options_of_other_kinds_are_refused_not_ignored(self, option):
+        calls = []
+        with pytest.raises(TypeError, match=rf"`{next(iter(option))}` does not apply"):
+            gradient_with_error(lambda v: calls.append(1) or 0.0, np.array([1.0]), workers=1,
+                                **option)
+        assert not calls
+
+    def test_the_smallest_options_are_accepted(self):
+        value, error = gradient_with_error(lambda v: float(np.exp(v[0])), np.array([0.0]),
+                                           workers=1, terms=1, levels=3)
+        assert abs(value[0] - 1.0) <= error[0] < 1e-3
+
+    def test_an_error_of_f_other_than_a_non_finite_value_ends_the_call(self):
+        def f(v):
+            if v[0] > 1.1:   # the largest step, 0.125, goes there
+                raise KeyError("beyond")
+            return float(v[0] ** 2)
+
+        with pytest.raises(KeyError, match="beyond"):
+            gradient_with_error(f, np.array([1.0]), workers=1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..fd._richardson import RICHARDSON, RichardsonOptions, extrapolate
 from ..fd._space import ParamSpace
-from ..run._execution import Execution
+from ..run._execution import EXECUTION_FIELDS, Execution
 from ._gradient import Gradient
 from ._parallel import _one_shot
 
@@ -32,6 +32,12 @@ class GradientWithError(Gradient):
                  terms: int = RichardsonOptions.terms, check_state: bool = True,
                  execution: Execution | None = None, _shared_pool: bool = False,
                  **execution_options: Any):
+        others = sorted(set(execution_options) - EXECUTION_FIELDS)
+        if others:
+            raise TypeError(f"{', '.join(f'`{name}`' for name in others)} does not apply to a "
+                            "gradient with an error estimate (its steps are its own: `levels`, "
+                            "`base`, `ratio`, `terms`; central differences; no bounds, no "
+                            "on_failure); the other options are the execution's")
         self.richardson = RichardsonOptions(levels, base, ratio, terms)
         self.richardson.check()
         super().__init__(f, h="auto", check_state=check_state, execution=execution,
@@ -106,7 +112,9 @@ def gradient_with_error(f: Callable[[Any], Any], x: Any, *, levels: int = Richar
         Bad `levels`, `base`, `ratio`, `terms` (naming it), or an execution option; a
         step that rounds back to ``x_i``.
     TypeError
-        `f` not callable, `x` not floating arrays, `f` not returning a scalar.
+        `f` not callable, `x` not floating arrays, `f` not returning a scalar; an option
+        of `engine.Gradient` that does not apply here (``h``, ``scheme``, ``bounds``,
+        ``on_failure``, ``evaluator``, ...), naming it.
 
     Examples
     --------
