@@ -235,3 +235,16 @@ def test_a_retry_reruns_only_the_chunks_that_were_lost(tmp_path):
     others = sorted(counts[entry] for entry in range(3))
     assert others[:2] == [2, 2] and others[2] in (2, 4), counts   # finished ones never rerun
     assert counts[3] == 3, counts   # +h, the death, then +h and -h on a fresh worker
+
+
+# -- Ctrl-C at a terminal reaches the workers too -------------------------------------------------
+
+def test_workers_leave_ctrl_c_to_the_caller():
+    # A terminal's Ctrl-C signals the whole process group; a worker that did not ignore it
+    # would die of it between calls. What the workers do with SIGINT, read from the kernel:
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        g(np.arange(4.0))
+        for process in g._link.pool._processes:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+            assert ignored >> (signal.SIGINT - 1) & 1, f"worker {process.pid} does not ignore SIGINT"
