@@ -18,6 +18,7 @@ Three parts, each saved in one JSON:
   interleaved; checked bit-identical.
 
     python benchmarks/hessian.py --rounds 7 --out benchmarks/results/local/hessian.json
+    python benchmarks/hessian.py --only wall --skip numdifftools --rounds 3 --out ...   # no 1-min case
     python benchmarks/hessian.py --quick --out /tmp/hessian.json   # tiny, every case once
 """
 from __future__ import annotations
@@ -216,6 +217,8 @@ def wall_cases(n: int, f: SlowRosen, x: np.ndarray, resident) -> dict:
     return {
         "ours hessian, 2 workers": lambda: engine.hessian(f, x, workers=2, dispatch="parallel"),
         "ours resident Hessian, 2 workers": lambda: resident(x),
+        "ours hessian forward, 2 workers": lambda: engine.hessian(f, x, scheme="forward", workers=2,
+                                                                  dispatch="parallel"),
         "statsmodels approx_hess3": lambda: numdiff.approx_hess3(x, f),
         "statsmodels approx_hess2": lambda: numdiff.approx_hess2(x, f),
         "numdifftools Hessian": lambda: numdifftools.Hessian(f)(x),
@@ -246,13 +249,15 @@ def interleaved(cases: dict[str, Callable], rounds: int) -> dict:
             "other_processes_cpu_share": shares, "results": results}
 
 
-def wall(rounds: int, n: int) -> dict:
+def wall(rounds: int, n: int, skip: list[str]) -> dict:
     f = SlowRosen()
     x = np.random.default_rng(SEED).uniform(-1.5, 1.5, n)
     per_call = min(_seconds(lambda: f(x), 20) for _ in range(3))
     exact = rosen_hess(x)
     with engine.Hessian(f, workers=2, dispatch="parallel") as resident:
-        timing = interleaved(wall_cases(n, f, x, resident), rounds)
+        cases = {name: case for name, case in wall_cases(n, f, x, resident).items()
+                 if not any(word in name for word in skip)}
+        timing = interleaved(cases, rounds)
     errors = {name: float(np.abs(np.asarray(h) - exact).max() / np.abs(exact).max())
               for name, h in timing.pop("results").items()}
     return {"n": n, "seconds_per_call": per_call, **timing, "relative_error": errors}
@@ -280,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=24, help="parameters of the timed Hessians")
     parser.add_argument("--only", choices=["accuracy", "wall", "scaling"], action="append")
     parser.add_argument("--quick", action="store_true", help="every case once, n = 4")
+    parser.add_argument("--skip", action="append", default=[],
+                        help="leave out the wall-time cases whose name contains this")
     parser.add_argument("--out", type=Path, required=True)
     options = parser.parse_args(argv)
     limit_blas_threads()
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in parts:
         out["accuracy"] = accuracy()
     if "wall" in parts:
-        out["wall"] = wall(rounds, n)
+        out["wall"] = wall(rounds, n, options.skip)
     if "scaling" in parts:
         out["scaling"] = scaling(rounds, n)
     out["load_average_after"] = load_average()

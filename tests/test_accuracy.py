@@ -265,6 +265,15 @@ class TestRichardson:
         with GradientWithError(f, workers=1, dispatch="in-process", levels=6) as g:
             g(np.array([0.1, 0.2, 0.3]))
         assert len(calls) == 3 * 2 * 6
+        calls.clear()
+        gradient_with_error(f, np.array([0.1, 0.2, 0.3]), workers=1, dispatch="in-process")
+        assert len(calls) == 3 * 24   # the default, as documented
+
+    def test_a_step_that_rounds_away_is_an_error_naming_the_entry(self):
+        x = np.array([1.0, 3.0], dtype=np.float16)   # 0.125 / 2**11 is half an ulp at 1
+        with pytest.raises(ValueError, match=r"x\[0\] = 1\.0 \+ .* rounds back to 1\.0 in float16"):
+            gradient_with_error(lambda v: float(np.sum(v.astype(np.float64) ** 2)), x, workers=1)
+        assert np.array_equal(x, [1.0, 3.0])
 
     def test_steps_where_f_is_not_finite_are_left_out(self):
         x = np.array([1e-3])   # log: the steps above 1e-3 leave its domain
@@ -292,3 +301,34 @@ def test_the_serial_reference_refuses_the_complex_step():
     from engine import numerical_gradient
     with pytest.raises(ValueError, match="scheme='complex' is evaluated by"):
         numerical_gradient(lambda v: float(np.sum(v)), np.array([1.0]), scheme="complex")
+
+
+class TestComplexStepSparse:
+    @staticmethod
+    def chain(v):
+        out = v ** 2 * np.exp(v)
+        out[1:] += np.sin(v[:-1])
+        out[:-1] += v[1:] ** 3
+        return out
+
+    def test_a_sparse_jacobian_gives_the_dense_complex_steps_bits(self):
+        scipy_sparse = pytest.importorskip("scipy.sparse")
+        n = 12
+        pattern = scipy_sparse.diags([np.ones(n - 1), np.ones(n), np.ones(n - 1)], [-1, 0, 1])
+        x = np.linspace(-1.0, 2.0, n)
+        dense = jacobian(self.chain, x.copy(), scheme="complex", h="auto", workers=1)
+        one = jacobian(self.chain, x.copy(), scheme="complex", h="auto", workers=1,
+                       sparsity=pattern)
+        two = jacobian(self.chain, x.copy(), scheme="complex", h="auto", workers=2,
+                       chunk_size=1, sparsity=pattern)
+        assert np.array_equal(one.toarray(), dense) and np.array_equal(two.toarray(), dense)
+        exact = np.diag(2 * x * np.exp(x) + x ** 2 * np.exp(x)) + np.diag(np.cos(x[:-1]), -1) \
+            + np.diag(3 * x[1:] ** 2, 1)
+        np.testing.assert_allclose(dense, exact, rtol=1e-14, atol=1e-300)
+
+    def test_a_sparse_jacobian_that_drops_the_imaginary_part_is_named(self):
+        pytest.importorskip("scipy.sparse")
+        f = lambda v: np.array([abs(v[0]) + v[1], v[1] * v[2]])  # noqa: E731
+        with pytest.raises(TypeError, match=r"imaginary part of exactly 0 at group \d \(x\[0\]"):
+            jacobian(f, np.array([1.0, 2.0, 3.0]), scheme="complex", h="auto", workers=1,
+                     sparsity=np.array([[1, 1, 0], [0, 1, 1]]))

@@ -150,8 +150,12 @@ def test_an_estimated_plan_is_not_watched():
 
 
 def test_a_gradient_calibrates_on_five_calls_each_way():
-    with Gradient(lambda w: float(np.sum(w ** 2)), workers=2, backend="threading",
-                  evaluator="loop") as g:
+    f = lambda w: float(np.sum(w ** 2))
+    # The first evaluation in a process builds threadpoolctl's controller (~30 ms), which the
+    # one-task estimate would multiply by the 50 tasks: one call in-process first.
+    with Gradient(f, workers=1) as warm:
+        warm(np.ones(2))
+    with Gradient(f, workers=2, backend="threading", evaluator="loop") as g:
         plan = g.calibrate(np.ones(50))
         assert plan.where in ("in-process", "parallel") and "medians of 5 calls each" in plan.reason
         samples = g._planner.samples

@@ -254,10 +254,9 @@ class TestBadInput:
             engine.Jacobian(chain, sparsity=(chain_pattern(), groups))
 
     @pytest.mark.parametrize("options, match", [
-        (dict(scheme="complex"), r"`scheme` in \('central', 'forward', 'central4'\) \(the complex"),
         (dict(evaluator="loop"), "`evaluator` does not apply with `sparsity`"),
         (dict(check_sparsity="yes"), "`check_sparsity` must be True or False"),
-    ], ids=["complex", "evaluator", "check-not-bool"])
+    ], ids=["evaluator", "check-not-bool"])   # the complex step: tests/test_accuracy.py
     def test_options_that_do_not_apply_are_refused(self, options, match):
         with pytest.raises(ValueError, match=match):
             engine.Jacobian(chain, sparsity=chain_pattern(), **options)

@@ -57,7 +57,8 @@ class Jacobian(DenseJacobian):
     **options
         As `engine.Gradient` (``h``, ``scheme``, ``on_failure``, ``bounds``, ``check_state``,
         ``execution`` and the execution keywords). With `sparsity`: ``scheme`` is
-        ``"forward"``, ``"central"`` or ``"central4"`` (not the complex step); near a bound
+        ``"forward"``, ``"central"``, ``"central4"`` or ``"complex"`` (each group's columns
+        at ``x_j + i h_j`` at once; bounds do not apply to it); near a bound
         each column of a group takes the loop evaluator's one-sided scheme and step on its
         own side, in the same evaluations (central: ``(-3 f(x) + 4 f(x + h) - f(x + 2h)) /
         2h`` or its mirror); with ``on_failure`` a failed evaluation concerns every column
@@ -117,9 +118,9 @@ class Jacobian(DenseJacobian):
         if self.evaluator != AUTO_EVALUATOR:
             raise ValueError(f"`evaluator` does not apply with `sparsity` (the column groups have "
                              f"their own evaluator), got evaluator={self.evaluator!r}")
-        if self.scheme.name not in GROUPED_SCHEMES:
+        if self.scheme.name not in GROUPED_SCHEMES and not self.scheme.complex_step:
             raise ValueError(f"a sparse Jacobian (`sparsity=`) takes `scheme` in {GROUPED_SCHEMES} "
-                             f"(the complex step not yet), got {self.scheme.name!r}")
+                             f"or 'complex', got {self.scheme.name!r}")
         self.sparsity = resolve_sparsity(sparsity)
         self._check_pending = bool(check_sparsity)
 

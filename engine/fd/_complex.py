@@ -9,6 +9,8 @@ differentiates, sets one entry's imaginary part at a time and resets it by assig
 and hands `f` the structure of `x` with that member replaced by the copy. The caller's
 (or the worker's resident) arrays are only read; the bits of a derivative depend only on
 the entry and its step, so any chunking and any worker count give the same numbers.
+For a sparse Jacobian (`complex_grouped_evaluate`) every member is a complex copy and the
+columns of a group take their imaginary steps together.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ._calling import LoopOptions, Report, annotate_error, checked_output
 from ._schemes import COMPLEX, Scheme, auto_step
 from ._space import ParamSpace
 
-__all__ = ["complex_evaluate", "DROPPED_CAUSES"]
+__all__ = ["complex_evaluate", "complex_grouped_evaluate", "DROPPED_CAUSES"]
 
 DROPPED_CAUSES = ("`abs`/`np.abs` (the modulus is real), `math.exp`/`math.sin`/... or "
                   "`float(...)` (real functions), a cast such as `.astype(float)` or writing "
@@ -116,7 +118,7 @@ def _entry(f, structure, copy, index, step, space, flat, loop, report, cache):
         imaginary = _imaginary(value, where, loop.vector)
         finite = bool(np.all(np.isfinite(value)))
         if finite and np.any(imaginary == 0):
-            _check_zero(f, structure, copy, index, base, imaginary, where)
+            _check_zero(f, structure, [(copy, index, base)], imaginary, where)
     finally:
         copy[index] = original
     if not finite:
@@ -149,27 +151,117 @@ def _imaginary(value: Any, where: str, vector: bool) -> Any:
     return float(array.imag)
 
 
-def _check_zero(f, structure, copy, index, base, imaginary, where):
+def _check_zero(f, structure, moved, imaginary, where, rows=None):
     """Where the imaginary part is exactly 0, make sure the derivative is: an `f` that drops
     the imaginary part of one entry but not of the others (``abs(v[0]) + v[1]``) returns a
-    complex value whose imaginary part is 0. Two real evaluations, ``x_i -+ h`` with
-    ``h = eps**(1/3) * max(1, |x_i|)``, decide: if they differ by more than rounding, the
-    derivative is not 0 and `f` lost it."""
-    eps = float(np.finfo(copy.real.dtype).eps)
-    h = eps ** (1 / 3) * max(1.0, abs(base))
+    complex value whose imaginary part is 0. Two real evaluations, every entry of `moved`
+    (``(copy, index, base)``) at ``base -+ h``, ``h = eps**(1/3) * max(1, |base|)``, decide:
+    if they differ by more than rounding, the derivative is not 0 and `f` lost it. `rows`:
+    the outputs to look at (all by default)."""
     sides = []
-    for step in (h, -h):
-        copy[index] = base + step
-        sides.append(np.real(np.asarray(f(structure), dtype=np.complex128)))
+    for sign in (1.0, -1.0):
+        for copy, index, base in moved:
+            eps = float(np.finfo(copy.real.dtype).eps)
+            copy[index] = base + sign * eps ** (1 / 3) * max(1.0, abs(base))
+        sides.append(np.real(np.asarray(f(structure), dtype=np.complex128)).reshape(np.shape(imaginary)))
+    for copy, index, base in moved:
+        copy[index] = base
+    eps = float(np.finfo(moved[0][0].real.dtype).eps)
     difference = np.abs(sides[0] - sides[1])
     noise = 64 * eps * (np.abs(sides[0]) + np.abs(sides[1]))
     lost = (imaginary == 0) & (difference > noise)
+    if rows is not None:
+        lost = lost[rows]
+        difference = difference[rows]
     if np.any(lost):
         raise TypeError(
-            f"`f` returned an imaginary part of exactly 0 at {where}, but f(x_i + {h:.3g}) and "
-            f"f(x_i - {h:.3g}) differ by {float(np.max(difference[lost])):.3g}, more than "
+            f"`f` returned an imaginary part of exactly 0 at {where}, but moving the entry "
+            f"by -+eps**(1/3) changes f by {float(np.max(difference[lost])):.3g}, more than "
             "rounding: the derivative is not 0, so `f` dropped the imaginary part of this "
             f"entry. Likely causes: {DROPPED_CAUSES}. Use scheme='central' for such an f")
+
+
+def complex_grouped_evaluate(f, space: ParamSpace, steps: list, scheme: Scheme, start: int,
+                             stop: int, cache: dict | None = None, options: Any = None,
+                             report: Report | None = None) -> np.ndarray:
+    """The complex step for a sparse Jacobian's column groups ``start .. stop-1``.
+
+    `options` is the grouped evaluator's (`engine.fd._grouped.GroupedOptions`). Every
+    member of `x` is handed to `f` as a complex copy; the columns of group k are set to
+    ``x_j + i h_j`` together, and since no output depends on two of them, each output's
+    imaginary part over its column's step is that entry of the Jacobian. The checks of
+    `complex_evaluate` apply, per group; bounds do not (the real parts never move).
+
+    Returns
+    -------
+    ndarray, float64, shape (stop - start, m): the grouped evaluator's rows.
+    """
+    report = Report() if report is None else report
+    m, n = options.pattern.shape
+    if space.size != n:
+        raise ValueError(f"`sparsity` has {n} columns but `x` has {space.size} entries")
+    copies = [a.astype(np.result_type(a.dtype, np.complex64)) for a in space.arrays]
+    structure = space.rebuild(copies)
+    out = np.zeros((stop - start, m), dtype=np.float64)
+    for k in range(start, stop):
+        columns = options.group_columns[options.group_ptr[k]:options.group_ptr[k + 1]]
+        if columns.size:
+            out[k - start] = _group(f, space, steps, copies, structure, options, report, k,
+                                    columns.tolist())
+    return out
+
+
+def _group(f, space, steps, copies, structure, options, report, number, columns):
+    """One group's row: ``Im f / h`` at each output's column, 0 elsewhere."""
+    moved, stored = [], []
+    for column in columns:
+        position, index = space.locate(column)
+        copy = copies[position]
+        base = float(copy[index].real)
+        h = auto_step_complex(base) if steps[position] is None else steps[position]
+        copy[index] = complex(base, h)
+        moved.append((copy, index, base))
+        stored.append(float(copy[index].imag))
+    row = np.zeros(options.pattern.shape[0])
+    rows, owner = options.pattern.entries(np.asarray(columns, dtype=np.int64))
+    named = ", ".join(space.describe(c) for c in columns[:3])
+    where = f"group {number} ({named}{' and more' if len(columns) > 3 else ''}) + ih"
+    try:
+        if 0.0 in stored:
+            raise ValueError(f"{where}: a complex step underflows to 0; use a larger `h`")
+        try:
+            value = f(structure)
+        except TypeError as error:
+            raise TypeError(f"`f` cannot take the complex input of scheme='complex' at {where}: "
+                            f"{type(error).__name__}: {error}. Likely causes: {DROPPED_CAUSES}; "
+                            "use scheme='central' for such an f") from error
+        except Exception as error:
+            annotate_error(error, f"raised by `f` while evaluating {where}")
+            if options.on_failure == "raise":
+                raise
+            value, failure = None, (type(error).__name__, str(error))
+        if value is not None:
+            imaginary = _imaginary(value, where, True).reshape(-1)
+            if imaginary.size != row.size:
+                raise ValueError(f"`f` returned {imaginary.size} values but `sparsity` has "
+                                 f"{row.size} rows")
+            finite = bool(np.all(np.isfinite(value)))
+            if finite and np.any(imaginary[rows] == 0):
+                _check_zero(f, structure, moved, imaginary, where, rows)
+    finally:
+        for copy, index, base in moved:
+            copy[index] = base
+    if value is None or not finite:
+        if options.on_failure == "raise":
+            raise FloatingPointError(f"`f` returned a non-finite value at {where}")
+        if value is not None:
+            failure = ("FloatingPointError", f"`f` returned a non-finite value at {where}")
+        for column in columns:
+            report.failures.append((column, 1) + failure)
+        row[rows] = np.nan
+        return row
+    row[rows] = imaginary[rows] / np.asarray(stored)[owner]
+    return row
 
 
 def _failed(f, space, loop, report, cache, flat, error):

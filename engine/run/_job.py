@@ -22,7 +22,7 @@ import numpy as np
 
 from ..batched._detect import get_evaluator
 from ..fd._evaluators import LoopOptions, Report, checked_output, loss_at
-from ..fd._complex import complex_evaluate
+from ..fd._complex import complex_evaluate, complex_grouped_evaluate
 from ..fd._grouped import grouped_evaluate
 from ..fd._richardson import RICHARDSON, richardson_evaluate
 from ..fd._schemes import get_scheme
@@ -79,6 +79,13 @@ def _loop(f, space, steps, scheme, start, stop, cache, options, report):
                                  loop=options or LoopOptions(), report=report)
 
 
+def _grouped(f, space, steps, scheme, start, stop, cache, options, report):
+    if scheme.complex_step:   # the column groups at x + ih, on complex copies
+        return complex_grouped_evaluate(f, space, steps, scheme, start, stop, cache, options,
+                                        report)
+    return grouped_evaluate(f, space, steps, scheme, start, stop, cache, options, report)
+
+
 def _batched(f, space, steps, scheme, start, stop, cache, options, report):
     return get_evaluator("batched")(f, space, steps, scheme, start, stop, cache,
                                     block_memory=options.block_memory)
@@ -87,7 +94,7 @@ def _batched(f, space, steps, scheme, start, stop, cache, options, report):
 EVALUATORS: dict[str, Callable[..., np.ndarray]] = {
     "loop": _loop,
     "batched": _batched,
-    "grouped": grouped_evaluate,   # a sparse Jacobian's column groups (engine.fd._grouped)
+    "grouped": _grouped,   # a sparse Jacobian's column groups (engine.fd._grouped)
     RICHARDSON: richardson_evaluate,   # several steps per entry, extrapolated (engine.fd._richardson)
     "pairs": pair_evaluate,        # a Hessian's entries i <= j (engine.fd._second)
     "gradient-rows": gradient_rows_evaluate,   # a Hessian from a gradient callable (grad=)
