@@ -27,6 +27,7 @@ def test_the_documented_constants():
 
 def test_calls_alternate_in_process_first_until_both_have_their_samples():
     p = planner()
+    assert p.plan == Plan("measuring", 2, "the first calls are timed both ways")
     asked = []
     for _ in range(2 * SAMPLES):
         where = p.where(SIGNATURE, 10)
@@ -38,9 +39,10 @@ def test_calls_alternate_in_process_first_until_both_have_their_samples():
 
 @pytest.mark.parametrize("outside, where", [
     (0.0899, "parallel"),     # more than 10% faster
+    ((1.0 - 0.10) * 0.1, "parallel"),   # exactly 10% faster
     (0.0901, "in-process"),   # faster, but by less than 10%
     (0.2, "in-process"),
-], ids=["clearly-faster", "within-the-margin", "slower"])
+], ids=["clearly-faster", "exactly-10-percent", "within-the-margin", "slower"])
 def test_the_workers_are_kept_only_when_their_median_is_10_percent_faster(outside, where):
     p = measured(0.1, outside)
     assert p.plan.where == where
@@ -82,6 +84,13 @@ def test_drift_beyond_a_factor_of_two_measures_both_ways_again(inside, outside, 
     assert p.plan.where == "measuring" and p.remeasured == 1
     assert p.plan.reason.startswith(f"timed both ways again: calls {where} took")
     assert p.samples == {"in-process": [], "parallel": []}
+
+
+def test_a_new_plan_after_drift_is_logged(caplog):
+    p = measured(0.1, 0.5)
+    with caplog.at_level("INFO", logger="engine"):
+        record_decided(p, [1.0] * DRIFT_WINDOW)
+    assert [r.getMessage() for r in caplog.records] == [f"numerical gradient plan: {p.plan}"]
 
 
 def test_the_drift_window_is_the_median_of_the_last_five_calls():
