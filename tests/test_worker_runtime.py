@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Gradient, StateNotShippedError, numerical_gradient
+from engine import Gradient, StateNotShippedError, WorkerError, numerical_gradient
 
 GUARD_SECONDS = 60     # bounds a failure only: no test waits for it
 
@@ -235,3 +235,49 @@ def test_a_retry_reruns_only_the_chunks_that_were_lost(tmp_path):
     others = sorted(counts[entry] for entry in range(3))
     assert others[:2] == [2, 2] and others[2] in (2, 4), counts   # finished ones never rerun
     assert counts[3] == 3, counts   # +h, the death, then +h and -h on a fresh worker
+
+
+# -- Ctrl-C at a terminal reaches the workers too -------------------------------------------------
+
+def test_workers_leave_ctrl_c_to_the_caller():
+    # A terminal's Ctrl-C signals the whole process group; a worker that did not ignore it
+    # would die of it between calls. What the workers do with SIGINT, read from the kernel:
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        g(np.arange(4.0))
+        for process in g._link.pool._processes:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+            assert ignored >> (signal.SIGINT - 1) & 1, f"worker {process.pid} does not ignore SIGINT"
+
+
+# -- what a worker keeps and what it sends back ---------------------------------------------------
+
+def test_a_worker_keeps_no_descriptor_of_the_values_it_was_sent():
+    x = np.arange(1.0, 9.0)
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        for _ in range(3):   # each shipping sends a descriptor of the values, to be mapped, closed
+            g(x)
+            g.reship()
+        g(x)
+        for process in g._link.pool._processes:
+            fds = Path(f"/proc/{process.pid}/fd")
+            held = [os.readlink(fd) for fd in fds.iterdir() if fd.name.isdigit()]
+            # one: the duplicate that CPython's mmap keeps of the current mapping's file
+            assert sum("numgrad-values" in link for link in held) == 1, held
+
+
+class ChangesTypeWhenPickled(Exception):
+    def __reduce__(self):
+        return (ValueError, (str(self),))
+
+
+def raises_an_exception_that_changes_type(v):
+    raise ChangesTypeWhenPickled("odd")
+
+
+def test_an_error_that_would_change_type_on_the_way_arrives_as_a_worker_error_naming_it():
+    with Gradient(raises_an_exception_that_changes_type, workers=2, dispatch="parallel",
+                  check_state=False) as g:
+        with pytest.raises(WorkerError, match="ChangesTypeWhenPickled") as caught:
+            g(np.arange(3.0))
+    assert not isinstance(caught.value, ValueError)

@@ -37,8 +37,9 @@ def rows(modules: dict[str, dict]) -> list[str]:
         status = module["status"]
         killed = sum(s in ("killed", "timeout") for s in status.values())
         survivors = sorted(i for i, s in status.items() if s == "survived")
-        first = module["runs"][0]
-        tests = " ".join(first["tests"]) + (f' -k "{first["keyword"]}"' if first.get("keyword") else "")
+        given = dict.fromkeys(t for run in module["runs"] for t in run["tests"])   # in order, once
+        keywords = dict.fromkeys(run["keyword"] for run in module["runs"] if run.get("keyword"))
+        tests = " ".join(given) + "".join(f' -k "{k}"' for k in keywords)
         minutes = " + ".join(f'{run["wall_seconds"] / 60:.1f}' for run in module["runs"]
                              if "wall_seconds" in run)
         lines.append(f"| `{name}` | `{tests}` | {killed} / {len(status)} | "
