@@ -31,6 +31,7 @@ from ..fd._bounds import bounds_per_array, check_bounds_option
 from ..fd._evaluators import ON_FAILURE, LoopOptions
 from ..fd._schemes import AUTO, DEFAULT_SCHEME, DEFAULT_STEP, check_step, get_scheme, resolve_steps
 from ..fd._space import ParamSpace
+from ..run._blas import one_blas_thread
 from ..run._execution import Execution, check_positive_int
 from ..run._job import CENTER, BatchedOptions, Job, evaluate
 from ..run._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
@@ -235,6 +236,8 @@ class Gradient:
         return center, rows, report
 
     def _time_one_task(self, space: ParamSpace, f: Callable, job: Job, count: int) -> float:
+        with one_blas_thread():   # the first use inspects the BLAS libraries (~30 ms): not f's cost
+            pass
         started = time.perf_counter()
         with space.restored():
             evaluate(job, f, space, (count - 1, count), {})
