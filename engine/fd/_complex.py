@@ -92,6 +92,24 @@ def complex_evaluate(
     return np.empty(0) if values is None else values
 
 
+def _call(f, structure, where: str, on_failure: str):
+    """``(f(structure), None)``, or ``(None, error)`` for an error that `on_failure` replaces.
+
+    A `TypeError` means `f` cannot take complex input: raised, naming the likely causes.
+    """
+    try:
+        return f(structure), None
+    except TypeError as error:
+        raise TypeError(f"`f` cannot take the complex input of scheme='complex' at {where}: "
+                        f"{type(error).__name__}: {error}. Likely causes: {DROPPED_CAUSES}; "
+                        "use scheme='central' for such an f") from error
+    except Exception as error:
+        annotate_error(error, f"raised by `f` while evaluating {where}")
+        if on_failure == "raise":
+            raise
+        return None, error
+
+
 def _entry(f, structure, copy, index, step, space, flat, loop, report, cache):
     """One entry's ``Im f(x + ih) / h``, the copy's entry reset to x_i afterwards."""
     original = copy[index]
@@ -104,16 +122,8 @@ def _entry(f, structure, copy, index, step, space, flat, loop, report, cache):
             raise ValueError(f"{space.describe(flat)}: the complex step {h!r} underflows to 0 in "
                              f"{copy.dtype}; use a larger `h`")
         where = f"{space.describe(flat)} + {stored!r}i"
-        try:
-            value = f(structure)
-        except TypeError as error:
-            raise TypeError(f"`f` cannot take the complex input of scheme='complex' at {where}: "
-                            f"{type(error).__name__}: {error}. Likely causes: {DROPPED_CAUSES}; "
-                            "use scheme='central' for such an f") from error
-        except Exception as error:
-            annotate_error(error, f"raised by `f` while evaluating {where}")
-            if loop.on_failure == "raise":
-                raise
+        value, error = _call(f, structure, where, loop.on_failure)
+        if error is not None:
             return _failed(f, space, loop, report, cache, flat, error)
         imaginary = _imaginary(value, where, loop.vector)
         finite = bool(np.all(np.isfinite(value)))
@@ -229,17 +239,9 @@ def _group(f, space, steps, copies, structure, options, report, number, columns)
     try:
         if 0.0 in stored:
             raise ValueError(f"{where}: a complex step underflows to 0; use a larger `h`")
-        try:
-            value = f(structure)
-        except TypeError as error:
-            raise TypeError(f"`f` cannot take the complex input of scheme='complex' at {where}: "
-                            f"{type(error).__name__}: {error}. Likely causes: {DROPPED_CAUSES}; "
-                            "use scheme='central' for such an f") from error
-        except Exception as error:
-            annotate_error(error, f"raised by `f` while evaluating {where}")
-            if options.on_failure == "raise":
-                raise
-            value, failure = None, (type(error).__name__, str(error))
+        value, error = _call(f, structure, where, options.on_failure)
+        if error is not None:
+            failure = (type(error).__name__, str(error))
         if value is not None:
             imaginary = _imaginary(value, where, True).reshape(-1)
             if imaginary.size != row.size:
