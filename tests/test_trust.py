@@ -83,6 +83,14 @@ def test_args_that_change_between_calls_need_no_reship(rng):
                 assert np.array_equal(g(w, batch), serial)
 
 
+def run_script(path, text: str) -> str:
+    """Run `text` as the script `path` in a fresh interpreter (its own ``__main__``); its output."""
+    path.write_text(textwrap.dedent(text))
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 SCRIPT_WITH_OWN_CLASS = """
     import dataclasses
     import numpy as np
@@ -108,11 +116,7 @@ SCRIPT_WITH_OWN_CLASS = """
 
 
 def test_a_script_defined_class_and_a_lambda_in_args_travel(tmp_path):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(SCRIPT_WITH_OWN_CLASS))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_script(tmp_path / "script.py", SCRIPT_WITH_OWN_CLASS) == "ok"
 
 
 FORK_SCRIPT = """
@@ -141,11 +145,7 @@ FORK_SCRIPT = """
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
 def test_a_forked_childs_normal_exit_leaves_the_parents_workers_alone(tmp_path):
-    script = tmp_path / "fork.py"
-    script.write_text(textwrap.dedent(FORK_SCRIPT))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_script(tmp_path / "fork.py", FORK_SCRIPT) == "ok"
 
 
 SMALL_SHM_SCRIPT = """
