@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 import tqdm.auto
 
-from engine import StateNotShippedError
+from engine import StateNotShippedError, numerical_gradient
 from engine._errors import PayloadError, WorkerDied, WorkerLostError
 from engine.derivatives import _link
 from engine.derivatives._check import WorkerCall, _Disagreement, _identical, _not_shipped, probe_values
-from engine.derivatives._gradient import Gradient
+from engine.derivatives._gradient import Gradient, Jacobian
 from engine.derivatives._link import WorkerLink, lost_message
+from engine.derivatives._parallel import jacobian, parallel_numerical_gradient
 from engine.fd._evaluators import LoopOptions
 from engine.fd._space import ParamSpace
+from engine.run import _backends
 from engine.run._backends import ThreadPool
 from engine.run._execution import Execution
 from engine.run._job import Job, Raised
@@ -335,3 +337,45 @@ def test_the_calls_shipping_seconds_are_part_of_its_time_and_zero_when_nothing_s
             assert (0.0 < shipping <= wall) if call == 1 else shipping == 0.0
     finally:
         link.release()
+
+
+# -- the one-shot calls ----------------------------------------------------------------------------
+
+def test_one_shot_calls_share_one_pool_kept_between_them(monkeypatch):
+    monkeypatch.setattr(_backends, "_shared", {})
+    x = np.arange(1.0, 5.0)
+    try:
+        for _ in range(2):
+            got = parallel_numerical_gradient(squares, x, workers=2, backend="threading")
+            assert np.array_equal(got, numerical_gradient(squares, x))
+            assert list(_backends._shared) == [("threading", 2)]
+            pool = _backends._shared[("threading", 2)]
+            assert pool.usable            # started, and left running for the next call
+            assert pool is _backends.shared_pool("threading", 2)
+    finally:
+        for pool in _backends._shared.values():
+            pool.close()
+
+
+def test_one_shot_dispatch_in_process_is_kept_and_auto_means_the_workers():
+    x = np.ones(4)
+    assert parallel_numerical_gradient(noisy, x, workers=2, backend="threading",
+                                       dispatch="in-process").shape == (4,)
+    with pytest.raises(StateNotShippedError):   # f ran on the workers, and was checked there
+        parallel_numerical_gradient(noisy, x, workers=2, backend="threading")
+
+
+def test_one_shot_options_reach_the_gradient_and_the_execution():
+    x = np.array([0.5, 1.0, 2.0])
+    got = parallel_numerical_gradient(squares, x, workers=2, backend="threading", h=1e-3,
+                                      scheme="forward", chunk_size=1)
+    assert np.array_equal(got, numerical_gradient(squares, x, h=1e-3, scheme="forward"))
+
+
+def test_one_shot_jacobian_is_the_jacobians_in_process_result():
+    f = lambda v: np.array([v[0] * v[1], np.sin(v[1]), v.sum()])  # noqa: E731
+    x = np.array([0.5, 2.0])
+    with Jacobian(f, workers=1) as J:
+        expected = J(x)
+    got = jacobian(f, x, workers=2, backend="threading")
+    assert got.shape == (3, 2) and np.array_equal(got, expected)
