@@ -243,8 +243,10 @@ class RecordingThreadPool(ThreadPool):
         super().ship(key, bundle, arrays)
 
 
+# "forward": f(x) is compared before the probe's point, whose disagreement counts as fresh anyway
 @pytest.mark.parametrize("backend", ["threading", "sequential"])
-def test_a_copy_that_differs_fails_the_check_at_once_with_no_warning(backend, monkeypatch):
+@pytest.mark.parametrize("scheme", ["central", "forward"])
+def test_a_copy_that_differs_fails_the_check_at_once_with_no_warning(backend, scheme, monkeypatch):
     made, real = [], _link.make_pool
 
     def make(kind, workers, scheduler=None):
@@ -252,7 +254,8 @@ def test_a_copy_that_differs_fails_the_check_at_once_with_no_warning(backend, mo
         return made[-1]
 
     monkeypatch.setattr(_link, "make_pool", make)
-    with Gradient(DiffersWhenCopied(), workers=2, backend=backend, dispatch="parallel") as g:
+    with Gradient(DiffersWhenCopied(), workers=2, backend=backend, dispatch="parallel",
+                  scheme=scheme) as g:
         with warnings.catch_warnings():
             warnings.simplefilter("error")    # not "shipped again and the call repeated"
             with pytest.raises(StateNotShippedError, match="on a freshly shipped copy"):
