@@ -229,6 +229,19 @@ def test_arguments_that_cannot_be_pickled_are_refused_naming_them():
             g(np.ones(3), threading.Lock())
 
 
+def test_arguments_travel_again_when_any_byte_of_an_array_in_them_changes():
+    link = WorkerLink(Execution())
+    data = np.array([1.0, 2.0, 3.0])
+    assert link._args_update((data, "label"), 1) is not None    # the first time: sent
+    assert link._args_update((data, "label"), 1) is None        # the same bytes: not again
+    for index in (0, 2):   # the lowest byte of the first value, then of the last one
+        data[index] = np.nextafter(data[index], 10.0)
+        assert link._args_update((data, "label"), 1) is not None
+        assert link._args_update((data, "label"), 1) is None
+    assert link._args_update((data, "other"), 1) is not None    # the pickle itself changed
+    assert link._args_update((data, "other"), 2) is not None    # new workers hold nothing
+
+
 # -- a disagreement on a fresh copy ----------------------------------------------------------------
 
 class RecordingThreadPool(ThreadPool):
