@@ -43,12 +43,13 @@ OPTIONS = """\
         State that `f` keeps between calls and changes (a batch-norm layer's running
         statistics, a random generator it draws from, a counter) changes in the workers'
         copies, not in the caller's, while the serial loop changes it 2n times: after a
-        gradient that state depends on where it was computed. The first call finds such
-        state (the two evaluations above, the state reachable from `f` and `args`
-        recorded around each, then put back; see `engine.derivatives._side_effects`)
-        and ``"warn"`` names it. ``"restore"`` puts every recorded value back after each
-        call, wherever it ran, so the caller's state is what it was before the call
-        (the cost: a copy of that state per call). ``"ignore"``: neither.
+        gradient that state depends on where it was computed. With ``check_state``, the
+        first call finds such state (the two evaluations above, the state reachable from
+        `f` and `args` recorded around each, then put back; see
+        `engine.derivatives._side_effects`) and ``"warn"`` names it. ``"restore"`` puts
+        every recorded value back after each call, wherever it ran, so the caller's state
+        is what it was before the call (the cost: a copy of that state per call).
+        ``"ignore"``: neither.
     on_failure : {"raise", "one-sided", "nan"}, default "raise"
         An evaluation of `f` that raises an ``Exception`` or returns a non-finite value:
         ends the call (``"raise"``, with the error and where it happened); is replaced by

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._errors import StateNotShippedError
 from ..batched._batched import DEFAULT_BLOCK_MEMORY
 from ..batched._detect import AUTO_EVALUATOR, EVALUATOR_CHOICES, bind, choose_evaluator
 from ..fd._bounds import bounds_per_array, check_bounds_option
@@ -35,7 +36,6 @@ from ..run._blas import one_blas_thread
 from ..run._execution import Execution, check_positive_int
 from ..run._job import CENTER, BatchedOptions, Job, evaluate
 from ..run._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
-from .._errors import StateNotShippedError
 from ._check import WorkerCall
 from ._docs import shared_doc
 from ._failures import Failure, tell
@@ -265,11 +265,11 @@ class Gradient:
 
     def _effects_probe(self, args: tuple, space: ParamSpace) -> EffectsProbe | None:
         """The first call's test of `f` for side effects and determinism (None on later calls)."""
-        if self._effects_probed or (self.side_effects == "ignore" and not self.check_state):
+        if self._effects_probed or not self.check_state:   # check_state=False: f never runs here
             return None
         self._effects_probed = True
         return EffectsProbe(self.f, args, space, vector=self._vector,
-                            warn=self.side_effects == "warn", deterministic=self.check_state)
+                            warn=self.side_effects == "warn")
 
     def _on_workers(self, space: ParamSpace, args: tuple, f: Callable, job: Job, count: int,
                     want_center: bool, probe: EffectsProbe | None = None):

@@ -33,6 +33,7 @@ import numpy as np
 
 from .._errors import NotDeterministicError, warn_user
 from ..fd._space import ParamSpace
+from ..run._blas import one_blas_thread
 from ..run._job import Raised, value_at
 
 __all__ = ["SIDE_EFFECTS", "Snapshot", "EffectsProbe"]
@@ -147,10 +148,9 @@ class EffectsProbe:
     values differ.
     """
 
-    def __init__(self, f: Callable, args: tuple, space: ParamSpace, *, vector: bool,
-                 warn: bool, deterministic: bool):
+    def __init__(self, f: Callable, args: tuple, space: ParamSpace, *, vector: bool, warn: bool):
         self._f, self._args, self._space = f, args, space
-        self._vector, self._warn, self._deterministic = vector, warn, deterministic
+        self._vector, self._warn = vector, warn
         self.changed: list[str] = []
         self.values: tuple[Any, Any] | None = None
         self.unrestored: list[str] = []
@@ -162,17 +162,18 @@ class EffectsProbe:
             return
         self._ran = True
         before = Snapshot(self._f, self._args, self._space)
-        first = value_at(bound, self._space, None, self._vector)
-        after_one = before.again()
-        second = value_at(bound, self._space, None, self._vector)
+        with one_blas_thread():   # as every evaluation: the same bits wherever it runs
+            first = value_at(bound, self._space, None, self._vector)
+            after_one = before.again()
+            second = value_at(bound, self._space, None, self._vector)
         self.changed = after_one.differences(after_one.again())
         self.unrestored = before.restore()
         if not isinstance(first, Raised) and not isinstance(second, Raised):
             self.values = (first, second)
 
     def not_deterministic(self) -> NotDeterministicError | None:
-        """The error to raise when the two values of ``f(x)`` differ (and the check is on)."""
-        if not self._deterministic or self.values is None:
+        """The error to raise when the two values of ``f(x)`` differ."""
+        if self.values is None:
             return None
         first, second = self.values
         if np.shape(first) == np.shape(second) and np.array_equal(
