@@ -404,3 +404,21 @@ def test_one_shot_jacobian_is_the_jacobians_in_process_result():
         expected = J(x)
     got = jacobian(f, x, workers=2, backend="threading")
     assert got.shape == (3, 2) and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("scheme", ["central", "forward"])
+def test_work_alongside_runs_here_once_per_call_while_the_workers_work(scheme):
+    link = WorkerLink(Execution(backend="threading", workers=2))
+    link.workers_for(2)
+    checked = WorkerCall(link, check=True)
+    space = ParamSpace(np.ones(4))
+    job = Job("loop", scheme, (1e-4,), LoopOptions())
+    ran = []
+    try:
+        for call in (1, 2):
+            checked.run(squares, squares, space, (), job, [(0, 2), (2, 4)], ("signature",), call,
+                        needs_center=scheme == "forward", want_center=False,
+                        alongside=lambda: ran.append(threading.current_thread()))
+            assert ran == [threading.current_thread()] * call
+    finally:
+        link.release()
