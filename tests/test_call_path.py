@@ -16,12 +16,12 @@ import tqdm.auto
 
 from engine import StateNotShippedError, numerical_gradient
 from engine._errors import PayloadError, WorkerDied, WorkerLostError
-from engine.derivatives import _link
+from engine.derivatives import _gradient, _link
 from engine.derivatives._check import WorkerCall, _Disagreement, _identical, _not_shipped, probe_values
 from engine.derivatives._gradient import Gradient, Jacobian
 from engine.derivatives._link import WorkerLink, lost_message
 from engine.derivatives._parallel import jacobian, parallel_numerical_gradient
-from engine.fd._evaluators import LoopOptions
+from engine.fd._evaluators import LoopOptions, Report
 from engine.fd._space import ParamSpace
 from engine.run import _backends
 from engine.run._backends import ThreadPool
@@ -422,3 +422,70 @@ def test_work_alongside_runs_here_once_per_call_while_the_workers_work(scheme):
             assert ran == [threading.current_thread()] * call
     finally:
         link.release()
+
+
+# -- the gradient's own bookkeeping around the call -----------------------------------------------------
+
+def test_reship_ships_f_again_on_the_next_call_only(monkeypatch):
+    made = []
+    monkeypatch.setattr(_link, "make_pool", lambda kind, workers, scheduler=None: made.append(
+        RecordingThreadPool(workers)) or made[-1])
+    x = np.arange(1.0, 5.0)
+    with Gradient(squares, workers=2, backend="threading", dispatch="parallel") as g:
+        for reship, shipped in ((False, 1), (False, 1), (True, 2), (False, 2)):
+            if reship:
+                g.reship()
+            assert np.array_equal(g(x), numerical_gradient(squares, x))
+            assert made[0].shipped == shipped
+
+
+class FakeClock:
+    """`time` for `engine.derivatives._gradient`: perf_counter() gives the readings in turn."""
+
+    def __init__(self, *readings):
+        self.readings = list(readings)
+
+    def perf_counter(self):
+        return self.readings.pop(0)
+
+
+@pytest.mark.parametrize("dispatch, recorded, entry_seconds", [
+    ("parallel", 10.0 - 4.0, (10.0 - 4.0) * 2 / 4),   # 4 s shipping; 2 workers shared 4 entries
+    ("in-process", 10.0, 10.0 / 4),
+])
+def test_the_planner_gets_the_calls_seconds_less_shipping_and_chunking_the_seconds_per_entry(
+        monkeypatch, dispatch, recorded, entry_seconds):
+    g = Gradient(squares, workers=2, backend="threading", dispatch=dispatch)
+    seen = []
+    monkeypatch.setattr(g._planner, "record", lambda where, seconds: seen.append((where, seconds)))
+    monkeypatch.setattr(g, "_on_workers", lambda *args: (None, np.zeros(4), Report(), 4.0))
+    monkeypatch.setattr(g, "_in_process", lambda *args: (None, np.zeros(4), Report()))
+    monkeypatch.setattr(_gradient, "time", FakeClock(100.0, 110.0))   # the call took 10 s
+    with g:
+        g(np.ones(4))
+        assert g.plan.workers == 2
+    assert seen == [(dispatch, recorded)]
+    assert g._entry_seconds == entry_seconds
+
+
+@pytest.mark.parametrize("size", [2, 5])   # a size of 0 or 1 is always evaluated in-process
+def test_a_call_of_one_chunk_starts_one_worker(size):
+    with Gradient(squares, workers=3, backend="threading", dispatch="parallel", chunk_size=5) as g:
+        g(np.ones(size))
+        assert g._link.pool.workers == 1 and g.plan.workers == 1
+
+
+def test_timing_one_task_evaluates_the_last_entry_alone():
+    moved = []
+    x, x0 = np.arange(1.0, 6.0), np.arange(1.0, 6.0)
+
+    def f(v):
+        moved.append(np.flatnonzero(v != x0).tolist())
+        return squares(v)
+
+    g = Gradient(f, dispatch="auto")
+    space = ParamSpace(x)
+    job = Job("loop", "central", (1e-4,), LoopOptions())
+    seconds = g._time_one_task(space, f, job, x.size)
+    assert moved == [[4], [4]] and seconds >= 0.0
+    assert x.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
