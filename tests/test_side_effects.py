@@ -228,3 +228,17 @@ def test_bad_option():
         Gradient(np.sum, side_effects="undo")
     with pytest.raises(ValueError, match="`side_effects`"):
         engine.Hessian(np.sum, side_effects=None)
+
+
+def test_on_threads_the_test_runs_first_and_a_random_f_never_reaches_them(tmp_path):
+    log = tmp_path / "calls"
+    rng = np.random.default_rng(0)
+
+    def noisy(v):
+        with open(log, "a") as file:   # threads evaluate copies of f: a file counts them all
+            file.write("call\n")
+        return float(np.sum(v ** 2) + rng.normal())
+
+    with pytest.raises(NotDeterministicError, match=r"changed rng\b"):
+        parallel_numerical_gradient(noisy, np.ones(4), workers=2, backend="threading")
+    assert len(log.read_text().splitlines()) == 2   # the test's two evaluations, here

@@ -275,8 +275,13 @@ class Gradient:
                     want_center: bool, probe: EffectsProbe | None = None):
         """Evaluate on the workers, verified; ``(f(x) or None, rows, report, seconds shipping)``.
 
-        The side-effect `probe` runs here while the workers work.
+        The side-effect `probe` runs here while the workers work; before them on threads,
+        which share module state with this thread (its restoring must not race them).
         """
+        if probe is not None and self.execution.backend == "threading":
+            probe.run(f)
+            probe.tell()   # a non-deterministic f is refused before the threads start
+            probe = None
         try:
             result = self._workers.run(
                 self.f, f, space, args, job, self._chunks(space, job.evaluator, count),
