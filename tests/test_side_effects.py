@@ -5,6 +5,7 @@ The batch-norm net here is written like the teaching text's: its layer replaces
 `running_mean` on every training-mode forward pass and keeps the input it saw.
 """
 import random
+import types
 import warnings
 from collections import OrderedDict
 
@@ -228,3 +229,173 @@ def test_bad_option():
         Gradient(np.sum, side_effects="undo")
     with pytest.raises(ValueError, match="`side_effects`"):
         engine.Hessian(np.sum, side_effects=None)
+
+
+def test_on_threads_the_test_runs_first_and_a_random_f_never_reaches_them(tmp_path):
+    log = tmp_path / "calls"
+    rng = np.random.default_rng(0)
+
+    def noisy(v):
+        with open(log, "a") as file:   # threads evaluate copies of f: a file counts them all
+            file.write("call\n")
+        return float(np.sum(v ** 2) + rng.normal())
+
+    with pytest.raises(NotDeterministicError, match=r"changed rng\b"):
+        parallel_numerical_gradient(noisy, np.ones(4), workers=2, backend="threading")
+    assert len(log.read_text().splitlines()) == 2   # the test's two evaluations, here
+
+
+def test_a_callable_objects_attributes_are_its_state():
+    class Counted:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, v):
+            self.calls += 1
+            return float(np.sum(v ** 2))
+
+    f = Counted()
+    with pytest.warns(UserWarning, match=r"between calls: f\.calls\. "):
+        parallel_numerical_gradient(f, np.ones(3), workers=1)
+    assert f.calls == 2 * 3   # the test's calls put back
+
+
+def test_the_message_names_five_paths_then_counts_the_rest():
+    state = {f"s{i}": 0 for i in range(7)}
+
+    def f(v):
+        for key in state:
+            state[key] += 1
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"state\['s4'\] \(and 2 more\)\. "):
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+
+
+class Node:
+    def __init__(self, child=None):
+        self.count, self.child = 0, child
+
+
+def chain(levels):
+    """A chain of `levels` objects below the root: ``root.child.child...``; the deepest returned too."""
+    deepest = Node()
+    node = deepest
+    for _ in range(levels - 1):
+        node = Node(node)
+    return node, deepest
+
+
+@pytest.mark.parametrize("levels, named", [(8, True), (9, False)])
+def test_the_walk_follows_eight_levels(levels, named):
+    root, deepest = chain(levels)   # root.child... reaches `deepest.count` at depth `levels`
+
+    def f(v):
+        deepest.count += 1
+        return float(np.sum(v ** 2))
+
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always")
+        parallel_numerical_gradient(lambda v: f(v) + 0 * root.count, np.ones(2), workers=1)
+    said = [str(w.message) for w in told if "changes state" in str(w.message)]
+    assert any("root" + ".child" * (levels - 1) + ".count" in m for m in said) == named
+
+
+@pytest.mark.parametrize("size, named", [(9_990, True), (10_000, False)])
+def test_the_walk_records_at_most_ten_thousand_values(size, named):
+    big = [0.0] * size   # walked before `tally` (a closure's variables come in name order)
+    tally = [0]
+
+    def f(v):
+        tally[0] += 1
+        return float(np.sum(v ** 2)) + 0 * len(big)
+
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always")
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+    assert any("tally[0]" in str(w.message) for w in told) == named
+
+
+def test_an_array_reached_twice_is_named_once_and_a_cycle_walked_once():
+    shared = np.zeros(2)
+    holder = types.SimpleNamespace(first=shared, second=shared, count=0)
+    holder.me = holder
+
+    def f(v):
+        shared[0] += 1
+        holder.count += 1
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"between calls: holder\.first, holder\.count\. "):
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+
+
+def test_arrays_are_copied_up_to_the_limit_then_compared_by_digest(monkeypatch):
+    monkeypatch.setattr(_side_effects, "_COPY_LIMIT", 2 * 8)   # exactly the first array
+    first, second = np.zeros(2), np.zeros(2)
+
+    def f(v):
+        first[0] += 1
+        second[0] += 1
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"\(second could not be put back"):
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+    assert first[0] == 2 * 2 and second[0] == 2 * 2 + 2   # the test's calls put back where copied
+
+
+def test_restore_says_what_it_could_not_put_back(monkeypatch):
+    monkeypatch.setattr(_side_effects, "_COPY_LIMIT", 0)
+    total = np.zeros(2)
+
+    def f(v):
+        total[0] += 1
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"side_effects='restore' could not put back total: "):
+        parallel_numerical_gradient(f, np.ones(2), workers=1, check_state=False,
+                                    side_effects="restore")
+
+
+def test_restore_puts_back_a_dicts_keys_a_lists_items_and_a_replaced_generator():
+    table, items = {"a": 1, "b": 2}, [1, 2, 3]
+    holder = types.SimpleNamespace(rng=np.random.default_rng(5))
+    original, state = holder.rng, holder.rng.bit_generator.state
+
+    def f(v):
+        table.pop("a", None)
+        table["c"] = 3
+        if items:
+            items.pop()
+        original.random()
+        holder.rng = np.random.default_rng(6)
+        return float(np.sum(v ** 2))
+
+    parallel_numerical_gradient(f, np.ones(2), workers=1, check_state=False, side_effects="restore")
+    assert list(table.items()) == [("a", 1), ("b", 2)] and items == [1, 2, 3]
+    assert holder.rng is original and original.bit_generator.state == state
+
+
+def test_the_refusal_shows_both_values_shortened():
+    flips = [0]
+
+    def f(v):
+        flips[0] += 1
+        return np.full(40, float(flips[0] % 2)) * np.sum(v)
+
+    with pytest.raises(NotDeterministicError, match=r"gave array\(\[2\., 2\., .{30,}\.\.\. and array\(\[0\."):
+        engine.jacobian(f, np.ones(2), workers=1)
+
+
+def test_the_engines_own_objects_are_not_state():
+    inner = Gradient(lambda v: float(np.sum(v ** 3)), dispatch="in-process")   # counts its calls
+
+    def f(v):
+        return float(np.sum(inner(v)))
+
+    context = no_warnings()
+    try:
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+    finally:
+        context.__exit__(None, None, None)
+        inner.close()

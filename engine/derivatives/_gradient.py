@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._errors import StateNotShippedError
+from .._errors import StateNotShippedError, warn_user
 from ..batched._batched import DEFAULT_BLOCK_MEMORY
 from ..batched._detect import AUTO_EVALUATOR, EVALUATOR_CHOICES, bind, choose_evaluator
 from ..fd._bounds import bounds_per_array, check_bounds_option
@@ -216,7 +216,7 @@ class Gradient:
                                                   want_center)
         finally:
             if kept is not None:
-                kept.restore()
+                _restore(kept)
         self.failures = tell(space, report, self.on_failure)
         return (center if want_value else None), self._assemble(space, rows, center)
 
@@ -275,8 +275,13 @@ class Gradient:
                     want_center: bool, probe: EffectsProbe | None = None):
         """Evaluate on the workers, verified; ``(f(x) or None, rows, report, seconds shipping)``.
 
-        The side-effect `probe` runs here while the workers work.
+        The side-effect `probe` runs here while the workers work; before them on threads,
+        which share module state with this thread (its restoring must not race them).
         """
+        if probe is not None and self.execution.backend == "threading":
+            probe.run(f)
+            probe.tell()   # a non-deterministic f is refused before the threads start
+            probe = None
         try:
             result = self._workers.run(
                 self.f, f, space, args, job, self._chunks(space, job.evaluator, count),
@@ -309,6 +314,15 @@ class Gradient:
         if per_worker is None:
             per_worker = default_chunks_per_worker(evaluator, self._entry_seconds, count, workers)
         return plan_chunks(count, workers, per_worker)
+
+
+def _restore(kept: Snapshot) -> None:
+    """``side_effects="restore"``: put the state back, and say what could not be."""
+    failed = kept.restore()
+    if failed:
+        warn_user(f"side_effects='restore' could not put back {', '.join(failed)}: `f` changed it "
+                  "and it cannot be set again (an item of a tuple, an attribute without a setter, "
+                  "or an array too large to copy, compared by a digest only)")
 
 
 def _signature(space: ParamSpace, evaluator: str) -> tuple:

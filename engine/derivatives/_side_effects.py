@@ -17,7 +17,12 @@ Reachable means: the object of a bound method, a closure's variables, the global
 `f`'s code names, a `functools.partial`'s arguments, a callable object's attributes,
 and `args`; from there through dicts, lists, tuples and objects' attributes, to arrays,
 numbers, strings and random generators; plus NumPy's and `random`'s global generators.
-Arrays that share memory with `x` are left out (the engine restores `x` itself).
+Arrays that share memory with `x` are left out (the engine restores `x` itself), and so
+are the objects of the engine's and the pools' own machinery (a `Gradient` that `f`
+calls counts its calls). The walk follows 8 levels below each root and records at most
+10,000 values; each object is visited once (an array reached twice is named by its
+first path); arrays past 256 MiB in all are compared by a digest, so they can be named
+but not put back.
 """
 from __future__ import annotations
 
@@ -120,9 +125,10 @@ class Snapshot:
         if depth >= _MAX_DEPTH or id(obj) in self._seen or not _walkable(obj):
             return
         self._seen.add(id(obj))
-        if isinstance(obj, (list, dict)):   # items added since are taken out again on restore
-            self.leaves[f"len({path})"] = _Leaf(f"len({path})", obj, ("size", _size(obj)),
-                                                functools.partial(_shrink, obj), len(obj))
+        if isinstance(obj, (list, dict)):   # items added or taken out: the whole set put back
+            name = f"{path}[:]" if isinstance(obj, list) else f"{path}.keys()"
+            self.leaves[name] = _Leaf(name, obj, ("items", _keys(obj)),
+                                      functools.partial(_refill, obj), _items(obj))
         try:
             members = list(_members(obj))
         except Exception:   # an object whose attributes cannot be listed: not followed
@@ -317,8 +323,9 @@ def _put_back(leaf: _Leaf, now: _Leaf | None) -> bool:
         return True
     if kind == "digest":
         return False
-    if kind == "size":
-        return leaf.bind(leaf.saved)
+    if kind == "items":
+        leaf.bind(leaf.saved)
+        return True
     if kind == "array":
         if not leaf.obj.flags.writeable:
             return _rebind(leaf, np.array(leaf.saved, copy=True))
@@ -327,26 +334,31 @@ def _put_back(leaf: _Leaf, now: _Leaf | None) -> bool:
     return _rebind(leaf, leaf.saved)
 
 
-def _size(container: list | dict) -> Any:
+def _keys(container: list | dict) -> Any:
+    """What a container's set of items is compared by: a list's length, a dict's keys."""
     return len(container) if isinstance(container, list) else tuple(map(id, container))
 
 
-def _shrink(container: list | dict, size: int) -> bool:
-    """Take out what was added to a list (at its end) or a dict (its last keys) since it had `size` items."""
-    if len(container) < size:
-        return False
+def _items(container: list | dict) -> list:
+    return list(container) if isinstance(container, list) else list(container.items())
+
+
+def _refill(container: list | dict, items: list) -> None:
+    """Put a list's items or a dict's keys and values back as they were (the same objects)."""
     if isinstance(container, list):
-        del container[size:]
+        container[:] = items
     else:
-        for key in list(container)[size:]:
-            del container[key]
-    return True
+        container.clear()
+        container.update(items)
 
 
 def _rebind(leaf: _Leaf, value: Any) -> bool:
     if leaf.bind is None:
         return False
-    leaf.bind(value)
+    try:
+        leaf.bind(value)
+    except Exception:   # an attribute that cannot be set (a property, a frozen dataclass)
+        return False
     return True
 
 
