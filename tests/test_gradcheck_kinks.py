@@ -172,6 +172,18 @@ class TestBatchNormNet:
         assert all(np.array_equal(net.state[k], before[k]) for k in before)
 
 
+@pytest.mark.parametrize("flags, code", [([], 0), (["--weight-init-std", "0.01"], 1)])
+def test_engine_gradcheck_batch_norm_default_is_the_books_he_scale(flags, code, capsys):
+    """From weights of 0.01 (the MLP default), h = 1e-4 is too coarse for the batch-norm net:
+    it is blind to each weight column's scale, so its curvature grows as 1 / scale^2."""
+    from engine.cli.gradcheck import main
+    argv = ["--sizes", "784", "10", "10", "10", "--activation", "relu", "--batch-norm",
+            "--batch-size", "4"]
+    assert main(argv + flags) == code
+    out = capsys.readouterr().out
+    assert ("weights he" if not flags else "weights 0.01") in out
+
+
 def test_engine_gradcheck_checks_the_batch_norm_net(capsys):
     from engine.cli.gradcheck import main
     code = main(["--sizes", "784", "6", "10", "--activation", "relu", "--batch-norm",
