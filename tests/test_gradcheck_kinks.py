@@ -32,6 +32,44 @@ class KinkNet:
         return {"w": np.array([self.backprop_w0, 2.0])}
 
 
+class CurvedKinkNet:
+    """loss = relu(w0) + 1000 w0^2 + 2 w1 at w0 = -h/2: a kink on the right, curvature on the left.
+
+    Backprop is 2000 w0 = -0.1; the forward difference 0.5 crosses the kink, the backward
+    one is -0.2 (off by the curvature term h f''/2), the central one 0.15.
+    """
+
+    def __init__(self, backprop_w0=-0.1):
+        self.params = {"w": np.array([-0.5e-4, 1.0])}
+        self.backprop_w0 = backprop_w0
+
+    def loss(self, x, t):
+        w = self.params["w"]
+        return float(max(w[0], 0.0) + 1000.0 * w[0] ** 2 + 2.0 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([self.backprop_w0, 2.0])}
+
+
+class BothSidesKinkNet:
+    """loss = 2 relu(w0 - h/2) - relu(-w0 - h/2) + 3 w0 + 2 w1 at w0 = 0: a kink on each side.
+
+    Backprop is 3; the forward difference 4, the backward one 3.5, the central one 3.75;
+    at h / 10, clear of both kinks, all three are 3.
+    """
+
+    def __init__(self, backprop_w0=3.0):
+        self.params = {"w": np.array([0.0, 1.0])}
+        self.backprop_w0 = backprop_w0
+
+    def loss(self, x, t):
+        w, half = self.params["w"], 0.5e-4
+        return float(2 * max(w[0] - half, 0.0) - max(-w[0] - half, 0.0) + 3 * w[0] + 2 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([self.backprop_w0, 2.0])}
+
+
 class ModeNet:
     """The book's habit: ``loss(x, t, train_flg=False)``; training mode doubles the loss."""
 
@@ -65,6 +103,24 @@ class TestKinks:
         before = net.params["w"].copy()
         gradient_check(net, None, None)
         assert net.params["w"].tobytes() == before.tobytes()
+
+    def test_a_kink_beside_strong_curvature_is_listed(self):
+        # the one-sided differences miss backprop by 0.6 and 0.1 (more than 0.7 / 10): the
+        # left side's second-order difference, exact on the parabola, meets it
+        report = gradient_check(CurvedKinkNet(), None, None)["w"]
+        assert report.kinks == ((0,),) and failures({"w": report}, TOL) == []
+
+    def test_a_bug_beside_strong_curvature_is_no_kink(self):
+        report = gradient_check(CurvedKinkNet(backprop_w0=-0.12), None, None)["w"]
+        assert report.kinks == () and failures({"w": report}, TOL) == ["w"]
+
+    def test_kinks_on_both_sides_are_listed(self):
+        report = gradient_check(BothSidesKinkNet(), None, None)["w"]
+        assert report.kinks == ((0,),) and failures({"w": report}, TOL) == []
+
+    def test_a_bug_between_kinks_on_both_sides_is_no_kink(self):
+        report = gradient_check(BothSidesKinkNet(backprop_w0=3.1), None, None)["w"]
+        assert report.kinks == () and failures({"w": report}, TOL) == ["w"]
 
     def test_a_smaller_h_needs_no_kink(self):
         report = gradient_check(KinkNet(w0=0.5e-4), None, None, h=1e-5)["w"]
@@ -120,6 +176,19 @@ def check(net, x, t, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the loop fallback of convolution nets
         return gradient_check(net, x, t, **options)
+
+
+def book_convnet(seed):
+    """The book's ch07 check exactly: 10x10 image, 10 filters of 3x3, hidden 10, std 0.01."""
+    net = SimpleConvNet(input_dim=(1, 10, 10), filter_num=10, filter_size=3, hidden_size=10,
+                        output_size=10, weight_init_std=0.01, seed=seed)
+    return net, np.random.default_rng(seed).random((1, 1, 10, 10)), np.array([1])
+
+
+# seed 5: two convolution outputs of b1's channel 0 lie within h of 0, one on each side
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_the_books_ch07_check_passes_at_the_default_settings(seed):
+    assert failures(check(*book_convnet(seed)), TOL) == []
 
 
 class TestConvNet:
