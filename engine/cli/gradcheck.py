@@ -20,7 +20,7 @@ from engine.train._training import TrainConfig
 from engine.cli._flags import add_shared_flags, default_text, flag_words
 from engine.cli._setup import EXIT_BAD_INPUT
 
-__all__ = ["main", "weight_init"]
+__all__ = ["main"]
 
 _BOOK_RUN = TrainConfig()   # the teaching text's net, batch, seed and differences: the defaults
 _DTYPES = ("float64", "float32")
@@ -30,7 +30,7 @@ _DTYPES = ("float64", "float32")
 _BATCH_NORM_INIT = "he"
 
 
-def _weight_init(text: str) -> float | str:
+def _weight_init_flag(text: str) -> float | str:
     """--weight-init-std's value: a name of `WEIGHT_INITS`, or a number (the net checks it)."""
     if text in WEIGHT_INITS:
         return text
@@ -41,7 +41,7 @@ def _weight_init(text: str) -> float | str:
                                          f"{', '.join(WEIGHT_INITS)}") from None
 
 
-def weight_init(args: argparse.Namespace) -> float | str:
+def _initial_scale(args: argparse.Namespace) -> float | str:
     """The initial weights' scale the flags ask for: --weight-init-std, or its default."""
     if args.weight_init_std is not None:
         return args.weight_init_std
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
              "times faster); auto: batched" + default_text(_BOOK_RUN.evaluator))
     add("--seed", type=int, default=_BOOK_RUN.seed, metavar="N",
         help="seed of the initial weights" + default_text(_BOOK_RUN.seed))
-    add("--weight-init-std", type=_weight_init, default=None, metavar="STD",
+    add("--weight-init-std", type=_weight_init_flag, default=None, metavar="STD",
         help="standard deviation of the initial weights, or the book's 'he' (sqrt(2 / n_in) "
              "per layer) or 'xavier' (sqrt(1 / n_in)) [default: "
              f"{_BOOK_RUN.weight_init_std:g}; with --batch-norm, {_BATCH_NORM_INIT!r}, the "
@@ -120,17 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tol = default_tol(args.scheme, args.dtype) if args.tol is None else args.tol
     x, t = train.images[:args.batch_size], train.labels[:args.batch_size]
     try:
-        net = MLP(args.sizes, args.activation, weight_init(args), args.seed,
+        net = MLP(args.sizes, args.activation, _initial_scale(args), args.seed,
                   dtype=np.dtype(args.dtype), batch_norm=args.batch_norm)
         results = gradient_check(net, x, t, scheme=args.scheme, h=args.h, workers=args.workers,
                                  evaluator=args.evaluator, backend=args.backend, tol=tol)
     except (ValueError, TypeError) as error:   # a flag the engine rejects
         parser.error(flag_words(str(error)))
     norm = ", batch norm" if args.batch_norm else ""
-    scale = weight_init(args)
+    scale = _initial_scale(args)
     scale = f"{scale:g}" if isinstance(scale, float) else scale
     print(f"gradient check: MLP {'-'.join(map(str, args.sizes))} ({args.activation}{norm}, "
-          f"{args.dtype}, seed {args.seed}, weights {scale}), {args.batch_size} MNIST image(s), "
+          f"{args.dtype}, seed {args.seed}), weights {scale}, {args.batch_size} MNIST image(s), "
           f"scheme={args.scheme}, h={args.h if args.h == AUTO else format(args.h, 'g')}, "
           f"evaluator={args.evaluator}")
     print(format_table(results, tol))
