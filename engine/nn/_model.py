@@ -436,7 +436,7 @@ def mlp(sizes: Any, activation: str = DEFAULT_ACTIVATION, *, batch_norm: bool = 
     return Sequential(layers, SoftmaxCrossEntropy())
 
 
-def init_params(sizes: Any, weight_init_std: float = DEFAULT_WEIGHT_STD, seed: Any = None,
+def init_params(sizes: Any, weight_init_std: float | str = DEFAULT_WEIGHT_STD, seed: Any = None,
                 dtype: Any = np.float64, *, batch_norm: bool = False) -> dict[str, np.ndarray]:
     """Parameters for :func:`mlp`: Gaussian weights, zero biases.
 
