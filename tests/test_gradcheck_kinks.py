@@ -32,42 +32,82 @@ class KinkNet:
         return {"w": np.array([self.backprop_w0, 2.0])}
 
 
-class CurvedKinkNet:
-    """loss = relu(w0) + 1000 w0^2 + 2 w1 at w0 = -h/2: a kink on the right, curvature on the left.
+class OneSideKinkNet:
+    """loss = 2 relu(w0 - h/20) + 3 relu(-w0 - 1.5 h) + w0 + 2 w1 at w0 = 0: only the first test.
 
-    Backprop is 2000 w0 = -0.1; the forward difference 0.5 crosses the kink, the backward
-    one is -0.2 (off by the curvature term h f''/2), the central one 0.15.
+    Backprop 1 is the backward difference; the forward one (2.9) crosses the kink at h/20,
+    which the steps h/10 cross too; the second-order differences cross a kink on each side.
     """
 
-    def __init__(self, backprop_w0=-0.1):
-        self.params = {"w": np.array([-0.5e-4, 1.0])}
-        self.backprop_w0 = backprop_w0
+    def __init__(self):
+        self.params = {"w": np.array([0.0, 1.0])}
+
+    def loss(self, x, t):
+        w, h = self.params["w"], 1e-4
+        return float(2 * max(w[0] - h / 20, 0.0) + 3 * max(-w[0] - 1.5 * h, 0.0) + w[0] + 2 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([1.0, 2.0])}
+
+
+class CurvedKinkNet:
+    """loss = relu(w0) + 1000 w0^2 + 800 w0^3 + 2 w1 at w0 = -h/2: a kink on the right,
+    curvature on the left.
+
+    Backprop is 2000 w0 + 2400 w0^2 = -0.099994; the forward difference 0.5 crosses the
+    kink, the backward one is -0.2 (off by the curvature term h f''/2), the central one
+    0.15. The backward second-order difference (f at w0 - h, w0 - 2h) is off by the cubic's
+    2 * 800 h^2 = 1.6e-5, inside the tolerance 2e-5; from w0 - 3h it would be 2.4e-5.
+    """
+
+    def __init__(self, backprop_w0=None):
+        w0 = -0.5e-4
+        self.params = {"w": np.array([w0, 1.0])}
+        self.backprop_w0 = 2000.0 * w0 + 2400.0 * w0 ** 2 if backprop_w0 is None else backprop_w0
 
     def loss(self, x, t):
         w = self.params["w"]
-        return float(max(w[0], 0.0) + 1000.0 * w[0] ** 2 + 2.0 * w[1])
+        return float(max(w[0], 0.0) + 1000.0 * w[0] ** 2 + 800.0 * w[0] ** 3 + 2.0 * w[1])
 
     def gradient(self, x, t):
         return {"w": np.array([self.backprop_w0, 2.0])}
 
 
 class BothSidesKinkNet:
-    """loss = 2 relu(w0 - h/2) - relu(-w0 - h/2) + 3 w0 + 2 w1 at w0 = 0: a kink on each side.
+    """loss = 2 relu(w0 - c - h/2) - relu(c - w0 - h/2) + 3 w0 + 2 w1 at w0 = c = 0.25: a kink
+    on each side.
 
     Backprop is 3; the forward difference 4, the backward one 3.5, the central one 3.75;
     at h / 10, clear of both kinks, all three are 3.
     """
 
     def __init__(self, backprop_w0=3.0):
-        self.params = {"w": np.array([0.0, 1.0])}
+        self.params = {"w": np.array([0.25, 1.0])}
         self.backprop_w0 = backprop_w0
 
     def loss(self, x, t):
-        w, half = self.params["w"], 0.5e-4
-        return float(2 * max(w[0] - half, 0.0) - max(-w[0] - half, 0.0) + 3 * w[0] + 2 * w[1])
+        w, c, half = self.params["w"], 0.25, 0.5e-4
+        return float(2 * max(w[0] - c - half, 0.0) - max(c - w[0] - half, 0.0) + 3 * w[0]
+                     + 2 * w[1])
 
     def gradient(self, x, t):
         return {"w": np.array([self.backprop_w0, 2.0])}
+
+
+class CubicNet:
+    """loss = 1000 w0^3 + 2 w1 at w0 = 1, smooth; at h = 1e-2 the central difference is off
+    by e = 1000 h^2 = 0.1, each one-sided second-order difference by -2e."""
+
+    def __init__(self, bug):
+        self.params = {"w": np.array([1.0, 1.0])}
+        self.bug = bug
+
+    def loss(self, x, t):
+        w = self.params["w"]
+        return float(1000.0 * w[0] ** 3 + 2.0 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([3000.0 + self.bug, 2.0])}
 
 
 class ModeNet:
@@ -104,6 +144,10 @@ class TestKinks:
         gradient_check(net, None, None)
         assert net.params["w"].tobytes() == before.tobytes()
 
+    def test_a_kink_that_only_the_one_sided_differences_show_is_listed(self):
+        report = gradient_check(OneSideKinkNet(), None, None)["w"]
+        assert report.kinks == ((0,),) and failures({"w": report}, TOL) == []
+
     def test_a_kink_beside_strong_curvature_is_listed(self):
         # the one-sided differences miss backprop by 0.6 and 0.1 (more than 0.7 / 10): the
         # left side's second-order difference, exact on the parabola, meets it
@@ -121,6 +165,13 @@ class TestKinks:
     def test_a_bug_between_kinks_on_both_sides_is_no_kink(self):
         report = gradient_check(BothSidesKinkNet(backprop_w0=3.1), None, None)["w"]
         assert report.kinks == () and failures({"w": report}, TOL) == ["w"]
+
+    def test_a_bug_near_the_second_order_differences_on_a_smooth_stretch_is_no_kink(self):
+        # backprop off by -2.5e: within tol_abs = e of the second-order differences (-2e),
+        # but not ten times closer to them than to the central difference (+e)
+        e = 0.1
+        report = gradient_check(CubicNet(bug=-2.5 * e), None, None, h=1e-2, tol=e / 3000)["w"]
+        assert report.kinks == () and failures({"w": report}, e / 3000) == ["w"]
 
     def test_a_smaller_h_needs_no_kink(self):
         report = gradient_check(KinkNet(w0=0.5e-4), None, None, h=1e-5)["w"]
