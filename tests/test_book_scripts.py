@@ -74,12 +74,17 @@ def book_runs(mnist):
 def test_the_engine_swapped_in_gives_the_books_bits(name, workers, mnist, book_runs, capsys,
                                                     monkeypatch):
     engine_gradient = functools.partial(parallel_numerical_gradient, workers=workers)
-    with warnings.catch_warnings(record=True) as _recorded:
-        # ch06's loss changes running_mean / running_var on every call: the side-effect
-        # warning is recorded in _recorded, not failed on (its assertion comes with the
-        # detector, engine.Gradient's side_effects=)
+    with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
         numerical, backprop, printed, _ = run_script(name, mnist, engine_gradient, capsys, monkeypatch)
+    said = [str(w.message) for w in recorded if "changes state" in str(w.message)]
+    if name == "ch06":   # the running statistics, named on each call (one per parameter array)
+        assert len(said) == len(book_runs[name][0])
+        for layer in ("BatchNorm1", "BatchNorm2"):
+            for statistic in ("running_mean", "running_var"):
+                assert all(f"self.layers['{layer}'].{statistic}" in m for m in said)
+    else:   # the layers' caches (their input, the ReLU mask) are not state that accumulates
+        assert said == []
     book_numerical, book_backprop, book_printed, _ = book_runs[name]
     assert list(numerical) == list(book_numerical)
     for key in book_numerical:
@@ -107,6 +112,17 @@ def test_batch_norm_net_changes_its_running_statistics_on_every_loss(mnist):
     first = norm.running_mean
     net.loss(*mnist, train_flg=True)
     assert not np.array_equal(norm.running_mean, first)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_restore_keeps_the_callers_running_statistics(mnist, workers):
+    net = _book_nets.MultiLayerNetExtend(784, [6, 6], 10, use_batchnorm=True)
+    norm = net.layers["BatchNorm1"]
+    net.loss(*mnist, train_flg=True)   # statistics of their own
+    before = norm.running_mean.copy(), norm.running_var.copy()
+    f = lambda W: net.loss(*mnist, train_flg=True)   # noqa: E731 (the book's form)
+    parallel_numerical_gradient(f, net.params["W2"], workers=workers, side_effects="restore")
+    assert np.array_equal(norm.running_mean, before[0]) and np.array_equal(norm.running_var, before[1])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
