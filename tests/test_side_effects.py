@@ -4,6 +4,7 @@ different; and an `f` that is not deterministic refused, wherever the gradient r
 The batch-norm net here is written like the teaching text's: its layer replaces
 `running_mean` on every training-mode forward pass and keeps the input it saw.
 """
+import dataclasses
 import random
 import types
 import warnings
@@ -206,8 +207,12 @@ def test_check_state_false_lets_a_random_f_through_and_restore_puts_its_generato
     def noisy(v):
         return float(np.sum(v ** 2) + 1e-3 * rng.normal())
 
-    got = parallel_numerical_gradient(noisy, np.ones(3), workers=1, check_state=False,
-                                      side_effects="restore")
+    context = no_warnings()   # everything put back: nothing to say
+    try:
+        got = parallel_numerical_gradient(noisy, np.ones(3), workers=1, check_state=False,
+                                          side_effects="restore")
+    finally:
+        context.__exit__(None, None, None)
     assert got.shape == (3,)
     assert rng.bit_generator.state == state
 
@@ -371,7 +376,12 @@ def test_restore_puts_back_a_dicts_keys_a_lists_items_and_a_replaced_generator()
         holder.rng = np.random.default_rng(6)
         return float(np.sum(v ** 2))
 
-    parallel_numerical_gradient(f, np.ones(2), workers=1, check_state=False, side_effects="restore")
+    context = no_warnings()   # everything put back: nothing to say
+    try:
+        parallel_numerical_gradient(f, np.ones(2), workers=1, check_state=False,
+                                    side_effects="restore")
+    finally:
+        context.__exit__(None, None, None)
     assert list(table.items()) == [("a", 1), ("b", 2)] and items == [1, 2, 3]
     assert holder.rng is original and original.bit_generator.state == state
 
@@ -399,3 +409,124 @@ def test_the_engines_own_objects_are_not_state():
     finally:
         context.__exit__(None, None, None)
         inner.close()
+
+
+TALLY = [0]   # module state, named after `np` in f's code: found before numpy's own namespace
+
+
+def test_modules_and_functions_are_not_walked():
+    def f(v):
+        value = float(np.sum(v ** 2))
+        TALLY[0] += 1
+        return value
+
+    with pytest.warns(UserWarning, match=r"between calls: TALLY\[0\]\. "):
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+
+
+def test_restore_puts_back_pythons_generators_read_only_arrays_and_odd_values():
+    class Tag(str):   # a local class: cannot be pickled, compared by its repr
+        pass
+
+    pythons, legacy = random.Random(1), np.random.RandomState(2)
+    frozen = np.arange(3.0)
+    frozen.flags.writeable = False
+    holder = types.SimpleNamespace(table=frozen, tag=Tag("a"))
+    states = pythons.getstate(), legacy.get_state()[1].copy(), np.random.get_state()[1].copy()
+
+    def f(v):
+        pythons.random(), legacy.random(), np.random.rand()
+        holder.table = np.zeros(3)
+        holder.tag = Tag("b")
+        return float(np.sum(v ** 2))
+
+    context = no_warnings()
+    try:
+        parallel_numerical_gradient(f, np.ones(2), workers=1, check_state=False,
+                                    side_effects="restore")
+    finally:
+        context.__exit__(None, None, None)
+    assert pythons.getstate() == states[0] and np.array_equal(legacy.get_state()[1], states[1])
+    assert np.array_equal(np.random.get_state()[1], states[2])
+    assert np.array_equal(holder.table, [0.0, 1.0, 2.0]) and holder.tag == "a"
+
+
+def test_a_changed_odd_value_is_named():
+    class Tag(str):
+        pass
+
+    holder = types.SimpleNamespace(tag=Tag("a"))
+
+    def f(v):
+        holder.tag = Tag(holder.tag + "a")
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"between calls: holder\.tag\. "):
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+
+
+def test_restore_says_what_it_cannot_set_again():
+    @dataclasses.dataclass(frozen=True)
+    class Frozen:
+        count: int
+
+    held = Frozen(0)
+
+    def f(v):
+        object.__setattr__(held, "count", held.count + 1)   # around the frozen dataclass
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"could not put back held\.count"):
+        parallel_numerical_gradient(f, np.ones(2), workers=1, check_state=False,
+                                    side_effects="restore")
+
+
+def test_a_generator_reached_twice_is_named_once():
+    rng = np.random.default_rng(0)
+    holder = types.SimpleNamespace(rng=rng)
+
+    def noisy(v):   # closes over `holder`, then `rng` (a closure's variables in name order)
+        return float(np.sum(v ** 2) + holder.rng.normal()) + 0 * (rng is None)
+
+    with pytest.raises(NotDeterministicError, match=r"changed holder\.rng\)"):
+        parallel_numerical_gradient(noisy, np.ones(2), workers=1)
+
+
+def test_exactly_five_paths_are_named_without_a_count():
+    state = {f"s{i}": 0 for i in range(5)}
+
+    def f(v):
+        for key in state:
+            state[key] += 1
+        return float(np.sum(v ** 2))
+
+    with pytest.warns(UserWarning, match=r"state\['s4'\]\. Evaluations"):
+        parallel_numerical_gradient(f, np.ones(2), workers=1)
+
+
+def test_an_f_that_raises_once_then_returns_is_not_deterministic():
+    raised = [False]
+
+    def flaky(v):
+        if not raised[0]:
+            raised[0] = True
+            raise RuntimeError("solver did not converge")
+        return float(np.sum(v ** 2))
+
+    with pytest.raises(NotDeterministicError, match=r"gave an error \(RuntimeError: solver did not "
+                                                    r"converge\) and 3\.0"):
+        parallel_numerical_gradient(lambda v: flaky(v), np.ones(3), workers=1)
+
+
+def test_nan_twice_is_the_same_value():
+    def f(v):
+        return float("nan") if v[0] == 1.0 else float(np.sum(v ** 2))
+
+    with pytest.warns(engine.NumericalFallbackWarning):   # f(x) is NaN twice: no refusal
+        got = parallel_numerical_gradient(f, np.ones(2), workers=1, on_failure="nan")
+    assert np.isnan(got[1])
+
+
+@pytest.mark.parametrize("length, shown", [(58, "'" + "x" * 58 + "'"), (59, "'" + "x" * 56 + "...")])
+def test_values_are_shown_up_to_sixty_characters(length, shown):
+    assert _side_effects._short("x" * length) == shown

@@ -160,13 +160,9 @@ class EffectsProbe:
         self.changed: list[str] = []
         self.values: tuple[Any, Any] | None = None
         self.unrestored: list[str] = []
-        self._ran = False
 
     def run(self, bound: Callable) -> None:
-        """``f(x)`` twice here, the state recorded around each; the state put back after. Once."""
-        if self._ran:
-            return
-        self._ran = True
+        """``f(x)`` twice here, the state recorded around each; the state put back after."""
         before = Snapshot(self._f, self._args, self._space)
         with one_blas_thread():   # as every evaluation: the same bits wherever it runs
             first = value_at(bound, self._space, None, self._vector)
@@ -174,7 +170,7 @@ class EffectsProbe:
             second = value_at(bound, self._space, None, self._vector)
         self.changed = after_one.differences(after_one.again())
         self.unrestored = before.restore()
-        if not isinstance(first, Raised) and not isinstance(second, Raised):
+        if not (isinstance(first, Raised) and isinstance(second, Raised)):   # raising at x: the loop's
             self.values = (first, second)
 
     def not_deterministic(self) -> NotDeterministicError | None:
@@ -182,8 +178,12 @@ class EffectsProbe:
         if self.values is None:
             return None
         first, second = self.values
-        if np.shape(first) == np.shape(second) and np.array_equal(
-                np.asarray(first), np.asarray(second), equal_nan=True):
+        if isinstance(first, Raised) or isinstance(second, Raised):   # one raised, one did not
+            same = False
+        else:
+            same = np.shape(first) == np.shape(second) and np.array_equal(
+                np.asarray(first), np.asarray(second), equal_nan=True)
+        if same:
             return None
         drawn = _named(self.changed)
         return NotDeterministicError(
@@ -368,5 +368,5 @@ def _named(paths: list[str]) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = f"an error ({value.error}: {value.message})" if isinstance(value, Raised) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
