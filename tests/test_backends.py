@@ -1,0 +1,194 @@
+"""The pools of `engine.run._backends`, seen from the workers' side: what a worker still maps
+after a gradient on the shared pool is closed, how the workers end on close().
+
+Each case was seen failing on the one-line bug it is named after (see tests/README.md).
+"""
+import gc
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import Gradient, PayloadError, numerical_gradient, parallel_numerical_gradient
+from engine._errors import RemoteTraceback
+from engine.run._backends import JoblibPool, ProcessPool, ThreadPool, make_pool
+from engine.run._bundle import dumps_bundle
+from engine.run._dask import DaskPool
+
+
+def squares(v):
+    return float(np.sum(v ** 2))
+
+
+@pytest.mark.parametrize("backend, kind", [("loky", ProcessPool), ("threading", ThreadPool),
+                                           ("dask", DaskPool), ("sequential", JoblibPool)])
+def test_each_backend_gets_its_own_kind_of_pool(backend, kind):
+    pool = make_pool(backend, 2)   # no worker starts before the first call
+    try:
+        assert type(pool) is kind and pool.workers == 2
+        assert getattr(pool, "backend", backend) == backend
+    finally:
+        pool.close()
+
+
+def test_a_one_shot_call_on_another_joblib_backend_is_exact():
+    x = np.arange(1.0, 6.0)
+    got = parallel_numerical_gradient(squares, x, workers=2, backend="sequential")
+    assert np.array_equal(got, numerical_gradient(squares, x.copy()))
+
+
+def raises_here(v):
+    raise ValueError("raised by f")
+
+
+def raises_from_a_cause(v):
+    raise ValueError("raised by f") from KeyError("f's own cause")
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_an_error_from_a_worker_has_the_workers_traceback_as_its_cause(backend):
+    with pytest.raises(ValueError, match="raised by f") as caught:
+        parallel_numerical_gradient(raises_here, np.ones(4), workers=2, backend=backend,
+                                    check_state=False)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RemoteTraceback), cause
+    assert "in raises_here" in cause.text and "ValueError: raised by f" in cause.text
+
+
+def test_an_error_that_has_a_cause_keeps_it():
+    # A thread's error arrives as the very object f raised, with its own __cause__.
+    with pytest.raises(ValueError, match="raised by f") as caught:
+        parallel_numerical_gradient(raises_from_a_cause, np.ones(4), workers=2,
+                                    backend="threading", check_state=False)
+    assert isinstance(caught.value.__cause__, KeyError), caught.value.__cause__
+
+
+def values_mappings(pid: int | str = "self") -> int:
+    """How many mappings of the engine's shared values process `pid` holds (its /proc maps)."""
+    return Path(f"/proc/{pid}/maps").read_text().count("numgrad-values")
+
+
+class LogsMappings:
+    """`squares`; in a worker, logs how many shared-values mappings the worker holds."""
+
+    def __init__(self, log):
+        self.log, self.home = str(log), os.getpid()
+
+    def __call__(self, v):
+        if os.getpid() != self.home:
+            with open(self.log, "a") as file:
+                file.write(f"{os.getpid()} {values_mappings()}\n")
+        return squares(v)
+
+
+def test_one_shot_calls_leave_no_values_mapped_in_the_shared_workers_nor_here(tmp_path):
+    # Each one-shot call ships (f, x) to the shared pool's workers as a new resident and drops
+    # it when it returns. A worker handles its messages in order, so in call k it has handled
+    # the drops of calls 1..k-1: it maps the current call's values alone.
+    log = tmp_path / "mappings.log"
+    x = np.arange(1.0, 9.0)
+    expected = numerical_gradient(squares, x.copy())
+    gc.collect()
+    here = values_mappings()
+    for _ in range(4):
+        got = parallel_numerical_gradient(LogsMappings(log), x, workers=2, chunk_size=1)
+        assert np.array_equal(got, expected)
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert len({pid for pid, _ in seen}) == 2, seen            # both workers evaluated
+    assert {count for _, count in seen} == {"1"}, seen
+    assert values_mappings() <= here                           # the caller's copies closed too
+
+
+def test_close_lets_every_worker_process_exit_by_itself():
+    # close() asks the workers to stop and waits for them; a worker that does not stop by
+    # itself is killed after a while, which would show as a negative exit code (a signal).
+    g = Gradient(squares, workers=2, dispatch="parallel")
+    x = np.arange(1.0, 9.0)
+    assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+    processes = list(g._link.pool._processes)
+    g.close()
+    assert [process.exitcode for process in processes] == [0, 0]
+
+
+def test_a_dropped_resident_is_no_longer_held_and_a_second_drop_is_harmless():
+    pool = make_pool("threading", 2)
+    x = np.arange(1.0, 4.0)
+    try:
+        pool.ensure_started()
+        pool.ship("a", dumps_bundle(squares, x, [x]), [x])
+        assert pool.holds("a") and not pool.holds("b")
+        pool.drop("a")
+        assert not pool.holds("a")
+        pool.drop("a")
+        assert pool.usable
+    finally:
+        pool.close()
+
+
+def test_starting_worker_processes_removes_the_values_files_of_dead_callers():
+    # Off Linux the values live in a named file, unlinked at once; a caller that died in
+    # between leaves it behind, and the next pool to start sweeps it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = Path("/dev/shm") / f"numgrad-{dead}-left.values"
+    stale.write_bytes(b"\0" * 64)
+    try:
+        with Gradient(squares, workers=2, dispatch="parallel") as g:
+            x = np.arange(1.0, 5.0)
+            assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+        assert not stale.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+
+
+class LogsMovedEntries:
+    """`squares`, logging which entry of `x` each evaluation moved."""
+
+    def __init__(self, x, log):
+        self.x, self.log = x.copy(), str(log)
+
+    def __call__(self, v):
+        with open(self.log, "a") as file:
+            file.write(" ".join(map(str, np.flatnonzero(v != self.x))) + "\n")
+        return squares(v)
+
+
+def test_chunks_go_out_in_index_order(tmp_path):
+    # Two workers start on the first two chunks; no other chunk goes out before one of them is
+    # back, so whichever worker evaluates first, it moves entry 0 or 1.
+    log, x = tmp_path / "moved.log", np.arange(1.0, 9.0)
+    with Gradient(LogsMovedEntries(x, log), workers=2, backend="threading", dispatch="parallel",
+                  chunk_size=1, check_state=False) as g:
+        assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+    moved = log.read_text().splitlines()
+    assert sorted(moved) == sorted(str(i) for i in range(8) for _ in range(2))
+    assert moved[0] in ("0", "1"), moved
+
+
+class NotInAWorker:
+    """`squares` that unpickles in the caller's thread only: in a worker it raises."""
+
+    def __init__(self):
+        self.home = os.getpid()
+
+    def __setstate__(self, state):
+        if os.getpid() != state["home"] or threading.current_thread().name.startswith("numgrad-"):
+            raise RuntimeError("cannot be unpickled in a worker")
+        self.__dict__.update(state)
+
+    def __call__(self, v):
+        return squares(v)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_an_f_a_worker_cannot_unpickle_raises_a_payload_error_and_the_next_call_works(backend):
+    x = np.arange(1.0, 5.0)
+    with pytest.raises(PayloadError, match="a worker could not unpickle `f` and `x` "
+                                           r"\(RuntimeError: cannot be unpickled in a worker\)"):
+        parallel_numerical_gradient(NotInAWorker(), x, workers=2, backend=backend)
+    got = parallel_numerical_gradient(squares, x, workers=2, backend=backend)
+    assert np.array_equal(got, numerical_gradient(squares, x.copy()))
