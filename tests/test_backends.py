@@ -72,8 +72,19 @@ def values_mappings(pid: int | str = "self") -> int:
     return Path(f"/proc/{pid}/maps").read_text().count("numgrad-values")
 
 
+def values_descriptors() -> int:
+    """How many open descriptors of the engine's shared values this process holds."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:   # the descriptor listdir itself had open
+            pass
+    return sum("numgrad-values" in link for link in held)
+
+
 class LogsMappings:
-    """`squares`; in a worker, logs how many shared-values mappings the worker holds."""
+    """`squares`; in a worker, logs how many shared-values mappings and descriptors it holds."""
 
     def __init__(self, log):
         self.log, self.home = str(log), os.getpid()
@@ -81,7 +92,7 @@ class LogsMappings:
     def __call__(self, v):
         if os.getpid() != self.home:
             with open(self.log, "a") as file:
-                file.write(f"{os.getpid()} {values_mappings()}\n")
+                file.write(f"{os.getpid()} {values_mappings()} {values_descriptors()}\n")
         return squares(v)
 
 
@@ -98,9 +109,22 @@ def test_one_shot_calls_leave_no_values_mapped_in_the_shared_workers_nor_here(tm
         got = parallel_numerical_gradient(LogsMappings(log), x, workers=2, chunk_size=1)
         assert np.array_equal(got, expected)
     seen = [line.split() for line in log.read_text().splitlines()]
-    assert len({pid for pid, _ in seen}) == 2, seen            # both workers evaluated
-    assert {count for _, count in seen} == {"1"}, seen
+    assert len({pid for pid, _, _ in seen}) == 2, seen            # both workers evaluated
+    assert {(maps, fds) for _, maps, fds in seen} == {("1", "1")}, seen
     assert values_mappings() <= here                           # the caller's copies closed too
+
+
+def test_worker_processes_start_with_one_blas_thread_and_glibcs_long_run_malloc_thresholds():
+    # What a long-lived process's glibc reaches by itself: mmap above 32 MiB, trim at 64 MiB.
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        g(np.arange(1.0, 5.0))
+        pids = [process.pid for process in g._link.pool._processes]
+        for pid in pids:
+            raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+            assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20), env
+            assert env["MALLOC_TRIM_THRESHOLD_"] == str(64 * 2**20), env
+            assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1", env
 
 
 def test_close_lets_every_worker_process_exit_by_itself():
@@ -192,3 +216,15 @@ def test_an_f_a_worker_cannot_unpickle_raises_a_payload_error_and_the_next_call_
         parallel_numerical_gradient(NotInAWorker(), x, workers=2, backend=backend)
     got = parallel_numerical_gradient(squares, x, workers=2, backend=backend)
     assert np.array_equal(got, numerical_gradient(squares, x.copy()))
+
+
+def test_a_worker_that_could_not_unpickle_f_keeps_no_descriptor_of_its_values(tmp_path):
+    log, x = tmp_path / "mappings.log", np.arange(1.0, 9.0)
+    with pytest.raises(PayloadError):
+        parallel_numerical_gradient(NotInAWorker(), x, workers=2, chunk_size=1)
+    got = parallel_numerical_gradient(LogsMappings(log), x, workers=2, chunk_size=1)
+    assert np.array_equal(got, numerical_gradient(squares, x.copy()))
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert len({pid for pid, _, _ in seen}) == 2, seen
+    # one mapping and CPython's one duplicate of its descriptor: this call's values alone
+    assert {(maps, fds) for _, maps, fds in seen} == {("1", "1")}, seen
