@@ -5,15 +5,19 @@ Each case was seen failing on the one-line bug it is named after (see tests/READ
 """
 import gc
 import os
+import signal
 import subprocess
+import textwrap
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import Gradient, PayloadError, numerical_gradient, parallel_numerical_gradient
+from engine import (Gradient, PayloadError, WorkerLostError, numerical_gradient,
+                    parallel_numerical_gradient)
 from engine._errors import RemoteTraceback
 from engine.run._backends import JoblibPool, ProcessPool, ThreadPool, make_pool
 from engine.run._bundle import dumps_bundle
@@ -104,14 +108,14 @@ def test_one_shot_calls_leave_no_values_mapped_in_the_shared_workers_nor_here(tm
     x = np.arange(1.0, 9.0)
     expected = numerical_gradient(squares, x.copy())
     gc.collect()
-    here = values_mappings()
+    here, here_fds = values_mappings(), values_descriptors()
     for _ in range(4):
         got = parallel_numerical_gradient(LogsMappings(log), x, workers=2, chunk_size=1)
         assert np.array_equal(got, expected)
     seen = [line.split() for line in log.read_text().splitlines()]
     assert len({pid for pid, _, _ in seen}) == 2, seen            # both workers evaluated
     assert {(maps, fds) for _, maps, fds in seen} == {("1", "1")}, seen
-    assert values_mappings() <= here                           # the caller's copies closed too
+    assert values_mappings() <= here and values_descriptors() <= here_fds   # and the caller's
 
 
 def test_worker_processes_start_with_one_blas_thread_and_glibcs_long_run_malloc_thresholds():
@@ -153,20 +157,19 @@ def test_a_dropped_resident_is_no_longer_held_and_a_second_drop_is_harmless():
         pool.close()
 
 
-def test_starting_worker_processes_removes_the_values_files_of_dead_callers():
+def test_starting_worker_processes_removes_the_values_files_of_dead_callers(tmp_path, monkeypatch):
     # Off Linux the values live in a named file, unlinked at once; a caller that died in
-    # between leaves it behind, and the next pool to start sweeps it.
+    # between leaves it behind, and the next pool to start sweeps it. In a temporary folder
+    # of this test's own: every pool on the machine sweeps /dev/shm.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = Path("/dev/shm") / f"numgrad-{dead}-left.values"
+    stale = tmp_path / f"numgrad-{dead}-left.values"
     stale.write_bytes(b"\0" * 64)
-    try:
-        with Gradient(squares, workers=2, dispatch="parallel") as g:
-            x = np.arange(1.0, 5.0)
-            assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
-        assert not stale.exists()
-    finally:
-        stale.unlink(missing_ok=True)
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        x = np.arange(1.0, 5.0)
+        assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+    assert not stale.exists()
 
 
 class LogsMovedEntries:
@@ -228,3 +231,107 @@ def test_a_worker_that_could_not_unpickle_f_keeps_no_descriptor_of_its_values(tm
     assert len({pid for pid, _, _ in seen}) == 2, seen
     # one mapping and CPython's one duplicate of its descriptor: this call's values alone
     assert {(maps, fds) for _, maps, fds in seen} == {("1", "1")}, seen
+
+
+# -- what the caller holds ------------------------------------------------------------------------
+
+def test_the_caller_holds_one_descriptor_per_gradient_however_often_it_ships():
+    gc.collect()
+    here = values_descriptors()
+    x = np.arange(1.0, 9.0)
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        g(x)
+        held = values_descriptors()   # the shipped values' (CPython's mmap keeps a duplicate)
+        assert held > here
+        for _ in range(3):
+            g.reship()
+            assert np.array_equal(g(x), numerical_gradient(squares, x.copy()))
+            assert values_descriptors() == held
+    assert values_descriptors() == here
+
+
+# -- workers lost -----------------------------------------------------------------------------------
+
+def test_a_worker_killed_between_calls_is_replaced_on_the_next_call():
+    gc.collect()
+    here = values_descriptors()
+    x = np.arange(1.0, 9.0)
+    expected = numerical_gradient(squares, x.copy())
+    with Gradient(squares, workers=2, dispatch="parallel") as g:
+        assert np.array_equal(g(x), expected)
+        held = values_descriptors()
+        victim = g._link.pool._processes[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(60)   # bounds a failure only
+        assert victim.exitcode == -signal.SIGKILL
+        assert np.array_equal(g(x), expected)              # the next message to it fails first
+        g.reship()
+        os.kill(g._link.pool._processes[1].pid, signal.SIGKILL)
+        g._link.pool._processes[1].join(60)
+        assert np.array_equal(g(x), expected)              # shipping to it fails first
+        assert values_descriptors() == held
+    assert values_descriptors() == here
+
+
+class KillsItsWorker:
+    def __init__(self):
+        self.home = os.getpid()
+
+    def __call__(self, v):
+        if os.getpid() != self.home:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return squares(v)
+
+
+def test_a_lost_worker_stops_the_others_at_once():
+    g = Gradient(KillsItsWorker(), workers=2, dispatch="parallel", retries=0, check_state=False)
+    try:
+        with pytest.raises(WorkerLostError):
+            g(np.arange(1.0, 9.0))
+        assert not g._link.pool._processes, "the pool keeps processes after losing one"
+    finally:
+        g.close()
+
+
+def test_a_one_shot_call_that_loses_its_workers_for_good_says_so():
+    # and drops its resident from the shared pool, broken by then, without a second error
+    with pytest.raises(WorkerLostError):
+        parallel_numerical_gradient(KillsItsWorker(), np.arange(1.0, 9.0), workers=2, retries=0,
+                                    check_state=False)
+    x = np.arange(1.0, 5.0)
+    assert np.array_equal(parallel_numerical_gradient(squares, x, workers=2),
+                          numerical_gradient(squares, x.copy()))
+
+
+# -- nesting and exit -------------------------------------------------------------------------------
+
+def starts_workers_inside(v):
+    try:
+        parallel_numerical_gradient(squares, v.copy(), workers=2)
+    except RuntimeError as error:
+        raise ValueError(f"refused: {error}") from None
+    return squares(v)
+
+
+def test_f_in_a_worker_process_cannot_start_worker_processes_of_its_own():
+    with pytest.raises(ValueError, match="refused: this process is a daemonic worker"):
+        parallel_numerical_gradient(starts_workers_inside, np.arange(1.0, 5.0), workers=2,
+                                    check_state=False)
+
+
+def test_a_program_that_leaves_worker_threads_running_still_exits():
+    program = textwrap.dedent("""
+        import numpy as np
+        from engine import Gradient, parallel_numerical_gradient
+        f = lambda v: float(np.sum(v ** 2))
+        parallel_numerical_gradient(f, np.ones(8), workers=2, backend="threading")
+        g = Gradient(f, workers=2, backend="threading", dispatch="parallel")
+        g(np.ones(8))   # never closed
+        print("done")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))}
+    # 60 s bounds a failure only: a non-daemonic worker thread would hold the exit for good
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.split() == ["done"], done.stderr
