@@ -214,9 +214,12 @@ class NotInAWorker:
 @pytest.mark.parametrize("backend", ["loky", "threading"])
 def test_an_f_a_worker_cannot_unpickle_raises_a_payload_error_and_the_next_call_works(backend):
     x = np.arange(1.0, 5.0)
+    gc.collect()
+    here = values_descriptors()
     with pytest.raises(PayloadError, match="a worker could not unpickle `f` and `x` "
                                            r"\(RuntimeError: cannot be unpickled in a worker\)"):
         parallel_numerical_gradient(NotInAWorker(), x, workers=2, backend=backend)
+    assert values_descriptors() <= here   # the values shipped for nothing are released
     got = parallel_numerical_gradient(squares, x, workers=2, backend=backend)
     assert np.array_equal(got, numerical_gradient(squares, x.copy()))
 
