@@ -236,6 +236,23 @@ def test_a_worker_that_could_not_unpickle_f_keeps_no_descriptor_of_its_values(tm
     assert {(maps, fds) for _, maps, fds in seen} == {("1", "1")}, seen
 
 
+@pytest.mark.parametrize("stop", ["close", "kill"])
+def test_a_stopped_pool_is_not_usable_and_starts_afresh(stop):
+    pool = make_pool("threading", 2)
+    x = np.arange(1.0, 4.0)
+    try:
+        pool.ensure_started()
+        assert pool.usable and pool.generation == 1
+        getattr(pool, stop)()
+        assert not pool.usable
+        pool.ensure_started()
+        assert pool.usable and pool.generation == 2
+        pool.ship("a", dumps_bundle(squares, x, [x]), [x])
+        assert pool.holds("a")
+    finally:
+        pool.close()
+
+
 # -- what the caller holds ------------------------------------------------------------------------
 
 def test_the_caller_holds_one_descriptor_per_gradient_however_often_it_ships():
