@@ -224,6 +224,30 @@ def test_an_f_a_worker_cannot_unpickle_raises_a_payload_error_and_the_next_call_
     assert np.array_equal(got, numerical_gradient(squares, x.copy()))
 
 
+class NotInASecondWorker:
+    """`squares` that unpickles in the first worker to try, and raises in the next."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __setstate__(self, state):
+        try:
+            os.close(os.open(state["marker"], os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            raise RuntimeError("the second worker fails") from None
+        self.__dict__.update(state)
+
+    def __call__(self, v):
+        return squares(v)
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_one_worker_of_two_that_cannot_unpickle_f_is_enough_for_a_payload_error(tmp_path, backend):
+    with pytest.raises(PayloadError, match="the second worker fails"):
+        parallel_numerical_gradient(NotInASecondWorker(tmp_path / "unpickled"), np.arange(1.0, 5.0),
+                                    workers=2, backend=backend, check_state=False)
+
+
 def test_a_worker_that_could_not_unpickle_f_keeps_no_descriptor_of_its_values(tmp_path):
     log, x = tmp_path / "mappings.log", np.arange(1.0, 9.0)
     with pytest.raises(PayloadError):
