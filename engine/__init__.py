@@ -20,8 +20,8 @@ never goes up; `tests/test_layering.py` enforces it):
 - `cli`: the command lines.
 """
 from .data._data import DataError, Dataset, load_embedded_mnist, read_mnist_csv, write_mnist_csv
-from ._errors import (NumericalFallbackWarning, PayloadError, StateNotShippedError,
-                      StepSizeWarning, WorkerError, WorkerLostError)
+from ._errors import (NotDeterministicError, NumericalFallbackWarning, PayloadError,
+                      StateNotShippedError, StepSizeWarning, WorkerError, WorkerLostError)
 from .run._execution import Execution
 from .train._gradcheck import GradientDifference, format_table, gradient_check
 from .derivatives._failures import Failure
@@ -93,6 +93,7 @@ __all__ = [
     # errors
     "PayloadError",
     "StateNotShippedError",
+    "NotDeterministicError",
     "WorkerError",
     "WorkerLostError",
     # warnings

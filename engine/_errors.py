@@ -6,7 +6,8 @@ import sys
 import warnings
 
 __all__ = ["warn_user", "PayloadError", "StateNotShippedError", "WorkerLostError", "WorkerError",
-           "RemoteTraceback", "WorkerDied", "NumericalFallbackWarning", "StepSizeWarning"]
+           "NotDeterministicError", "RemoteTraceback", "WorkerDied", "NumericalFallbackWarning",
+           "StepSizeWarning"]
 
 
 class PayloadError(TypeError):
@@ -15,6 +16,10 @@ class PayloadError(TypeError):
 
 class StateNotShippedError(RuntimeError):
     """The workers' copy of `f` does not compute what `f` computes here: their gradient would be wrong."""
+
+
+class NotDeterministicError(ValueError):
+    """`f` gave two different values at the same `x`: its differences would be noise, not derivatives."""
 
 
 class WorkerLostError(RuntimeError):

@@ -22,7 +22,7 @@ from engine.batched._detect import EVALUATOR_NAMES
 from engine.nn._layers import ACTIVATIONS, Sigmoid
 from engine.fd._schemes import SCHEMES
 from engine.train._training import TrainConfig
-from engine.cli.gradcheck import _parser, main
+from engine.cli.gradcheck import _initial_scale, _parser, main
 from engine.book._nets import MLP, ThreeLayerNet
 
 SMALL_NET_TOL = {("central", 1e-4): 1e-7, ("central4", 3e-3): 1e-8, ("forward", 1e-4): 1e-3}
@@ -374,7 +374,8 @@ class TestCommand:
         ["--scheme", "backward"], ["--dtype", "float16"], ["--h", "abc"], ["--h", "-1"],
         ["--workers", "0"], ["--batch-size", "0"], ["--batch-size", "4001"],
         ["--sizes", "10", "10"], ["--sizes", "784", "5"], ["--tol", "-1"],
-        ["--weight-init-std", "-0.1"], ["--activation", "softplus"], ["--no-such-flag"],
+        ["--weight-init-std", "-0.1"], ["--weight-init-std", "kaiming"], ["--activation", "softplus"],
+        ["--no-such-flag"],
     ])
     def test_bad_flags_exit_2(self, flags, capsys):
         with pytest.raises(SystemExit) as exited:
@@ -395,8 +396,11 @@ class TestCommand:
         parser = _parser()
         args, book = parser.parse_args([]), TrainConfig()
         assert (args.sizes, args.batch_size, args.scheme, args.h, args.evaluator, args.seed,
-                args.weight_init_std) == (list(book.sizes), book.batch_size, book.scheme, book.h,
-                                          book.evaluator, book.seed, book.weight_init_std)
+                _initial_scale(args)) == (list(book.sizes), book.batch_size, book.scheme, book.h,
+                                       book.evaluator, book.seed, book.weight_init_std)
+        # with batch normalization, the book's MultiLayerNetExtend's He scale
+        assert _initial_scale(parser.parse_args(["--batch-norm"])) == "he"
+        assert _initial_scale(parser.parse_args(["--batch-norm", "--weight-init-std", "0.05"])) == 0.05
         choices = {action.dest: list(action.choices) for action in parser._actions
                    if action.choices is not None}
         assert choices == {"activation": sorted(ACTIVATIONS), "scheme": list(SCHEMES),

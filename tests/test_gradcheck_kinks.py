@@ -32,6 +32,84 @@ class KinkNet:
         return {"w": np.array([self.backprop_w0, 2.0])}
 
 
+class OneSideKinkNet:
+    """loss = 2 relu(w0 - h/20) + 3 relu(-w0 - 1.5 h) + w0 + 2 w1 at w0 = 0: only the first test.
+
+    Backprop 1 is the backward difference; the forward one (2.9) crosses the kink at h/20,
+    which the steps h/10 cross too; the second-order differences cross a kink on each side.
+    """
+
+    def __init__(self):
+        self.params = {"w": np.array([0.0, 1.0])}
+
+    def loss(self, x, t):
+        w, h = self.params["w"], 1e-4
+        return float(2 * max(w[0] - h / 20, 0.0) + 3 * max(-w[0] - 1.5 * h, 0.0) + w[0] + 2 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([1.0, 2.0])}
+
+
+class CurvedKinkNet:
+    """loss = relu(w0) + 1000 w0^2 + 800 w0^3 + 2 w1 at w0 = -h/2: a kink on the right,
+    curvature on the left.
+
+    Backprop is 2000 w0 + 2400 w0^2 = -0.099994; the forward difference 0.5 crosses the
+    kink, the backward one is -0.2 (off by the curvature term h f''/2), the central one
+    0.15. The backward second-order difference (f at w0 - h, w0 - 2h) is off by the cubic's
+    2 * 800 h^2 = 1.6e-5, inside the tolerance 2e-5; from w0 - 3h it would be 2.4e-5.
+    """
+
+    def __init__(self, backprop_w0=None):
+        w0 = -0.5e-4
+        self.params = {"w": np.array([w0, 1.0])}
+        self.backprop_w0 = 2000.0 * w0 + 2400.0 * w0 ** 2 if backprop_w0 is None else backprop_w0
+
+    def loss(self, x, t):
+        w = self.params["w"]
+        return float(max(w[0], 0.0) + 1000.0 * w[0] ** 2 + 800.0 * w[0] ** 3 + 2.0 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([self.backprop_w0, 2.0])}
+
+
+class BothSidesKinkNet:
+    """loss = 2 relu(w0 - c - h/2) - relu(c - w0 - h/2) + 3 w0 + 2 w1 at w0 = c = 0.25: a kink
+    on each side.
+
+    Backprop is 3; the forward difference 4, the backward one 3.5, the central one 3.75;
+    at h / 10, clear of both kinks, all three are 3.
+    """
+
+    def __init__(self, backprop_w0=3.0):
+        self.params = {"w": np.array([0.25, 1.0])}
+        self.backprop_w0 = backprop_w0
+
+    def loss(self, x, t):
+        w, c, half = self.params["w"], 0.25, 0.5e-4
+        return float(2 * max(w[0] - c - half, 0.0) - max(c - w[0] - half, 0.0) + 3 * w[0]
+                     + 2 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([self.backprop_w0, 2.0])}
+
+
+class CubicNet:
+    """loss = 1000 w0^3 + 2 w1 at w0 = 1, smooth; at h = 1e-2 the central difference is off
+    by e = 1000 h^2 = 0.1, each one-sided second-order difference by -2e."""
+
+    def __init__(self, bug):
+        self.params = {"w": np.array([1.0, 1.0])}
+        self.bug = bug
+
+    def loss(self, x, t):
+        w = self.params["w"]
+        return float(1000.0 * w[0] ** 3 + 2.0 * w[1])
+
+    def gradient(self, x, t):
+        return {"w": np.array([3000.0 + self.bug, 2.0])}
+
+
 class ModeNet:
     """The book's habit: ``loss(x, t, train_flg=False)``; training mode doubles the loss."""
 
@@ -65,6 +143,35 @@ class TestKinks:
         before = net.params["w"].copy()
         gradient_check(net, None, None)
         assert net.params["w"].tobytes() == before.tobytes()
+
+    def test_a_kink_that_only_the_one_sided_differences_show_is_listed(self):
+        report = gradient_check(OneSideKinkNet(), None, None)["w"]
+        assert report.kinks == ((0,),) and failures({"w": report}, TOL) == []
+
+    def test_a_kink_beside_strong_curvature_is_listed(self):
+        # the one-sided differences miss backprop by 0.6 and 0.1 (more than 0.7 / 10): the
+        # left side's second-order difference, exact on the parabola, meets it
+        report = gradient_check(CurvedKinkNet(), None, None)["w"]
+        assert report.kinks == ((0,),) and failures({"w": report}, TOL) == []
+
+    def test_a_bug_beside_strong_curvature_is_no_kink(self):
+        report = gradient_check(CurvedKinkNet(backprop_w0=-0.12), None, None)["w"]
+        assert report.kinks == () and failures({"w": report}, TOL) == ["w"]
+
+    def test_kinks_on_both_sides_are_listed(self):
+        report = gradient_check(BothSidesKinkNet(), None, None)["w"]
+        assert report.kinks == ((0,),) and failures({"w": report}, TOL) == []
+
+    def test_a_bug_between_kinks_on_both_sides_is_no_kink(self):
+        report = gradient_check(BothSidesKinkNet(backprop_w0=3.1), None, None)["w"]
+        assert report.kinks == () and failures({"w": report}, TOL) == ["w"]
+
+    def test_a_bug_near_the_second_order_differences_on_a_smooth_stretch_is_no_kink(self):
+        # backprop off by -2.5e: within tol_abs = e of the second-order differences (-2e),
+        # but not ten times closer to them than to the central difference (+e)
+        e = 0.1
+        report = gradient_check(CubicNet(bug=-2.5 * e), None, None, h=1e-2, tol=e / 3000)["w"]
+        assert report.kinks == () and failures({"w": report}, e / 3000) == ["w"]
 
     def test_a_smaller_h_needs_no_kink(self):
         report = gradient_check(KinkNet(w0=0.5e-4), None, None, h=1e-5)["w"]
@@ -122,6 +229,19 @@ def check(net, x, t, **options):
         return gradient_check(net, x, t, **options)
 
 
+def book_convnet(seed):
+    """The book's ch07 check exactly: 10x10 image, 10 filters of 3x3, hidden 10, std 0.01."""
+    net = SimpleConvNet(input_dim=(1, 10, 10), filter_num=10, filter_size=3, hidden_size=10,
+                        output_size=10, weight_init_std=0.01, seed=seed)
+    return net, np.random.default_rng(seed).random((1, 1, 10, 10)), np.array([1])
+
+
+# seed 5: two convolution outputs of b1's channel 0 lie within h of 0, one on each side
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_the_books_ch07_check_passes_at_the_default_settings(seed):
+    assert failures(check(*book_convnet(seed)), TOL) == []
+
+
 class TestConvNet:
     def test_the_correct_net_passes_at_the_default_settings(self, convnet):
         report = check(*convnet)
@@ -170,6 +290,18 @@ class TestBatchNormNet:
         before = {k: v.copy() for k, v in net.state.items()}
         check(*bn_net)
         assert all(np.array_equal(net.state[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("flags, code", [([], 0), (["--weight-init-std", "0.01"], 1)])
+def test_engine_gradcheck_batch_norm_default_is_the_books_he_scale(flags, code, capsys):
+    """From weights of 0.01 (the MLP default), h = 1e-4 is too coarse for the batch-norm net:
+    it is blind to each weight column's scale, so its curvature grows as 1 / scale^2."""
+    from engine.cli.gradcheck import main
+    argv = ["--sizes", "784", "10", "10", "10", "--activation", "relu", "--batch-norm",
+            "--batch-size", "4"]
+    assert main(argv + flags) == code
+    out = capsys.readouterr().out
+    assert ("weights he" if not flags else "weights 0.01") in out
 
 
 def test_engine_gradcheck_checks_the_batch_norm_net(capsys):

@@ -480,6 +480,14 @@ class TestMlpAndInit:
         assert np.array_equal(params["w2"], 0.01 * rng.standard_normal((4, 3)))
         assert np.array_equal(params["b1"], np.zeros(4))
 
+    @pytest.mark.parametrize("name, gain", [("he", 2.0), ("relu", 2.0), ("xavier", 1.0),
+                                            ("sigmoid", 1.0)])
+    def test_init_params_the_books_named_scales(self, name, gain):
+        """MultiLayerNet's 'relu' / 'sigmoid': std sqrt(gain / n_in), layer by layer."""
+        params, rng = init_params([5, 4, 3], weight_init_std=name, seed=1), np.random.default_rng(1)
+        assert np.array_equal(params["w1"], np.sqrt(gain / 5) * rng.standard_normal((5, 4)))
+        assert np.array_equal(params["w2"], np.sqrt(gain / 4) * rng.standard_normal((4, 3)))
+
     def test_init_params_zero_std_gives_zero_weights(self):
         params = init_params([5, 4, 3], weight_init_std=0.0, seed=1)
         assert all(np.array_equal(a, np.zeros_like(a)) for a in params.values())
@@ -501,9 +509,10 @@ class TestMlpAndInit:
             (lambda: init_params([3, 2], weight_init_std=np.nan), "`weight_init_std`"),
             (lambda: mlp([3, True]), "positive ints, got True"),
             (lambda: init_params([3, 2], dtype=np.int32), "`dtype`"),
+            (lambda: init_params([3, 2], weight_init_std="He"), "'He' is unknown"),
         ],
         ids=["one-size", "zero-width", "float-width", "unknown-activation", "negative-std",
-             "inf-std", "nan-std", "bool-width", "int-dtype"],
+             "inf-std", "nan-std", "bool-width", "int-dtype", "unknown-init"],
     )
     def test_errors(self, call, match):
         with pytest.raises(ValueError, match=match):

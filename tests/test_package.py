@@ -31,7 +31,8 @@ EXPORTS = {
     "Trainer": "train._training", "TrainConfig": "train._training", "TrainingState": "train._training",
     "Dataset": "data._data", "DataError": "data._data", "load_embedded_mnist": "data._data",
     "read_mnist_csv": "data._data", "write_mnist_csv": "data._data", "PayloadError": "_errors",
-    "StateNotShippedError": "_errors", "WorkerError": "_errors", "WorkerLostError": "_errors",
+    "StateNotShippedError": "_errors", "NotDeterministicError": "_errors", "WorkerError": "_errors",
+    "WorkerLostError": "_errors",
     "NumericalFallbackWarning": "_errors", "StepSizeWarning": "_errors",
 }
 

@@ -202,9 +202,11 @@ class RecordsBlasThreads:
 
 @pytest.mark.parametrize("run, evaluations", [
     (lambda f, x: numerical_gradient(f, x), 12),
-    (lambda f, x: parallel_numerical_gradient(f, x, workers=1), 12),
-    # 12 in the worker threads; the state check's f(x) and probe point, here and in a thread
-    (lambda f, x: parallel_numerical_gradient(f, x, workers=3, backend="threading"), 16),
+    # 12, and the first call's two evaluations of f(x) (its test for side effects)
+    (lambda f, x: parallel_numerical_gradient(f, x, workers=1), 12 + 2),
+    # 12 in the worker threads; the state check's f(x) and probe point, here and in a thread;
+    # the first call's two here
+    (lambda f, x: parallel_numerical_gradient(f, x, workers=3, backend="threading"), 16 + 2),
 ], ids=["serial", "in-process", "threads"])
 def test_every_evaluation_runs_one_blas_thread_and_limits_come_back(tmp_path, run, evaluations):
     """Multi-threaded BLAS may round differently for other thread counts: one thread everywhere."""
@@ -222,7 +224,7 @@ def test_every_evaluation_runs_one_blas_thread_and_limits_come_back(tmp_path, ru
     assert len(records) == evaluations
     assert {threads for _, threads in records} == {"1"}
     threads = {ident for ident, _ in records}
-    if evaluations == 14:   # the worker threads really evaluated, and reported
+    if evaluations == 16 + 2:   # the worker threads really evaluated, and reported
         assert len(threads - {str(threading.get_ident())}) >= 1
 
 

@@ -131,10 +131,12 @@ class MLP(Net):
 
     With ``batch_norm=True`` and/or ``dropout > 0``, the book's ``MultiLayerNetExtend``
     (see `engine.mlp`); its running statistics start in `state` (means 0, variances 1).
+    `weight_init_std` is a std or a name of the book's, ``"he"`` or ``"xavier"`` (see
+    `engine.nn._model.init_params`).
     """
 
     def __init__(self, sizes, activation: str = DEFAULT_ACTIVATION,
-                 weight_init_std: float = DEFAULT_WEIGHT_STD, seed: int | None = None,
+                 weight_init_std: float | str = DEFAULT_WEIGHT_STD, seed: int | None = None,
                  dtype=np.float64, *, batch_norm: bool = False, dropout: float = 0.0):
         model = mlp(sizes, activation, batch_norm=batch_norm, dropout=dropout)
         params = init_params(sizes, weight_init_std, seed=seed, dtype=dtype, batch_norm=batch_norm)

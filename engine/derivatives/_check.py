@@ -65,12 +65,13 @@ class WorkerCall:
 
     def run(self, f: Callable, bound: Callable, space: ParamSpace, args: tuple, job: Job,
             chunks: list, signature: tuple, call: int, *, needs_center: bool, want_center: bool,
-            bounds: tuple | None = None):
+            bounds: tuple | None = None, alongside: Callable[[], None] | None = None):
         """One call: ``(f(x) or None, rows, report, seconds spent shipping)``.
 
         `f` is the derivative's function, shipped as is; `bound` is ``f(x, *args)`` bound
         to `x` for the evaluations here. `needs_center`: ``f(x)`` runs first, alone, and
-        every chunk uses it; `want_center`: ``f(x)`` is returned.
+        every chunk uses it; `want_center`: ``f(x)`` is returned. `alongside` runs here
+        while the workers work, after this process's own check evaluations.
 
         Raises
         ------
@@ -80,7 +81,7 @@ class WorkerCall:
         for attempt in range(2):
             try:
                 return self._run(f, bound, space, args, job, chunks, signature, call,
-                                 needs_center, want_center, bounds)
+                                 needs_center, want_center, bounds, alongside)
             except _Disagreement as disagreement:
                 if disagreement.fresh or attempt:
                     self.reship()
@@ -90,7 +91,7 @@ class WorkerCall:
         raise AssertionError("unreachable")
 
     def _run(self, f, bound, space, args, job, chunks, signature, call, needs_center,
-             want_center, bounds):
+             want_center, bounds, alongside):
         probe = {}
         if self.check and self._probed != signature:
             probe[_PROBE_TASK] = Point(probe_values(space, bounds))
@@ -99,8 +100,9 @@ class WorkerCall:
             # f(x) first, once, so that every chunk uses the same centre: n + 1 calls of f
             ours = {_CENTER_TASK: Point(None), **probe} if self.check else {}
             results, shipping = self._checked(f, bound, space, args, job,
-                                              {_CENTER_TASK: CENTER, **probe}, ours, signature, call)
-            center, probe = results[_CENTER_TASK][0], {}
+                                              {_CENTER_TASK: CENTER, **probe}, ours, signature, call,
+                                              alongside)
+            center, probe, alongside = results[_CENTER_TASK][0], {}, None
             job = replace(job, center=center)
         tasks: dict[int, Any] = dict(enumerate(chunks))
         ours = dict(probe)
@@ -109,7 +111,7 @@ class WorkerCall:
         elif center is None and self.check:
             tasks[_CHECK_TASK] = ours[_CHECK_TASK] = Point(None)
         results, more = self._checked(f, bound, space, args, job, {**tasks, **probe},
-                                      ours if self.check else {}, signature, call)
+                                      ours if self.check else {}, signature, call, alongside)
         if self.check:
             self._probed = signature
         if center is None and want_center:
@@ -120,17 +122,20 @@ class WorkerCall:
         rows = np.concatenate([results[number][0] for number in range(len(chunks))])
         return center, rows, report, shipping + more
 
-    def _checked(self, f, bound, space, args, job, tasks, ours, signature, call):
-        """Run `tasks`; meanwhile evaluate the points `ours` here; compare them, bit for bit."""
+    def _checked(self, f, bound, space, args, job, tasks, ours, signature, call, alongside=None):
+        """Run `tasks`; meanwhile evaluate the points `ours` here (and run `alongside`); compare
+        the points, bit for bit."""
         mine: dict[int, Any] = {}
 
         def evaluate_here() -> None:
             with one_blas_thread():   # as in every worker: the same bits
                 for number, point in ours.items():
                     mine[number] = value_at(bound, space, point.values, job.vector)
+                if alongside is not None:
+                    alongside()
 
         results, shipping = self.link.run(f, space, args, job, tasks, signature, call,
-                                          evaluate_here if ours else None)
+                                          evaluate_here if ours or alongside else None)
         fresh = self.link.shipped_now
         for number, value in mine.items():
             theirs = results[number][0]

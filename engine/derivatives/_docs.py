@@ -36,7 +36,20 @@ OPTIONS = """\
         more on a worker, and two more per shipping. A mismatch ships ``(f, x)`` again
         and repeats the call once; a second mismatch raises `StateNotShippedError`.
         ``False`` turns the check off (an `f` that is not deterministic, or one that
-        could crash this process: the check runs `f` here).
+        could crash this process: the check runs `f` here). With the check on, the first
+        call also evaluates ``f(x)`` twice here (on the workers' path, while the workers
+        work) and raises `NotDeterministicError` if the two values differ.
+    side_effects : {"warn", "restore", "ignore"}, default "warn"
+        State that `f` keeps between calls and changes (a batch-norm layer's running
+        statistics, a random generator it draws from, a counter) changes in the workers'
+        copies, not in the caller's, while the serial loop changes it 2n times: after a
+        gradient that state depends on where it was computed. With ``check_state``, the
+        first call finds such state (the two evaluations above, the state reachable from
+        `f` and `args` recorded around each, then put back; see
+        `engine.derivatives._side_effects`) and ``"warn"`` names it. ``"restore"`` puts
+        every recorded value back after each call, wherever it ran, so the caller's state
+        is what it was before the call (the cost: a copy of that state per call).
+        ``"ignore"``: neither.
     on_failure : {"raise", "one-sided", "nan"}, default "raise"
         An evaluation of `f` that raises an ``Exception`` or returns a non-finite value:
         ends the call (``"raise"``, with the error and where it happened); is replaced by

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._errors import StateNotShippedError, warn_user
 from ..batched._batched import DEFAULT_BLOCK_MEMORY
 from ..batched._detect import AUTO_EVALUATOR, EVALUATOR_CHOICES, bind, choose_evaluator
 from ..fd._bounds import bounds_per_array, check_bounds_option
@@ -39,6 +40,7 @@ from ._check import WorkerCall
 from ._docs import shared_doc
 from ._failures import Failure, tell
 from ._link import WorkerLink
+from ._side_effects import SIDE_EFFECTS, EffectsProbe, Snapshot, check_side_effects_option
 
 __all__ = ["Gradient", "Jacobian"]
 
@@ -86,8 +88,8 @@ class Gradient:
                  scheme: str = DEFAULT_SCHEME, evaluator: str = AUTO_EVALUATOR,
                  block_memory: int = DEFAULT_BLOCK_MEMORY, check_state: bool = True,
                  on_failure: str = ON_FAILURE[0], bounds: tuple | None = None,
-                 execution: Execution | None = None, _shared_pool: bool = False,
-                 **execution_options: Any):
+                 side_effects: str = SIDE_EFFECTS[0], execution: Execution | None = None,
+                 _shared_pool: bool = False, **execution_options: Any):
         if not callable(f):
             raise TypeError(f"`f` must be callable, got {type(f).__name__}")
         if not isinstance(h, dict) and not (isinstance(h, str) and h == AUTO):
@@ -106,6 +108,7 @@ class Gradient:
         self.scheme = get_scheme(scheme)
         self.block_memory = check_positive_int("block_memory", block_memory)
         self.check_state = bool(check_state)
+        self.side_effects = check_side_effects_option(side_effects)
         self.execution = Execution.from_options(execution, **execution_options)
         self.workers = self.execution.n_workers
         self._link = WorkerLink(self.execution, shared=_shared_pool)   # one-shot calls share one
@@ -114,6 +117,7 @@ class Gradient:
         self._planner = Planner(self.execution, self.workers)
         self._entry_seconds = None   # measured seconds per task, for the chunking
         self._calls = 0              # calls so far; values are sent to the workers once per call
+        self._effects_probed = False  # the first call tests f for state it accumulates
         self._lock = threading.RLock()   # one call at a time, whichever thread makes it
 
     # -- calling -----------------------------------------------------------------------------
@@ -206,14 +210,31 @@ class Gradient:
                   vector=self._vector)
         count = self._task_count(space)
         want_center = want_value or self._vector or self._needs_center(evaluator)
+        kept = Snapshot(self.f, args, space) if self.side_effects == "restore" else None
+        try:
+            center, rows, report = self._evaluate(space, args, bound, job, count, evaluator,
+                                                  want_center)
+        finally:
+            if kept is not None:
+                _restore(kept)
+        self.failures = tell(space, report, self.on_failure)
+        return (center if want_value else None), self._assemble(space, rows, center)
+
+    def _evaluate(self, space: ParamSpace, args: tuple, bound: Callable, job: Job, count: int,
+                  evaluator: str, want_center: bool):
+        """Plan, evaluate here or on the workers, record the time; ``(f(x) or None, rows, report)``."""
         where = self._planner.where(_signature(space, evaluator), count, black_box=evaluator == "loop")
         if where == "estimate":
             where = self._planner.estimate(self._time_one_task(space, bound, job, count), count)
+        probe = self._effects_probe(args, space)
         started = time.perf_counter()
         if where == "parallel":
             center, rows, report, shipping = self._on_workers(space, args, bound, job, count,
-                                                              want_center)
+                                                              want_center, probe)
         else:
+            if probe is not None:
+                probe.run(bound)
+                probe.tell()
             (center, rows, report), shipping = self._in_process(space, bound, job, count,
                                                                 want_center), 0.0
         elapsed = time.perf_counter() - started
@@ -221,8 +242,7 @@ class Gradient:
         if count:
             workers = self._planner.plan.workers if where == "parallel" else 1
             self._entry_seconds = (elapsed - shipping) * workers / count
-        self.failures = tell(space, report, self.on_failure)
-        return (center if want_value else None), self._assemble(space, rows, center)
+        return center, rows, report
 
     def _in_process(self, space: ParamSpace, f: Callable, job: Job, count: int, want_center: bool):
         """Evaluate here, on the caller's arrays, restored afterwards whatever `f` does.
@@ -243,13 +263,39 @@ class Gradient:
             evaluate(job, f, space, (count - 1, count), {})
         return time.perf_counter() - started
 
+    def _effects_probe(self, args: tuple, space: ParamSpace) -> EffectsProbe | None:
+        """The first call's test of `f` for side effects and determinism (None on later calls)."""
+        if self._effects_probed or not self.check_state:   # check_state=False: f never runs here
+            return None
+        self._effects_probed = True
+        return EffectsProbe(self.f, args, space, vector=self._vector,
+                            warn=self.side_effects == "warn")
+
     def _on_workers(self, space: ParamSpace, args: tuple, f: Callable, job: Job, count: int,
-                    want_center: bool):
-        """Evaluate on the workers, verified; ``(f(x) or None, rows, report, seconds shipping)``."""
-        return self._workers.run(self.f, f, space, args, job, self._chunks(space, job.evaluator, count),
-                                 _signature(space, job.evaluator), self._calls,
-                                 needs_center=self._needs_center(job.evaluator),
-                                 want_center=want_center, bounds=self.bounds)
+                    want_center: bool, probe: EffectsProbe | None = None):
+        """Evaluate on the workers, verified; ``(f(x) or None, rows, report, seconds shipping)``.
+
+        The side-effect `probe` runs here while the workers work; before them on threads,
+        which share module state with this thread (its restoring must not race them).
+        """
+        if probe is not None and self.execution.backend == "threading":
+            probe.run(f)
+            probe.tell()   # a non-deterministic f is refused before the threads start
+            probe = None
+        try:
+            result = self._workers.run(
+                self.f, f, space, args, job, self._chunks(space, job.evaluator, count),
+                _signature(space, job.evaluator), self._calls,
+                needs_center=self._needs_center(job.evaluator), want_center=want_center,
+                bounds=self.bounds, alongside=None if probe is None else lambda: probe.run(f))
+        except StateNotShippedError:
+            error = None if probe is None else probe.not_deterministic()
+            if error is not None:   # the reason the workers disagreed: say that one
+                raise error from None
+            raise
+        if probe is not None:
+            probe.tell()
+        return result
 
     def _chunks(self, space: ParamSpace, evaluator: str, count: int | None = None
                 ) -> list[tuple[int, int]]:
@@ -268,6 +314,15 @@ class Gradient:
         if per_worker is None:
             per_worker = default_chunks_per_worker(evaluator, self._entry_seconds, count, workers)
         return plan_chunks(count, workers, per_worker)
+
+
+def _restore(kept: Snapshot) -> None:
+    """``side_effects="restore"``: put the state back, and say what could not be."""
+    failed = kept.restore()
+    if failed:
+        warn_user(f"side_effects='restore' could not put back {', '.join(failed)}: `f` changed it "
+                  "and it cannot be set again (an item of a tuple, an attribute without a setter, "
+                  "or an array too large to copy, compared by a digest only)")
 
 
 def _signature(space: ParamSpace, evaluator: str) -> tuple:

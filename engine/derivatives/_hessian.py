@@ -26,6 +26,7 @@ from ..fd._second import (PAIRS, SECOND_SCHEMES, SHIFTS, PairOptions, evaluation
 from ..fd._space import ParamSpace
 from ..run._execution import EXECUTION_FIELDS, Execution
 from ._gradient import Gradient
+from ._side_effects import SIDE_EFFECTS
 
 __all__ = ["Hessian", "hessian", "DEFAULT_MAX_SECONDS"]
 
@@ -125,6 +126,7 @@ class Hessian(Gradient):
     def __init__(self, f: Callable | None = None, *, grad: Callable | None = None,
                  h: float | str = AUTO, scheme: str = "central", on_failure: str = ON_FAILURE[0],
                  bounds: tuple | None = None, check_state: bool = True,
+                 side_effects: str = SIDE_EFFECTS[0],
                  max_seconds: float | None = DEFAULT_MAX_SECONDS, execution: Execution | None = None,
                  _shared_pool: bool = False, **execution_options: Any):
         if grad is None and not callable(f):
@@ -143,7 +145,7 @@ class Hessian(Gradient):
             execution = replace(execution, dispatch="in-process")   # its own workers do the work
         super().__init__(grad if grad is not None else f, h=h, scheme=scheme, evaluator="loop",
                          check_state=check_state, on_failure=on_failure, bounds=bounds,
-                         execution=execution, _shared_pool=_shared_pool)
+                         side_effects=side_effects, execution=execution, _shared_pool=_shared_pool)
         self.objective, self.grad = f, grad
         self._vector = grad is not None   # the function evaluated returns an array
         self._phase, self._shifts = PAIRS, None

@@ -15,6 +15,7 @@ from ..fd._richardson import RICHARDSON, RichardsonOptions, extrapolate
 from ..fd._space import ParamSpace
 from ..run._execution import EXECUTION_FIELDS, Execution
 from ._gradient import Gradient
+from ._side_effects import SIDE_EFFECTS
 from ._parallel import _one_shot
 
 __all__ = ["GradientWithError", "gradient_with_error"]
@@ -30,7 +31,8 @@ class GradientWithError(Gradient):
     def __init__(self, f: Callable, *, levels: int = RichardsonOptions.levels,
                  base: float = RichardsonOptions.base, ratio: float = RichardsonOptions.ratio,
                  terms: int = RichardsonOptions.terms, check_state: bool = True,
-                 execution: Execution | None = None, _shared_pool: bool = False,
+                 side_effects: str = SIDE_EFFECTS[0], execution: Execution | None = None,
+                 _shared_pool: bool = False,
                  **execution_options: Any):
         others = sorted(set(execution_options) - EXECUTION_FIELDS)
         if others:
@@ -40,7 +42,8 @@ class GradientWithError(Gradient):
                             "on_failure); the other options are the execution's")
         self.richardson = RichardsonOptions(levels, base, ratio, terms)
         self.richardson.check()
-        super().__init__(f, h="auto", check_state=check_state, execution=execution,
+        super().__init__(f, h="auto", check_state=check_state, side_effects=side_effects,
+                         execution=execution,
                          _shared_pool=_shared_pool, **execution_options)
 
     def _evaluator_name(self, x: Any, steps: list) -> str:

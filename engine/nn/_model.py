@@ -17,10 +17,13 @@ from ._layers import ACTIVATIONS, LAYER_METHODS, Affine, SoftmaxCrossEntropy
 from ._regularize import BatchNormalization, Dropout
 
 __all__ = ["Sequential", "ModelLoss", "mlp", "init_params", "check_sizes", "DEFAULT_ACTIVATION",
-           "DEFAULT_WEIGHT_STD"]
+           "DEFAULT_WEIGHT_STD", "WEIGHT_INITS", "check_weight_init"]
 
 DEFAULT_ACTIVATION = "sigmoid"   # the teaching text's hidden layer
 DEFAULT_WEIGHT_STD = 0.01        # and its initial weights' standard deviation
+# The book's named scales (MultiLayerNet's weight_init_std='relu' / 'sigmoid'): each layer's
+# std is sqrt(WEIGHT_INITS[name] / n_in), He's for ReLU, Xavier's for sigmoid.
+WEIGHT_INITS = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}
 
 
 def _as_batch(x):
@@ -433,7 +436,7 @@ def mlp(sizes: Any, activation: str = DEFAULT_ACTIVATION, *, batch_norm: bool = 
     return Sequential(layers, SoftmaxCrossEntropy())
 
 
-def init_params(sizes: Any, weight_init_std: float = DEFAULT_WEIGHT_STD, seed: Any = None,
+def init_params(sizes: Any, weight_init_std: float | str = DEFAULT_WEIGHT_STD, seed: Any = None,
                 dtype: Any = np.float64, *, batch_norm: bool = False) -> dict[str, np.ndarray]:
     """Parameters for :func:`mlp`: Gaussian weights, zero biases.
 
@@ -441,8 +444,10 @@ def init_params(sizes: Any, weight_init_std: float = DEFAULT_WEIGHT_STD, seed: A
     ----------
     sizes : sequence of int
         Layer widths, as in :func:`mlp`.
-    weight_init_std : float, default 0.01
-        Standard deviation of the weights; finite and ``>= 0``.
+    weight_init_std : float or str, default 0.01
+        Standard deviation of the weights; finite and ``>= 0``. Or a name of the book's
+        (`WEIGHT_INITS`): ``"he"`` (or ``"relu"``), std ``sqrt(2 / n_in)`` for each layer's
+        `n_in` inputs; ``"xavier"`` (or ``"sigmoid"``), ``sqrt(1 / n_in)``.
     seed : int, numpy.random.Generator or None, default None
         Passed to ``np.random.default_rng``; None draws fresh entropy.
     dtype : floating dtype, default float64
@@ -461,8 +466,8 @@ def init_params(sizes: Any, weight_init_std: float = DEFAULT_WEIGHT_STD, seed: A
     Raises
     ------
     ValueError
-        If `sizes` is invalid, `weight_init_std` is negative or not finite, or `dtype` is
-        not a floating dtype.
+        If `sizes` is invalid, `weight_init_std` is negative, not finite or an unknown
+        name, or `dtype` is not a floating dtype.
 
     Examples
     --------
@@ -470,17 +475,28 @@ def init_params(sizes: Any, weight_init_std: float = DEFAULT_WEIGHT_STD, seed: A
     {'w1': (784, 100), 'b1': (100,), 'w2': (100, 10), 'b2': (10,)}
     """
     sizes = check_sizes(sizes)
-    if not (np.isfinite(weight_init_std) and weight_init_std >= 0):
-        raise ValueError(f"`weight_init_std` must be finite and >= 0, got {weight_init_std!r}")
+    check_weight_init(weight_init_std)
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
     rng = np.random.default_rng(seed)
     params = {}
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        params[f"w{i}"] = (weight_init_std * rng.standard_normal((n_in, n_out))).astype(dtype)
+        std = np.sqrt(WEIGHT_INITS[weight_init_std] / n_in) if isinstance(weight_init_std, str) \
+            else weight_init_std
+        params[f"w{i}"] = (std * rng.standard_normal((n_in, n_out))).astype(dtype)
         params[f"b{i}"] = np.zeros(n_out, dtype=dtype)
         if batch_norm and i < len(sizes) - 1:
             params[f"gamma{i}"] = np.ones(n_out, dtype=dtype)
             params[f"beta{i}"] = np.zeros(n_out, dtype=dtype)
     return params
+
+
+def check_weight_init(weight_init_std: Any) -> None:
+    """ValueError unless `weight_init_std` is a finite number >= 0 or a name in `WEIGHT_INITS`."""
+    if isinstance(weight_init_std, str):
+        if weight_init_std not in WEIGHT_INITS:
+            raise ValueError(f"`weight_init_std` {weight_init_std!r} is unknown; give a number or "
+                             f"one of {', '.join(map(repr, WEIGHT_INITS))}")
+    elif not (np.isfinite(weight_init_std) and weight_init_std >= 0):
+        raise ValueError(f"`weight_init_std` must be finite and >= 0, got {weight_init_std!r}")

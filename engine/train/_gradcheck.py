@@ -107,7 +107,8 @@ def gradient_check(net: Any, x: Any, t: Any, *, scheme: str = DEFAULT_SCHEME,
         scheme and the parameters' dtype. Entries whose difference exceeds it are probed
         for kinks: where the one-sided differences disagree by more and backprop lies
         between them, the entry is listed in ``kinks`` and left out of ``relative``
-        (at most 1,000 probes per array, two loss evaluations each, in this process).
+        (at most 1,000 probes per array, two to six loss evaluations each, in this
+        process).
     execution : Execution, optional
         Where the numerical gradient runs; default ``Execution(workers=1)``, this
         process. The keywords below replace its fields.
