@@ -114,6 +114,9 @@ SLOW_PROGRAM = textwrap.dedent('''
     except KeyboardInterrupt:
         print("intact" if x.tobytes() == before.tobytes() else "PERTURBED", flush=True)
         print("stopped after", time.monotonic() - interrupted[0], flush=True)
+        # killed and reaped by now, not left to close() or the exit
+        print("workers left", sum(os.path.exists(f"/proc/{pid}") for pid in os.listdir(pid_dir)
+                                  if int(pid) != os.getpid()), flush=True)
         raise
 ''')
 
@@ -145,7 +148,7 @@ def test_ctrl_c_exits_without_waiting_for_f_and_leaves_no_worker(tmp_path):
     # the caller's except clause: neither the start nor the exit of the interpreter counts.
     stopped_after = float(re.search(r"stopped after (\S+)", out).group(1))
     assert stopped_after < 5.0, "Ctrl-C stopped the workers instead of killing them"
-    assert "KeyboardInterrupt" in err and "intact" in out
+    assert "KeyboardInterrupt" in err and "intact" in out and "workers left 0" in out
     assert wait_until(lambda: not any(alive(pid) for pid in workers), 60), "workers outlived it"
 
 

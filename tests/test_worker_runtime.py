@@ -129,6 +129,8 @@ def test_close_returns_and_ends_a_worker_stuck_in_f(tmp_path):
     closing.join(GUARD_SECONDS)   # an unbounded close() would wait for the hour-long f
     assert not closing.is_alive(), "close() waits for a worker stuck in f"
     assert not [pid for pid in pids if alive(pid)]
+    # and reaped: a worker killed but never waited for stays a zombie until the caller exits
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
 
 
 # -- a failed update ------------------------------------------------------------------------------
