@@ -178,6 +178,16 @@ class TestBounds:
         assert all(lower <= p <= upper for p in seen)
         np.testing.assert_allclose(got[0, 0], 1.0, rtol=1e-6)
 
+    def test_steps_larger_than_one_near_a_bound_never_leave_it(self):
+        x = np.array([1.0, 9.0])   # h = 2: x - 2h and x + 2h would leave [0, 10]
+        seen = []
+        f = lambda v: seen.append(v.copy()) or v ** 2
+        got = grouped(f, x, np.eye(2), h=2.0, bounds=(np.zeros(2), np.full(2, 10.0)))
+        points = np.array(seen)
+        assert np.all(points >= 0.0) and np.all(points <= 10.0)
+        # each steps inward by the second-order one-sided scheme: exact for a quadratic
+        np.testing.assert_allclose(np.diag(got), 2 * x, rtol=1e-12)
+
     def test_an_entry_with_no_room_is_refused(self):
         with pytest.raises(ValueError, match=r"x\[1\] has no room to move within its bounds"):
             grouped(chain, np.array([0.0, 2.0, 0.0]), chain_pattern(3),
@@ -212,6 +222,28 @@ class TestRestoring:
         assert np.array_equal(x, x0)
         assert any("group 1 (x[1] + 0.0001, x[4] + 0.0001, x[7] + 0.0001 and 14 more)" in note
                    for note in info.value.__notes__)
+
+    def test_an_auto_step_is_never_counted_as_a_deviation_from_h(self):
+        x = np.linspace(1.1, 7.3, 6).astype(np.float32)   # steps stored in float32 differ from h
+        seen = []
+        report = Report()
+        grouped(lambda v: seen.append(v.copy()) or v * 3.0, x, np.eye(6), h=None, report=report)
+        nominal = float(np.finfo(np.float32).eps) ** (1 / 3) * x.astype(np.float64)
+        assert np.all(seen[0].astype(np.float64) - x != nominal), "the stored steps are not h"
+        assert report.step_deviation == 0.0
+
+    def test_a_group_of_exactly_three_is_named_without_a_count_of_more(self):
+        x = np.ones(3)
+
+        def f(v):
+            if v[0] != 1.0:
+                raise ArithmeticError("no")
+            return v * 2.0
+
+        with pytest.raises(ArithmeticError) as info:
+            grouped(f, x, np.eye(3))
+        assert "while evaluating group 0 (x[0] + 0.0001, x[1] + 0.0001, x[2] + 0.0001)" in (
+            "\n".join(info.value.__notes__))
 
 
 class TestFailures:
@@ -278,6 +310,42 @@ class TestFailures:
         assert in_group[4] and np.isnan(got[:, in_group][chain_pattern()[:, in_group]]).all()
         assert np.isfinite(got[:, ~in_group]).all()
 
+    @staticmethod
+    def four_at_the_edges():
+        """x in [0, 1] (x[2]: [0, 0.5]) with h = 0.25: room below; x - h exactly on the lower
+        bound; at the lower bound; at the upper bound (a backward difference)."""
+        x = np.array([0.5, 0.25, 0.0, 1.0])
+        return x, (np.zeros(4), np.array([1.0, 1.0, 0.5, 1.0]))
+
+    def test_forward_one_sided_steps_back_only_where_the_bounds_allow(self):
+        x, bounds = self.four_at_the_edges()
+        seen = []
+
+        def f(v):
+            seen.append(v.copy())
+            if v[0] > 0.5:   # the forward evaluation fails
+                raise ArithmeticError("no")
+            return v ** 2
+
+        got = grouped(f, x.copy(), np.eye(4), h=0.25, scheme="forward", bounds=bounds,
+                      on_failure="one-sided")
+        points = np.array(seen)
+        assert np.all(points >= bounds[0]) and np.all(points <= bounds[1])
+        assert np.array_equal(points[-1], [0.25, 0.0, 0.0, 1.0])   # the other side, where it fits
+        # (x^2 - (x - h)^2) / h = 2x - h; the entries with no room on the other side are NaN
+        assert np.array_equal(np.diag(got)[:2], [0.75, 0.25])
+        assert np.isnan(np.diag(got)[2:]).all()
+
+    def test_forward_failures_on_both_sides_are_reported_by_side(self):
+        x, bounds = self.four_at_the_edges()
+        f = lambda v: v ** 2 if np.array_equal(v, x) else np.full(4, np.nan)
+        report = Report()
+        got = grouped(f, x.copy(), np.eye(4), h=0.25, scheme="forward", bounds=bounds,
+                      on_failure="one-sided", report=report)
+        assert np.isnan(np.diag(got)).all()
+        sides = [failure[:2] for failure in report.failures]
+        assert sides == [(0, 1), (1, 1), (2, 1), (3, -1), (0, -1), (1, -1)]
+
 
 class TestBadUse:
     def test_f_with_the_wrong_number_of_outputs_is_named(self):
@@ -303,3 +371,35 @@ class TestBadUse:
         cache = {"center": chain(x0)}
         grouped(f, x0.copy(), chain_pattern(), scheme="forward", cache=cache)
         assert len(calls) == 3   # one per group, f(x) taken from the cache
+
+
+class TestOptions:
+    def options(self, on_failure=None):
+        index = Pattern.from_any(chain_pattern())
+        ptr, columns = members(group_columns(index))
+        extra = () if on_failure is None else (on_failure,)
+        return GroupedOptions(index, ptr, columns, *extra)
+
+    def test_n_groups_counts_the_groups(self):
+        assert self.options().n_groups == 3   # a tridiagonal pattern: columns j, j + 3, ...
+
+    def test_by_default_a_failed_evaluation_ends_the_call(self):
+        x0, _, _ = chain_case()
+        options = self.options()
+
+        def f(v):
+            if not np.array_equal(v, x0):
+                raise ArithmeticError("no")
+            return chain(v)
+
+        space = ParamSpace(x0.copy())
+        with pytest.raises(ArithmeticError, match="no"):
+            grouped_evaluate(f, space, [1e-4], get_scheme("central"), 0, 3, {}, options)
+
+    def test_options_are_frozen_and_equal_only_to_themselves(self):
+        options = self.options("nan")
+        with pytest.raises(AttributeError):
+            options.on_failure = "raise"
+        twin = GroupedOptions(options.pattern, options.group_ptr, options.group_columns, "nan")
+        assert options == options and options != twin
+        assert {options: 1}[options] == 1
