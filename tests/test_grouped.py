@@ -336,6 +336,24 @@ class TestFailures:
         assert np.array_equal(np.diag(got)[:2], [0.75, 0.25])
         assert np.isnan(np.diag(got)[2:]).all()
 
+    def test_forward_one_sided_takes_the_other_side_that_lands_exactly_on_the_upper_bound(self):
+        # x = -0.3 in [-0.9, 0.3]: h = 1 fits neither side, and the room below (-0.3 + 0.9 =
+        # 0.6000000000000001) beats the room above (0.6) by rounding, so the step is shrunk to
+        # 0.6 downward; the other side, x + 0.6, is then exactly the upper bound 0.3
+        x, lower, upper = np.array([-0.3]), np.array([-0.9]), np.array([0.3])
+        seen = []
+
+        def f(v):
+            seen.append(float(v[0]))
+            if v[0] < -0.3:
+                raise ArithmeticError("no")
+            return v ** 3
+
+        got = grouped(f, x.copy(), np.eye(1), h=1.0, scheme="forward", bounds=(lower, upper),
+                      on_failure="one-sided")
+        assert seen[-1] == 0.3 and all(-0.9 <= p <= 0.3 for p in seen)
+        assert got[0, 0] == (0.3 ** 3 - (-0.3) ** 3) / (0.3 - -0.3)
+
     def test_forward_failures_on_both_sides_are_reported_by_side(self):
         x, bounds = self.four_at_the_edges()
         f = lambda v: v ** 2 if np.array_equal(v, x) else np.full(4, np.nan)
