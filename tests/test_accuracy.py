@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from engine.fd._calling import LoopOptions, Report
-from engine.fd._complex import complex_evaluate
+from engine.fd._complex import complex_evaluate, complex_grouped_evaluate
+from engine.fd._grouped import GroupedOptions
+from engine.fd._grouping import Pattern, group_columns, members
 from engine.fd._richardson import RichardsonOptions, extrapolate, richardson_evaluate
 from engine.fd._schemes import COMPLEX
 from engine.fd._space import ParamSpace
@@ -239,11 +241,14 @@ class TestComplexStepSteps:
         assert np.array_equal(got, [0.0, 1.0])
 
     def test_a_zero_derivative_with_rounding_in_the_probes_is_zero(self):
-        # (v0 + 1e3) - v0 is 1e3 up to rounding: the probes differ by ulps, not a slope
-        f = lambda v: (v[0] + 1e3) - v[0] + v[1]  # noqa: E731
-        x = np.array([0.1, 2.0])
+        # (v0 + 1/3) - v0 is 1/3 up to rounding: at 0.3 -+ eps**(1/3) the two probes differ
+        # by 1.2e-10 (an ulp of f times two), far below 64 eps |f|: rounding, not a slope
+        f = lambda v: ((v[0] + 1 / 3) - v[0]) * v[1]  # noqa: E731
+        x = np.array([0.3, 1e6])
+        probe = np.finfo(np.float64).eps ** (1 / 3)
+        assert f([0.3 + probe, 1e6]) != f([0.3 - probe, 1e6])
         got = parallel_numerical_gradient(f, x, scheme="complex", h="auto", workers=1)
-        assert np.array_equal(got, [0.0, 1.0])
+        assert np.array_equal(got, [0.0, (0.3 + 1 / 3) - 0.3])
 
     def test_a_step_of_one_is_a_step(self):
         # Im (x + i)**2 = 2x exactly: h=1.0 is a valid complex step
@@ -533,12 +538,22 @@ class TestComplexStepSparse:
                      workers=1, sparsity=np.array([[1, 1, 0], [0, 1, 1]]))
 
     def test_only_the_patterns_entries_are_checked_for_a_dropped_part(self):
-        # output 1 depends on x[0] through `abs`, but `sparsity` leaves that entry out: the
-        # Jacobian holds only the pattern's entries, and so does the check
-        f = lambda v: np.array([v[0] ** 2, v[1] + abs(v[0])])  # noqa: E731
-        got = jacobian(f, np.array([1.0, 2.0]), scheme="complex", h="auto", workers=1,
-                       sparsity=np.array([[1, 0], [0, 1]]))
-        assert np.array_equal(got.toarray(), [[2.0, 0.0], [0.0, 1.0]])
+        # output 0's true zero derivative sets off the check; output 1 depends on x[0]
+        # through `abs`, but `sparsity` leaves that entry out: the Jacobian holds only the
+        # pattern's entries, and so does the check
+        f = lambda v: np.array([np.cos(v[0]), 3.0 + abs(v[0] - 1.0)])  # noqa: E731
+        got = jacobian(f, np.array([0.0]), scheme="complex", h="auto", workers=1,
+                       sparsity=np.array([[1], [0]]))
+        assert np.array_equal(got.toarray(), [[0.0], [0.0]])
+
+    def test_the_evaluator_refuses_a_pattern_of_another_width(self):
+        # `jacobian` refuses it first; the evaluator says so too when called on its own
+        pattern = Pattern.from_any(np.eye(3, dtype=bool))
+        ptr, columns = members(group_columns(pattern))
+        options = GroupedOptions(pattern, ptr, columns, "raise", None)
+        with pytest.raises(ValueError, match=r"`sparsity` has 3 columns but `x` has 2 entries"):
+            complex_grouped_evaluate(lambda v: v ** 2, ParamSpace(np.ones(2)), [None], COMPLEX,
+                                     0, ptr.size - 1, {}, options)
 
 
 class TestRichardsonParts:
