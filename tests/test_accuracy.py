@@ -10,10 +10,15 @@ import warnings
 import numpy as np
 import pytest
 
+from engine.fd._calling import LoopOptions, Report
+from engine.fd._complex import complex_evaluate, complex_grouped_evaluate
+from engine.fd._grouped import GroupedOptions
+from engine.fd._grouping import Pattern, group_columns, members
 from engine.fd._richardson import RichardsonOptions, extrapolate, richardson_evaluate
+from engine.fd._schemes import COMPLEX
 from engine.fd._space import ParamSpace
-from engine import (GradientWithError, NumericalFallbackWarning, gradient_with_error, jacobian,
-                    parallel_numerical_gradient)
+from engine import (Gradient, GradientWithError, Jacobian, NumericalFallbackWarning,
+                    gradient_with_error, jacobian, parallel_numerical_gradient)
 
 
 def vector_vector(x):
@@ -192,6 +197,141 @@ class TestComplexStep:
                                         workers=1)
 
 
+class TestComplexStepSteps:
+    """The points `f` sees, the steps that are refused, and the failures `f` causes."""
+
+    def test_auto_steps_and_the_zero_probe_follow_the_documented_scales(self):
+        # h="auto" is 1e-20 * max(1, |x_i|); a zero imaginary part is probed, real, at
+        # x_i -+ eps**(1/3) * max(1, |x_i|)
+        x = np.array([0.5, 1000.0, 2.0])
+        imaginary, real = [], []
+
+        def f(v):   # the probes come on the complex copy, with imaginary parts of 0
+            (imaginary if np.any(v.imag) else real).append(v.copy())
+            return v[0] * v[2] + np.cos(v[1] - 1000.0)   # zero derivative at x[1]
+
+        got = parallel_numerical_gradient(f, x, scheme="complex", h="auto", workers=1,
+                                          check_state=False)
+        assert np.array_equal(got, [2.0, 0.0, 0.5])
+        assert [list(v.imag) for v in imaginary] == [[1e-20, 0, 0],
+                                                              [0, 1e-20 * 1000.0, 0],
+                                                              [0, 0, 1e-20 * 2.0]]
+        probe = np.finfo(np.float64).eps ** (1 / 3) * 1000.0
+        assert {float(v[1].real) for v in real} == {1000.0 + probe, 1000.0 - probe}
+        assert len(real) == 2 and all(v[0] == 0.5 and v[2] == 2.0 for v in real)
+
+    def test_the_probe_of_an_entry_below_one_moves_it_by_eps_to_the_third(self):
+        x = np.array([0.5, 0.25])
+        real = []
+
+        def f(v):
+            if not np.any(v.imag):
+                real.append(float(v[0].real))
+            return np.cos(v[0] - 0.5) + v[1]
+
+        got = parallel_numerical_gradient(f, x, scheme="complex", h="auto", workers=1,
+                                          check_state=False)
+        probe = np.finfo(np.float64).eps ** (1 / 3)
+        assert np.array_equal(got, [0.0, 1.0]) and set(real) == {0.5 + probe, 0.5 - probe}
+
+    def test_a_zero_derivative_where_f_is_zero_all_around_is_zero(self):
+        # both probes give exactly 0: no change at all, not a dropped imaginary part
+        got = parallel_numerical_gradient(lambda v: v[0] * v[1], np.array([1.0, 0.0]),
+                                          scheme="complex", h="auto", workers=1)
+        assert np.array_equal(got, [0.0, 1.0])
+
+    def test_a_zero_derivative_with_rounding_in_the_probes_is_zero(self):
+        # (v0 + 1/3) - v0 is 1/3 up to rounding: at 0.3 -+ eps**(1/3) the two probes differ
+        # by 1.2e-10 (an ulp of f times two), far below 64 eps |f|: rounding, not a slope
+        f = lambda v: ((v[0] + 1 / 3) - v[0]) * v[1]  # noqa: E731
+        x = np.array([0.3, 1e6])
+        probe = np.finfo(np.float64).eps ** (1 / 3)
+        assert f([0.3 + probe, 1e6]) != f([0.3 - probe, 1e6])
+        got = parallel_numerical_gradient(f, x, scheme="complex", h="auto", workers=1)
+        assert np.array_equal(got, [0.0, (0.3 + 1 / 3) - 0.3])
+
+    def test_a_step_of_one_is_a_step(self):
+        # Im (x + i)**2 = 2x exactly: h=1.0 is a valid complex step
+        got = parallel_numerical_gradient(lambda v: np.sum(v ** 2), np.array([1.5, -3.0]),
+                                          scheme="complex", h=1.0, workers=1)
+        assert np.array_equal(got, [3.0, -6.0])
+
+    def test_a_step_that_underflows_in_complex64_is_refused(self):
+        x = np.array([1.0, 2.0], dtype=np.float32)
+        with pytest.raises(ValueError, match=r"x\[0\]: the complex step 1e-50 underflows to 0 "
+                                             r"in complex64; use a larger `h`"):
+            parallel_numerical_gradient(lambda v: np.sum(v ** 2), x, scheme="complex", h=1e-50,
+                                        workers=1)
+
+    def test_a_scalar_f_that_returns_an_array_is_refused(self):
+        with pytest.raises(TypeError, match=r"must return a scalar loss, got an array of shape "
+                                            r"\(2,\) at x\[0\] \+ 1e-20i"):
+            parallel_numerical_gradient(lambda v: v ** 2, np.array([1.0, 2.0]),
+                                        scheme="complex", h="auto", workers=1)
+
+    @staticmethod
+    def fails_at_one(v):
+        if v[1].imag != 0:
+            raise ArithmeticError("no derivative here")
+        return np.sum(v ** 2)
+
+    def test_an_error_of_f_is_raised_naming_the_point(self):
+        with pytest.raises(ArithmeticError, match="no derivative here") as caught:
+            parallel_numerical_gradient(self.fails_at_one, np.array([1.0, 2.0, 3.0]),
+                                        scheme="complex", h="auto", workers=1)
+        assert "numgrad: raised by `f` while evaluating x[1] + 2e-20i" in caught.value.__notes__
+
+    @pytest.mark.parametrize("on_failure", ["nan", "one-sided"])
+    def test_an_error_of_f_is_nan_and_reported_as_asked(self, on_failure):
+        with Gradient(self.fails_at_one, scheme="complex", h="auto", workers=1,
+                      on_failure=on_failure) as grad:
+            with pytest.warns(NumericalFallbackWarning, match=r"1 evaluation"):
+                got = grad(np.array([1.0, 2.0, 3.0]))
+            failures = grad.failures
+        assert np.array_equal(got, [2.0, np.nan, 6.0], equal_nan=True)
+        assert [tuple(f) for f in failures] == [("x[1]", "x_i + 1*h", "ArithmeticError",
+                                                 "no derivative here")]
+
+    @pytest.mark.parametrize("first", [True, False], ids=["first-entry", "later-entry"])
+    def test_a_jacobian_row_that_fails_is_nan_of_the_outputs_shape(self, first):
+        bad = 0 if first else 2
+
+        def f(v):
+            if v[bad].imag != 0:
+                raise ArithmeticError("no derivative here")
+            return np.array([v[0] * v[1], v[2] ** 2])
+
+        x = np.array([1.0, 2.0, 3.0])
+        with pytest.warns(NumericalFallbackWarning):
+            got = jacobian(f, x, scheme="complex", h="auto", workers=1, on_failure="nan")
+        expected = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 6.0]])
+        expected[:, bad] = np.nan
+        assert got.shape == (2, 3) and np.array_equal(got, expected, equal_nan=True)
+
+    def test_the_failed_rows_shape_comes_from_f_at_x_once_per_cache(self):
+        calls = []
+
+        def f(v):
+            calls.append(np.iscomplexobj(v))
+            if np.iscomplexobj(v):
+                raise ArithmeticError("no derivative here")
+            return np.array([1.0, 2.0])
+
+        space = ParamSpace(np.array([1.0, 2.0, 3.0]))
+        loop = LoopOptions(vector=True, on_failure="nan")
+        got = complex_evaluate(f, space, [None], COMPLEX, 0, 3, None, loop, Report())
+        assert got.shape == (3, 2) and np.isnan(got).all() and calls.count(False) == 1
+        calls.clear()
+        cache = {"center": np.zeros(2)}
+        got = complex_evaluate(f, space, [None], COMPLEX, 0, 3, cache, loop, Report())
+        assert got.shape == (3, 2) and np.isnan(got).all() and calls.count(False) == 0
+
+    def test_no_entries_give_an_empty_result(self):
+        space = ParamSpace(np.array([1.0, 2.0]))
+        got = complex_evaluate(lambda v: np.sum(v), space, [None], COMPLEX, 1, 1)
+        assert got.shape == (0,)
+
+
 # --- Richardson extrapolation with an error estimate ----------------------------------------
 
 def exp_sin_log(v):
@@ -335,6 +475,85 @@ class TestComplexStepSparse:
         with pytest.raises(TypeError, match=r"imaginary part of exactly 0 at group \d \(x\[0\]"):
             jacobian(f, np.array([1.0, 2.0, 3.0]), scheme="complex", h="auto", workers=1,
                      sparsity=np.array([[1, 1, 0], [0, 1, 1]]))
+
+    diagonal = np.eye(5, dtype=bool)   # one group of five columns
+
+    def test_a_sparse_step_of_one_is_a_step_and_one_call_per_group(self):
+        calls = []
+
+        def f(v):
+            calls.append(np.iscomplexobj(v))
+            return v ** 2
+
+        x = np.array([1.5, -3.0, 0.5, 2.0, 4.0])
+        got = jacobian(f, x, scheme="complex", h=1.0, workers=1, sparsity=self.diagonal,
+                       check_state=False)
+        assert np.array_equal(got.toarray(), np.diag(2 * x)) and calls.count(True) == 1
+
+    def test_a_sparse_step_that_underflows_is_refused(self):
+        x = np.ones(5, dtype=np.float32)
+        with pytest.raises(ValueError, match=r"group 0 \(x\[0\], x\[1\], x\[2\] and more\) "
+                                             r"\+ ih: a complex step underflows to 0"):
+            jacobian(lambda v: v ** 2, x, scheme="complex", h=1e-50, workers=1,
+                     sparsity=self.diagonal)
+
+    def test_a_sparse_non_finite_value_is_raised_naming_the_group(self):
+        f = lambda v: v / 0.0 if np.iscomplexobj(v) else v  # noqa: E731
+        with pytest.raises(FloatingPointError, match=r"non-finite value at group 0 \(x\[0\], "
+                                                     r"x\[1\], x\[2\] and more\) \+ ih"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                jacobian(f, np.ones(5), scheme="complex", h="auto", workers=1,
+                         sparsity=self.diagonal)
+
+    @staticmethod
+    def failing(kind):
+        def f(v):
+            if v[1].imag != 0:
+                if kind == "error":
+                    raise ArithmeticError("no derivative here")
+                return v[:2] * np.nan
+            return np.array([v[0] * v[1], v[2] ** 2])
+        return f
+
+    @pytest.mark.parametrize("kind, error, message", [
+        ("error", "ArithmeticError", "no derivative here"),
+        ("non-finite", "FloatingPointError", "`f` returned a non-finite value at group 1 (x[1]) + ih"),
+    ], ids=["error", "non-finite"])
+    def test_a_failed_sparse_group_is_nan_and_reported(self, kind, error, message):
+        x = np.array([1.0, 2.0, 3.0])
+        pattern = np.array([[1, 1, 0], [0, 0, 1]])   # groups {0, 2} and {1}
+        with Jacobian(self.failing(kind), scheme="complex", h="auto", workers=1,
+                      on_failure="nan", sparsity=pattern) as jac:
+            with pytest.warns(NumericalFallbackWarning, match="1 evaluation"):
+                got = jac(x)
+            failures = jac.failures
+        assert np.array_equal(got.toarray(), [[2.0, np.nan, 0.0], [0.0, 0.0, 6.0]],
+                              equal_nan=True)
+        assert [tuple(f) for f in failures] == [("x[1]", "x_i + 1*h", error, message)]
+
+    def test_a_sparse_f_with_the_wrong_number_of_outputs_is_refused(self):
+        with pytest.raises(ValueError, match=r"`f` returned 3 values but `sparsity` has 2 rows"):
+            jacobian(lambda v: v ** 2, np.array([1.0, 2.0, 3.0]), scheme="complex", h="auto",
+                     workers=1, sparsity=np.array([[1, 1, 0], [0, 1, 1]]))
+
+    def test_only_the_patterns_entries_are_checked_for_a_dropped_part(self):
+        # output 0's true zero derivative sets off the check; output 1 depends on x[0]
+        # through `abs`, but `sparsity` leaves that entry out: the Jacobian holds only the
+        # pattern's entries, and so does the check
+        f = lambda v: np.array([np.cos(v[0]), 3.0 + abs(v[0] - 1.0)])  # noqa: E731
+        got = jacobian(f, np.array([0.0]), scheme="complex", h="auto", workers=1,
+                       sparsity=np.array([[1], [0]]))
+        assert np.array_equal(got.toarray(), [[0.0], [0.0]])
+
+    def test_the_evaluator_refuses_a_pattern_of_another_width(self):
+        # `jacobian` refuses it first; the evaluator says so too when called on its own
+        pattern = Pattern.from_any(np.eye(3, dtype=bool))
+        ptr, columns = members(group_columns(pattern))
+        options = GroupedOptions(pattern, ptr, columns, "raise", None)
+        with pytest.raises(ValueError, match=r"`sparsity` has 3 columns but `x` has 2 entries"):
+            complex_grouped_evaluate(lambda v: v ** 2, ParamSpace(np.ones(2)), [None], COMPLEX,
+                                     0, ptr.size - 1, {}, options)
 
 
 class TestRichardsonParts:

@@ -178,6 +178,18 @@ class TestBounds:
         assert np.abs(H_ - exact).max() < 1e-2 and not np.array_equal(H_, exact)
         assert np.abs(hessian_here(g, x.copy(), "central", h=1e-4) - exact).max() < 1e-6
 
+    @pytest.mark.parametrize("scheme", ["central", "forward"])
+    @pytest.mark.parametrize("side", [1, -1], ids=["at-lower", "at-upper"])
+    def test_at_a_bound_the_stencils_are_the_documented_one_sided_ones(self, scheme, side):
+        """Diagonal (0, 1, 2) and cross (0, 1) x (0, 1) steps inward, mirrored at an upper bound."""
+        x = np.array([1.0, 2.0])
+        bounds = ((x, x + 1.0),) if side == 1 else ((x - 1.0, x),)
+        f = Counting(g=lambda v: float(v[0] ** 2 * v[1]))
+        hessian_here(f, x.copy(), scheme, bounds=bounds)
+        steps = [tuple(int(round(m)) for m in side * (p - x) / H) for p in f.points]
+        assert {m for step in steps for m in step} == {0, 1, 2}
+        assert {step for step in steps if 0 not in step} == {(1, 1)}   # the cross's corner
+
     def test_no_room_within_the_bounds_is_an_error_naming_the_entry(self):
         bounds = ((np.array([0.5, -1.25, 2.0 - H / 2, 0.0]), np.array([1.0, 0.0, 2.0 + H / 2, 1.0])),)
         with pytest.raises(ValueError, match=r"x\[2\] = 2.0 has no room .* smaller `h`"):
@@ -203,6 +215,12 @@ class TestFailures:
         error = "FloatingPointError" if nan else "ArithmeticError"
         assert [(i, point, e) for i, point, e, _ in report.failures] == [
             (1, ((1, 1), (2, 1)), error)]
+
+    def test_a_failure_is_reported_at_its_first_coordinate(self):
+        report = Report()
+        hessian_here(Counting(fail=lambda v: v[2] > X[2] and v[3] > X[3]), X.copy(),
+                     on_failure="nan", report=report)
+        assert [(i, point) for i, point, _, _ in report.failures] == [(2, ((2, 1), (3, 1)))]
 
     def test_one_sided_takes_the_next_stencil_whose_points_all_evaluate(self):
         report = Report()
