@@ -17,7 +17,7 @@ from engine.fd._grouping import Pattern, group_columns, members
 from engine.fd._richardson import RichardsonOptions, extrapolate, richardson_evaluate
 from engine.fd._schemes import COMPLEX
 from engine.fd._space import ParamSpace
-from engine import (Gradient, GradientWithError, Jacobian, NumericalFallbackWarning,
+from engine import (Gradient, GradientWithError, Jacobian, NotDeterministicError, NumericalFallbackWarning,
                     gradient_with_error, jacobian, parallel_numerical_gradient)
 
 
@@ -369,6 +369,12 @@ SMOOTH = [   # name, f, x, the exact gradient
 
 
 class TestRichardson:
+    def test_a_noisy_f_is_refused_by_default(self):
+        rng = np.random.default_rng(0)
+        with GradientWithError(lambda v: float(np.sum(v ** 2) + rng.normal()), workers=1) as g:
+            with pytest.raises(NotDeterministicError, match=r"changed rng\)"):
+                g(np.ones(2))
+
     @pytest.mark.parametrize("name, f, x, exact", SMOOTH, ids=[case[0] for case in SMOOTH])
     def test_within_1e_10_and_the_estimate_bounds_the_true_error(self, name, f, x, exact):
         x = np.array(x)

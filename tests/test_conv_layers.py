@@ -42,6 +42,7 @@ def assert_backward_matches(layer, params, z, rng):
 
     for exact, array in [(dz, z)] + [(grads[name], params[name]) for name in layer.param_names()]:
         numerical = central_difference(fun, array)
+        assert np.isfinite(exact).all()   # an inf would pass the relative bound below
         assert np.abs(numerical - exact).max() <= GRAD_RTOL * np.abs(exact).max()
 
 
@@ -199,6 +200,40 @@ class TestDropout:
     def test_a_ratio_outside_0_1_is_refused(self, ratio):
         with pytest.raises(ValueError, match="`ratio` must be a number in"):
             Dropout(ratio)
+
+
+class TestRegularizeOptions:
+    """The documented defaults, reprs and refusals of the two layers."""
+
+    def test_dropout_defaults_to_half_from_seed_0(self):
+        layer = Dropout()
+        assert layer.ratio == 0.5
+        assert np.array_equal(layer.mask((5, 7)), Dropout(0.5, seed=0).mask((5, 7)))
+
+    def test_a_ratio_of_0_keeps_everything(self, rng):
+        z = rng.standard_normal((3, 4))
+        assert np.array_equal(Dropout(0.0).forward({}, z), z)
+        assert BatchNormalization("g", "b", momentum=0.0).momentum == 0.0
+
+    @pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+    def test_a_seed_that_is_not_an_int_from_0_is_refused(self, seed):
+        with pytest.raises(ValueError, match="`seed` must be an int >= 0"):
+            Dropout(0.5, seed=seed)
+
+    @pytest.mark.parametrize("eps", [0.0, -1e-7, True, "1e-7"])
+    def test_an_eps_that_is_not_positive_is_refused(self, eps):
+        with pytest.raises(ValueError, match="`eps` must be a number > 0"):
+            BatchNormalization("g", "b", eps=eps)
+
+    def test_parameter_names_must_be_strings(self):
+        with pytest.raises(TypeError, match="`gamma` must be a parameter name"):
+            BatchNormalization(1, "b")
+        with pytest.raises(TypeError, match="`running_var` must be a parameter name"):
+            BatchNormalization("g", "b", running_var=3)
+
+    def test_reprs_name_the_parameters_and_the_mode(self):
+        assert repr(BatchNormalization("g1", "b1")) == "BatchNormalization('g1', 'b1', train)"
+        assert repr(Dropout(0.25, seed=3).for_inference()) == "Dropout(0.25, seed=3, inference)"
 
 
 class TestSequentialOfImages:
