@@ -6,6 +6,7 @@ counter (in this process, workers=1), failures, bounds, bad input, and the stand
 errors of a logistic regression fit against the analytic covariance and statsmodels.
 """
 import math
+import time
 import warnings
 
 import numpy as np
@@ -212,6 +213,58 @@ class TestBadInput:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             engine.hessian(wavy, X.copy(), workers=1, max_seconds=None)
+
+
+class TestCostAndNames:
+    """The cost refusal's figures, its units, the defaults and the repr (issue 28's survivors)."""
+
+    @pytest.mark.parametrize("seconds, shown", [(59.5, "59.5 s"), (60.0, "1 minutes"), (90.0, "1.5 minutes"),
+                                                (3600.0, "1 hours"), (7200.0, "2 hours")])
+    def test_durations_read_in_their_unit(self, seconds, shown):
+        from engine.derivatives._hessian import _duration
+        assert _duration(seconds) == shown
+
+    def test_the_defaults(self):
+        from engine.derivatives import _hessian
+        assert (_hessian.DEFAULT_MAX_SECONDS, _hessian._WARN_SECONDS, _hessian._ESTIMATE_ABOVE) == \
+            (3600.0, 60.0, 2000)
+        with engine.Hessian(wavy) as H:
+            assert H.max_seconds == 3600.0 and H.check_state is True
+
+    def test_from_grad_the_count_is_gradient_calls_and_the_estimate_divides_by_the_workers(
+            self, monkeypatch):
+        from engine.derivatives import _hessian
+        monkeypatch.setattr(_hessian, "_ESTIMATE_ABOVE", 0)
+        monkeypatch.setattr(time, "perf_counter", iter(np.arange(0.0, 1e6, 1.0)).__next__)   # 1 s a call
+        with pytest.raises(ValueError, match=r"n = 3 entries needs 7 gradient calls \(central\); "
+                                             r"one took 1 s here, so the call would take about 3\.5 s "
+                                             r"on 2 worker\(s\)"):
+            engine.Hessian(grad=lambda v: 2 * v, max_seconds=3, workers=2,
+                           dispatch="parallel")(np.ones(3))
+
+    def test_an_estimate_of_exactly_max_seconds_runs(self, monkeypatch):
+        from engine.derivatives import _hessian
+        monkeypatch.setattr(_hessian, "_ESTIMATE_ABOVE", 0)
+        monkeypatch.setattr(_hessian, "_WARN_SECONDS", 7.0)
+        monkeypatch.setattr(time, "perf_counter", iter(np.arange(0.0, 1e6, 1.0)).__next__)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # 7 s: neither refused (max 7) nor announced (past 7)
+            engine.Hessian(grad=lambda v: 2 * v, max_seconds=7, workers=1,
+                           dispatch="in-process")(np.ones(3))
+        with pytest.raises(ValueError, match=r"about 7 s on 1 worker\(s\)"):   # in-process: 1
+            engine.Hessian(grad=lambda v: 2 * v, max_seconds=6, workers=2,
+                           dispatch="in-process")(np.ones(3))
+
+    def test_a_non_callable_f_beside_grad_is_refused(self):
+        with pytest.raises(TypeError, match="`f` must be callable or None, got int"):
+            engine.Hessian(3, grad=lambda v: v)
+
+    def test_the_repr_names_f_or_grad(self):
+        def grad(v):
+            return v
+        with engine.Hessian(wavy, workers=1) as H, engine.Hessian(grad=grad, workers=1) as G:
+            assert repr(H).startswith("Hessian(wavy, scheme='central', workers=1")
+            assert repr(G).startswith("Hessian(grad=grad, scheme='central', workers=1")
 
 
 class LogitFit:
