@@ -210,3 +210,18 @@ class TestCheckGroups:
     def test_members_lists_each_groups_columns(self):
         ptr, columns = members(np.array([1, 0, 2, 1, 0, 2]))
         assert [columns[a:b].tolist() for a, b in zip(ptr[:-1], ptr[1:])] == [[1, 4], [0, 3], [2, 5]]
+
+
+def test_large_pattern_with_an_empty_last_column():
+    """More than 4 million column pairs (no intersection graph), the natural order above the row
+    bound, and the last column empty: the bound order's weights must still be built."""
+    rng = np.random.default_rng(3)
+    m, n = 1000, 2001
+    rows = np.repeat(np.arange(m), 64)
+    cols = np.concatenate([rng.choice(n - 1, 64, replace=False) for _ in range(m)])
+    dense = np.zeros((m, n), dtype=bool)
+    dense[rows, cols] = True
+    assert (dense.sum(axis=1).astype(np.int64) ** 2).sum() > 4_000_000
+    groups = group_columns(dense)
+    assert_valid(dense, groups)
+    assert groups.max() + 1 >= 64
