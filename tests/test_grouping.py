@@ -313,10 +313,10 @@ class TestOrders:
 
     def test_bound_order_weights_single_entry_and_empty_columns(self, monkeypatch):
         monkeypatch.setattr(grouping, "_GRAPH_PAIRS", 0)
-        dense = np.array([[1, 0, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=bool)
-        # weights: 1, 0 (empty), 2, 4, 2
+        dense = np.array([[0, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=bool)
+        # weights: 0 (empty), 1 (one entry), 2, 4, 2: the empty column last
         got = [o.tolist() for o in grouping._orders(Pattern.from_any(dense))]
-        assert got == [[0, 1, 2, 3, 4], [3, 2, 4, 0, 1]]
+        assert got == [[0, 1, 2, 3, 4], [3, 2, 4, 1, 0]]
 
     def test_bound_order_with_an_empty_last_column(self, monkeypatch):
         monkeypatch.setattr(grouping, "_GRAPH_PAIRS", 0)
@@ -324,8 +324,8 @@ class TestOrders:
         got = [o.tolist() for o in grouping._orders(Pattern.from_any(dense))]
         assert got == [[0, 1, 2], [1, 0, 2]]
 
-    @pytest.mark.parametrize("row, graph", [(2000, True), (2001, False)])
-    def test_graph_threshold_is_four_million_pairs(self, row, graph, monkeypatch):
+    @pytest.mark.parametrize("row, extra, graph", [(2000, 0, True), (2000, 1, False), (2001, 0, False)])
+    def test_graph_threshold_is_four_million_pairs(self, row, extra, graph, monkeypatch):
         class Graph(Exception):
             pass
 
@@ -333,7 +333,10 @@ class TestOrders:
             raise Graph
 
         monkeypatch.setattr(grouping, "_intersection_graph", no_graph)
-        pattern = Pattern.from_coordinates((1, row), np.zeros(row, dtype=np.int64), np.arange(row))
+        # one row of `row` columns (row**2 pairs), and `extra` rows holding column 0 alone
+        rows = np.concatenate([np.zeros(row, dtype=np.int64), np.arange(1, extra + 1)])
+        cols = np.concatenate([np.arange(row), np.zeros(extra, dtype=np.int64)])
+        pattern = Pattern.from_coordinates((1 + extra, row), rows, cols)
         orders = grouping._orders(pattern)
         assert next(orders).tolist() == list(range(row))
         if graph:
