@@ -181,7 +181,8 @@ def _orders(pattern: Pattern):
     row_counts = np.diff(pattern.row_ptr)
     pairs = int((row_counts.astype(np.int64) ** 2).sum())
     if pairs > _GRAPH_PAIRS:   # a graph this large would cost more than it saves: bounds only
-        weight = np.add.reduceat(row_counts[pattern.rows], pattern.col_ptr[:-1]) if pattern.nnz else 0
+        # a 0 after the last entry: an empty last column's start (nnz) stays a valid index
+        weight = np.add.reduceat(np.append(row_counts[pattern.rows], 0), pattern.col_ptr[:-1])
         weight = np.where(np.diff(pattern.col_ptr) > 0, weight, 0)
         yield np.argsort(-weight, kind="stable")
         return
