@@ -84,9 +84,8 @@ def kink_entries(loss: Callable[[], float], array: np.ndarray, numerical: np.nda
     return np.sort(np.asarray(found, dtype=np.int64))
 
 
-def _is_kink(loss, array, index, center, step, bp, tol_abs) -> bool:
-    old = array[index]
-    h = step if step is not None else _auto_step(array.dtype) * max(1.0, abs(float(old)))
+def _both_sides(loss, array, index, old, h) -> tuple[float, float, float, float]:
+    """``(f(x + h), step up, f(x - h), step down)``, the steps as stored; `x` put back."""
     try:
         array[index] = old + h
         up, moved_up = loss(), float(array[index]) - float(old)
@@ -94,12 +93,24 @@ def _is_kink(loss, array, index, center, step, bp, tol_abs) -> bool:
         down, moved_down = loss(), float(old) - float(array[index])
     finally:
         array[index] = old
+    return up, moved_up, down, moved_down
+
+
+def _rounding(up, center, down, moved_up, moved_down) -> float:
+    """The rounding of a one-sided difference of these values over the shorter step."""
+    return 2 * np.finfo(np.float64).eps * max(abs(up), abs(center), abs(down)) \
+        / min(moved_up, moved_down)
+
+
+def _is_kink(loss, array, index, center, step, bp, tol_abs) -> bool:
+    old = array[index]
+    h = step if step is not None else _auto_step(array.dtype) * max(1.0, abs(float(old)))
+    up, moved_up, down, moved_down = _both_sides(loss, array, index, old, h)
     if moved_up == 0 or moved_down == 0:
         return False
     forward, backward = (up - center) / moved_up, (center - down) / moved_down
     apart = abs(forward - backward)
-    rounding = 2 * np.finfo(np.float64).eps * max(abs(up), abs(center), abs(down)) \
-        / min(moved_up, moved_down)
+    rounding = _rounding(up, center, down, moved_up, moved_down)
     if not apart > tol_abs:
         return False
     if min(abs(bp - forward), abs(bp - backward)) <= apart / 10 + rounding:
@@ -121,17 +132,10 @@ def _kinks_on_both_sides(loss, array, index, old, h, center, bp, tol_abs, apart)
     """Kinks within (h, FINER h] on both sides: at the finer step `h` the one-sided
     differences agree `FINER`^2 times better than at the coarse one (a smooth curvature
     gives only FINER times), and the central difference there meets backprop within `tol_abs`."""
-    try:
-        array[index] = old + h
-        up, moved_up = loss(), float(array[index]) - float(old)
-        array[index] = old - h
-        down, moved_down = loss(), float(old) - float(array[index])
-    finally:
-        array[index] = old
+    up, moved_up, down, moved_down = _both_sides(loss, array, index, old, h)
     if moved_up == 0 or moved_down == 0:
         return False
-    rounding = 2 * np.finfo(np.float64).eps * max(abs(up), abs(center), abs(down)) \
-        / min(moved_up, moved_down)
+    rounding = _rounding(up, center, down, moved_up, moved_down)
     fine_apart = abs((up - center) / moved_up - (center - down) / moved_down)
     central = (up - down) / (moved_up + moved_down)
     return bool(fine_apart <= apart / _FINER ** 2 + rounding and abs(bp - central) <= tol_abs)
