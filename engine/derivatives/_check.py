@@ -26,7 +26,7 @@ from ..fd._bounds import bounds_per_array
 from ..fd._evaluators import Report
 from ..fd._space import ParamSpace
 from ..run._blas import one_blas_thread
-from ..run._job import CENTER, Job, Point, Raised, value_at
+from ..run._job import CENTER, Job, Point, Raised, shown, value_at
 from ._link import WorkerLink
 
 __all__ = ["WorkerCall", "probe_values"]
@@ -181,16 +181,10 @@ def _identical(ours: Any, theirs: Any) -> bool:
         np.asarray(ours), np.asarray(theirs), equal_nan=True)
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, Raised):
-        return f"an error ({value.error}: {value.message})"
-    return repr(value)
-
-
 def _not_shipped(disagreement: _Disagreement) -> StateNotShippedError:
     return StateNotShippedError(
-        f"the workers computed {_shown(disagreement.theirs)} for {disagreement.what}, but this "
-        f"process computes {_shown(disagreement.ours)}, on a freshly shipped copy of `f` and `x`, "
+        f"the workers computed {shown(disagreement.theirs)} for {disagreement.what}, but this "
+        f"process computes {shown(disagreement.ours)}, on a freshly shipped copy of `f` and `x`, "
         "so the workers' gradient would be wrong. Their copy of `f` does not compute what `f` "
         "computes here: `f` reads state that did not travel with it (a module-level net or "
         "array of an importable module, which pickle sends by reference, so each worker "

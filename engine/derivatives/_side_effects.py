@@ -39,7 +39,7 @@ import numpy as np
 from .._errors import NotDeterministicError, warn_user
 from ..fd._space import ParamSpace
 from ..run._blas import one_blas_thread
-from ..run._job import Raised, value_at
+from ..run._job import Raised, shown, value_at
 
 __all__ = ["SIDE_EFFECTS", "Snapshot", "EffectsProbe"]
 
@@ -368,5 +368,5 @@ def _named(paths: list[str]) -> str:
 
 
 def _short(value: Any) -> str:
-    text = f"an error ({value.error}: {value.message})" if isinstance(value, Raised) else repr(value)
+    text = shown(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -30,7 +30,8 @@ from ..fd._second import gradient_rows_evaluate, pair_evaluate
 from ..fd._space import ParamSpace
 from ._blas import one_blas_thread
 
-__all__ = ["Job", "Point", "Raised", "CENTER", "EVALUATORS", "evaluate", "value_at", "BatchedOptions"]
+__all__ = ["Job", "Point", "Raised", "CENTER", "EVALUATORS", "evaluate", "value_at", "shown",
+           "BatchedOptions"]
 
 CENTER = None   # the task of f(x) itself
 
@@ -51,6 +52,13 @@ class Raised:
 
     error: str
     message: str
+
+
+def shown(value: Any) -> str:
+    """A value of `value_at` as a message shows it: its repr, or what `f` raised."""
+    if isinstance(value, Raised):
+        return f"an error ({value.error}: {value.message})"
+    return repr(value)
 
 
 @dataclass(frozen=True)
