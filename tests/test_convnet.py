@@ -202,13 +202,14 @@ def test_a_prefix_outside_the_pattern_gets_the_loops_numbers(between, flatten):
 
 def test_auto_steps_are_relative_to_each_filter_entry_as_in_the_loop():
     """float32 filters, h="auto": steps of ~5e-3 * max(1, |x_i|), whose truncation error
-    (~1e-5 relative) shows any other step; the same steps agree to rounding."""
+    (~1e-5 relative) shows any other step; the same steps agree to float32's rounding."""
     model, params, x, t = pattern_problem(ReLU(), Pooling(2, 2), dtype=np.float32)
     assert np.any(np.abs(params["k"]) > 1.5) and np.any(np.abs(params["k"]) < 0.5)
     batched, loop = (engine_gradient(model, params, x, t, evaluator, h="auto")
                      for evaluator in ("batched", "loop"))
     for name in ["k", "c"]:
-        assert np.abs(batched[name] - loop[name]).max() <= 1e-9 * np.abs(loop[name]).max(), name
+        ulp = np.spacing(np.abs(loop[name]).max())   # float32's
+        assert np.abs(batched[name] - loop[name]).max() <= 4 * ulp, name
 
 
 def test_a_filter_entry_that_rounds_back_to_itself_is_named():
