@@ -125,9 +125,10 @@ def bounded_blocks(counts, most_entries, most_rows):
     ([7, 7, 7], 10, 3),           # every entry above the row limit: one entry per slice
     ([1, 5, 1, 1, 9, 2], 10, 4),  # some above it, some packed together
     ([2, 2, 2, 2, 2], 2, 100),    # the entry limit binds
+    ([2, 3, 1], 10, 4),           # the first two are one row over the limit
     ([3], 1, 1),
     ([], 4, 4),
-], ids=["all-above", "mixed", "entry-limit", "one", "none"])
+], ids=["all-above", "mixed", "entry-limit", "one-row-over", "one", "none"])
 def test_blocks_cover_every_entry_once_within_the_limits(counts, most_entries, most_rows):
     counts = np.array(counts, dtype=np.int64)
     slices = bounded_blocks(counts, most_entries, most_rows)
