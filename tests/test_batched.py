@@ -228,3 +228,26 @@ def test_an_entry_that_rounds_back_to_itself_is_named(name, index, message):
     f.params[name][index] = 3e5 if name == "w2" else -3e5    # float32 spacing there: 1/32
     with pytest.raises(ValueError, match=re.escape(message + " rounds back to itself in float32")):
         parallel_numerical_gradient(f, f.params, workers=1, h=1e-4, evaluator="batched")
+
+
+@pytest.mark.parametrize("block_memory, expected", [
+    (3 * 7680 - 1, [2, 2, 17, 17, 29, 29]),   # 23039 // 7680, // 1280, // 768
+    (1, [1] * 6),                             # less than one entry: one entry a block
+])
+def test_a_block_holds_as_many_entries_as_fit_in_block_memory(monkeypatch, block_memory, expected):
+    """A block of E entries is budgeted as 8 float64 arrays of (E, batch, width), width the
+    widest layer after the perturbed one; it holds the most entries that fit, and at least one.
+    Here (batch 4, a 12-30-5-3 net) an entry of layer 1 costs 64 * 4 * 30 = 7680 bytes, of
+    layer 2 64 * 4 * 5 = 1280 (its output is 5 wide), of layer 3 64 * 4 * 3 = 768."""
+    most = []
+    monkeypatch.setattr(_batched, "_blocks", lambda counts, most_entries, most_rows: (
+        most.append(most_entries) or BLOCKS(counts, most_entries, most_rows)))
+    rng = np.random.default_rng(9)
+    f = ModelLoss(mlp([12, 30, 5, 3], "tanh"), {
+        "w1": rng.normal(0, 0.3, (12, 30)), "b1": rng.normal(0, 0.3, 30), "w2": rng.normal(0, 0.3, (30, 5)),
+        "b2": rng.normal(0, 0.3, 5), "w3": rng.normal(0, 0.3, (5, 3)), "b3": rng.normal(0, 0.3, 3)},
+        rng.uniform(0.1, 1, (4, 12)), [0, 2, 1, 1])
+    space = ParamSpace(f.params)
+    _batched.batched_evaluate(f, space, [H] * 6, get_scheme("central"), 0, space.size,
+                              block_memory=block_memory)
+    assert most == expected
