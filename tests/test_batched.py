@@ -222,7 +222,7 @@ def test_auto_steps_are_relative_to_each_entry_as_in_the_loop(scheme):
 @pytest.mark.parametrize("name, index, message", [
     ("w2", (3, 1), "x['w2'][3, 1] = 300000.0 + 0.0001"),
     ("b2", (2,), "x['b2'][2] = -300000.0 + 0.0001"),
-])
+], ids=["weight", "bias"])
 def test_an_entry_that_rounds_back_to_itself_is_named(name, index, message):
     f = small_float32_loss()
     f.params[name][index] = 3e5 if name == "w2" else -3e5    # float32 spacing there: 1/32
