@@ -1,10 +1,15 @@
-"""tools/mutate.py makes the mutants it documents, one change each, and leaves prose alone."""
+"""tools/mutate.py makes the mutants it documents, one change each, and leaves prose alone;
+its registry of equivalent mutants matches the module as it is, or stops the tool."""
 import ast
 import runpy
 from pathlib import Path
 
+import pytest
+
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "mutate.py"
-generate = runpy.run_path(str(TOOL))["generate"]     # a script, not a package: load it by path
+_tool = runpy.run_path(str(TOOL))      # a script, not a package: load it by path
+generate, equivalents, toml_entry, score = (
+    _tool[name] for name in ("generate", "equivalents", "toml_entry", "score"))
 
 SOURCE = '''"""Module docstring."""
 __all__ = ["f"]
@@ -47,3 +52,59 @@ def test_each_mutant_is_one_change_to_valid_python():
     assert len(set(sources)) == len(sources)
     for source in sources:
         assert ast.dump(ast.parse(source)) != original
+
+
+MODULE = "pkg/mod.py"
+
+
+def _mutants():
+    return [m for m, _ in generate(SOURCE)]
+
+
+def _register(folder, text):
+    (folder / "pkg.mod.toml").write_text(text)
+
+
+def _by_text(before, after):
+    return next(m for m in _mutants() if (m.before, m.after) == (before, after))
+
+
+def test_a_registry_table_printed_by_the_tool_registers_that_mutant(tmp_path):
+    mutant = _by_text("-a", "a")
+    _register(tmp_path, toml_entry(mutant).replace('why = ""', 'why = "a test"'))
+    assert equivalents(MODULE, _mutants(), tmp_path) == {mutant.id: "a test"}
+
+
+def test_no_registry_means_no_equivalent_mutant(tmp_path):
+    assert equivalents(MODULE, _mutants(), tmp_path) == {}
+
+
+def test_an_entry_whose_text_moved_to_another_id_names_the_new_id(tmp_path):
+    mutant = _by_text("-a", "a")
+    other = _by_text("2", "3")
+    _register(tmp_path, toml_entry(mutant).replace(f"[{mutant.id}]", f"[{other.id}]")
+              .replace('why = ""', 'why = "moved"'))
+    with pytest.raises(ValueError, match=rf"#{other.id} is now `2` -> `3`.* now #{mutant.id}:"):
+        equivalents(MODULE, _mutants(), tmp_path)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('[999]\nwas = "-a"\nbecomes = "a"\nwhy = "x"\n', "has no mutant #999"),
+    ('[1]\nwas = "nothing"\nbecomes = "like it"\nwhy = "x"\n', "no mutant's any more"),
+    ('[1]\nwas = "2"\nbecomes = "3"\nwhy = " "\n', "a `why`"),
+], ids=["unknown-id", "text-of-no-mutant", "no-reason"])
+def test_a_registry_entry_that_does_not_fit_the_module_is_refused(tmp_path, entry, message):
+    _register(tmp_path, entry)
+    with pytest.raises(ValueError, match=message):
+        equivalents(MODULE, _mutants(), tmp_path)
+
+
+def test_the_score_leaves_equivalent_mutants_out():
+    mutants = _mutants()[:5]
+    for mutant, status in zip(mutants, ["killed", "timeout", "survived", "equivalent",
+                                        "equivalent"]):
+        mutant.status = status
+    assert score(mutants) == pytest.approx(200 / 3)
+    for mutant in mutants:
+        mutant.status = "equivalent"
+    assert score(mutants) == 100.0
