@@ -212,3 +212,9 @@ def test_one_pooled_value_is_enough():
 def test_sizes_that_are_not_positive_ints_and_stds_that_are_not_finite_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SimpleConvNet(**kwargs)
+
+
+def test_by_default_it_takes_flat_mnist_rows_of_784():
+    net = SimpleConvNet(filter_num=2, hidden_size=3, seed=0)
+    assert net.input_dim == (1, 28, 28)
+    assert net.predict(np.zeros((2, 784))).shape == (2, 10)
