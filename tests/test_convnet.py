@@ -208,7 +208,7 @@ def test_one_pooled_value_is_enough():
     ({"input_dim": (1, 0, 28)}, "`input_dim` must be a positive int"),
     ({"weight_init_std": np.nan}, "`weight_init_std` must be finite and >= 0"),
     ({"weight_init_std": np.inf}, "`weight_init_std` must be finite and >= 0"),
-])
+], ids=["bool-size", "float-size", "zero-dim", "nan-std", "inf-std"])
 def test_sizes_that_are_not_positive_ints_and_stds_that_are_not_finite_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SimpleConvNet(**kwargs)
