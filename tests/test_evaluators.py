@@ -189,6 +189,18 @@ def test_raise_ends_the_call_with_the_users_error_and_a_note_naming_the_side():
     assert np.array_equal(x, [1.0, 2.0, 3.0])
 
 
+def test_a_non_finite_loss_from_a_non_finite_x_names_its_first_such_entry():
+    x = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, np.nan, -np.inf])}
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at x\['a'\]\[0\]") as caught:
+        evaluate(lambda p: float(np.sum(p["a"]) + np.sum(p["b"])), x)
+    assert caught.value.__notes__ == [
+        "`x` itself is not finite: x['b'][1] is nan (2 non-finite entries in x['b']), so `f` may "
+        "be non-finite without any perturbation"]
+    with pytest.raises(FloatingPointError) as finite_x:   # a finite x gets no such note
+        evaluate(lambda v: math.nan, np.ones(2))
+    assert not hasattr(finite_x.value, "__notes__")
+
+
 @pytest.mark.parametrize("nan", [False, True], ids=["raises", "returns-nan"])
 def test_one_sided_takes_the_other_side_with_f_of_x_and_records_each_failure(nan):
     x = np.array([1.0, 2.0, 3.0, 4.0])
