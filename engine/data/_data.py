@@ -118,7 +118,7 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     per_class = _TRAIN_PER_CLASS + _TEST_PER_CLASS
     if pixels.shape != (per_class * N_CLASSES, N_PIXELS) or np.any(counts != per_class):
         raise DataError(f"{source}: expected {per_class} images of {N_PIXELS} pixels per digit, "
-                        f"got {pixels.shape[0]} images, {counts.tolist()} per digit")
+                        f"got images of shape {pixels.shape}, {counts.tolist()} per digit")
     train, test = _interleaved_split(labels, np.random.default_rng(_SPLIT_SEED))
     return _to_dataset(pixels[train], labels[train]), _to_dataset(pixels[test], labels[test])
 
