@@ -296,6 +296,13 @@ class TestCsv:
             read_mnist_csv(path)
         assert f"{path}, line 3:" in str(info.value)
 
+    def test_a_field_with_a_control_character_is_named_not_parsed(self, tmp_path):
+        # loadtxt reads "5\x1f" as 5 and int() refuses it: the line check must name the field.
+        row = _csv_line(10, [0, "5\x1f"] + [0] * 782)
+        path = _write_rows(tmp_path / "odd.csv", [GOOD_ROW, row])
+        with pytest.raises(DataError, match=r"line 2: field 3 is '5\\x1f', not a whole number"):
+            read_mnist_csv(path)
+
     def test_error_is_a_value_error(self, tmp_path):
         path = _write_rows(tmp_path / "bad.csv", ["1,2,3"])
         with pytest.raises(ValueError, match="line 1"):

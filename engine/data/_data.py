@@ -30,7 +30,7 @@ EMBEDDED_TEST_SIZE = _TEST_PER_CLASS * N_CLASSES     # and 1,000
 # The teaching text's files, mnist_train_100.csv and mnist_test_10.csv: the first images.
 BOOK_TRAIN_SIZE, BOOK_TEST_SIZE = 100, 10
 _GZIP_MAGIC = b"\x1f\x8b"
-_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")  # what the fast parser accepts as an int
+_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)  # an int, with the spaces int() ignores
 
 
 class DataError(ValueError):
