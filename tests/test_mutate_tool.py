@@ -1,10 +1,15 @@
-"""tools/mutate.py makes the mutants it documents, one change each, and leaves prose alone."""
+"""tools/mutate.py makes the mutants it documents, one change each, and leaves prose alone;
+its registry of equivalent mutants matches the module as it is, or stops the tool."""
 import ast
 import runpy
 from pathlib import Path
 
+import pytest
+
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "mutate.py"
-generate = runpy.run_path(str(TOOL))["generate"]     # a script, not a package: load it by path
+_tool = runpy.run_path(str(TOOL))      # a script, not a package: load it by path
+generate, equivalents, toml_entry, score = (
+    _tool[name] for name in ("generate", "equivalents", "toml_entry", "score"))
 
 SOURCE = '''"""Module docstring."""
 __all__ = ["f"]
@@ -47,3 +52,96 @@ def test_each_mutant_is_one_change_to_valid_python():
     assert len(set(sources)) == len(sources)
     for source in sources:
         assert ast.dump(ast.parse(source)) != original
+
+
+MODULE = "pkg/mod.py"
+
+
+def _mutants():
+    return [m for m, _ in generate(SOURCE)]
+
+
+def _register(folder, text):
+    (folder / "pkg.mod.toml").write_text(text)
+
+
+def _by_text(before, after):
+    return next(m for m in _mutants() if (m.before, m.after) == (before, after))
+
+
+def test_a_registry_table_printed_by_the_tool_registers_that_mutant(tmp_path):
+    mutant = _by_text("-a", "a")
+    _register(tmp_path, toml_entry(mutant).replace('why = ""', 'why = "a test"'))
+    assert equivalents(MODULE, _mutants(), tmp_path) == {mutant.id: "a test"}
+
+
+def test_no_registry_means_no_equivalent_mutant(tmp_path):
+    assert equivalents(MODULE, _mutants(), tmp_path) == {}
+
+
+def test_an_entry_whose_text_moved_to_another_id_names_the_new_id(tmp_path):
+    mutant = _by_text("-a", "a")
+    other = _by_text("2", "3")
+    _register(tmp_path, toml_entry(mutant).replace(f"[{mutant.id}]", f"[{other.id}]")
+              .replace('why = ""', 'why = "moved"'))
+    with pytest.raises(ValueError, match=rf"#{other.id} is now `2` -> `3`.* now #{mutant.id}:"):
+        equivalents(MODULE, _mutants(), tmp_path)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('[999]\nwas = "-a"\nbecomes = "a"\nwhy = "x"\n', "has no mutant #999"),
+    ('[1]\nwas = "nothing"\nbecomes = "like it"\nwhy = "x"\n', "no mutant's any more"),
+    ('[1]\nwas = "2"\nbecomes = "3"\nwhy = " "\n', "a `why`"),
+], ids=["unknown-id", "text-of-no-mutant", "no-reason"])
+def test_a_registry_entry_that_does_not_fit_the_module_is_refused(tmp_path, entry, message):
+    _register(tmp_path, entry)
+    with pytest.raises(ValueError, match=message):
+        equivalents(MODULE, _mutants(), tmp_path)
+
+
+def test_the_score_leaves_equivalent_mutants_out():
+    mutants = _mutants()[:5]
+    for mutant, status in zip(mutants, ["killed", "timeout", "survived", "equivalent",
+                                        "equivalent"]):
+        mutant.status = status
+    assert score(mutants) == pytest.approx(200 / 3)
+    for mutant in mutants:
+        mutant.status = "equivalent"
+    assert score(mutants) == 100.0
+
+
+_table_tool = runpy.run_path(str(TOOL.with_name("mutation_table.py")))
+
+
+def _result(tmp_path, mutants):
+    import json
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"module": "engine/fd/_space.py", "tests": ["t.py"],
+                                "keyword": None, "wall_seconds": 60, "mutants": mutants}))
+    return path
+
+
+def _first_killed():
+    first = _tool["generate"]((TOOL.parent.parent / "engine/fd/_space.py").read_text())[0][0]
+    killed = {"id": first.id, "before": first.before, "after": first.after, "status": "killed"}
+    return first, killed
+
+
+def test_the_table_scores_a_result_and_lists_every_engine_module(tmp_path):
+    first, killed = _first_killed()
+    rows = _table_tool["rows_of_results"](_table_tool["combine"]([_result(tmp_path, [killed])]))
+    row = rows["engine/fd/_space.py"]
+    total = len(_table_tool["current_mutants"]("engine/fd/_space.py"))
+    # one mutant run and killed; the others never run count as survivors, not as killed
+    assert f"| 1 / {total} |" in row and "#2, #3" in row
+    lines = _table_tool["table"]([], rows)
+    assert sum("engine/fd/_space.py" in line for line in lines) == 1
+    assert any(line.startswith("| `engine/_errors.py` |") and "not scored" in line
+               for line in lines)
+
+
+def test_the_table_refuses_a_result_of_the_module_before_it_changed(tmp_path):
+    first, killed = _first_killed()
+    killed["after"] = "something else"
+    with pytest.raises(ValueError, match=rf"mutant #{first.id} .* the module changed"):
+        _table_tool["combine"]([_result(tmp_path, [killed])])

@@ -14,8 +14,21 @@ copy and the tests run there with the copy first on PYTHONPATH (workers the test
 inherit it), so an interrupted run can never leave the working tree mutated. A mutant is
 *killed* when the tests fail or run past the time limit, *survived* when they pass.
 
-The score is killed / total. Exit status: 0, or 1 when the score is below ``--fail-under``,
-or 2 when the unmutated module already fails its tests.
+Some mutants change nothing a caller can see (`x.reshape(-1)` -> `x.reshape(-2)`). Each one
+argued so is registered in ``tools/equivalent_mutants/<dotted module>.toml``, one table per
+mutant id with the mutation's text and why:
+
+    [63]
+    was = "grad.reshape(-1)"
+    becomes = "grad.reshape(-2)"
+    why = "NumPy infers any negative size"
+
+Registered mutants are not run (status "equivalent"). The score is killed / non-equivalent.
+An entry whose text is not that mutant's any more (ids move when the module changes) stops
+the tool before any work, naming the ids that now carry that text.
+
+Exit status: 0, or 1 when the score is below ``--fail-under``, or 2 when the unmutated module
+already fails its tests or the registry does not match it.
 """
 from __future__ import annotations
 
@@ -30,10 +43,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENTS = ROOT / "tools" / "equivalent_mutants"
 _SKIPPED_DIRS = {".git", "__pycache__", ".pytest_cache", ".hypothesis", ".benchmarks",
                  "runs", "build", "mutants"}
 
@@ -58,7 +73,7 @@ class Mutant:
     line: int
     before: str
     after: str
-    status: str = "not run"     # killed, timeout, survived
+    status: str = "not run"     # killed, timeout, survived, equivalent
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)   # with --record: the tests that failed
 
@@ -183,6 +198,52 @@ def _swap_in(tree: ast.AST, old: ast.AST, new: ast.AST) -> None:
     raise LookupError("node not found in its own tree")
 
 
+# --- equivalent mutants ---------------------------------------------------------------------
+
+def registry_path(module: str, folder: Path = EQUIVALENTS) -> Path:
+    """Where `module`'s equivalent mutants are registered: engine/fd/_space.py ->
+    <folder>/engine.fd._space.toml."""
+    return folder / (module.removesuffix(".py").replace("/", ".") + ".toml")
+
+
+def equivalents(module: str, mutants: list[Mutant], folder: Path = EQUIVALENTS) -> dict[int, str]:
+    """The registered equivalent mutants of `module`: id -> why (empty without a file).
+
+    Raises ValueError naming the entry when an entry's id is not a mutant of the module as
+    it is, or its `was` / `becomes` text is not that mutant's, or it gives no reason.
+    """
+    path = registry_path(module, folder)
+    if not path.is_file():
+        return {}
+    by_id = {m.id: m for m in mutants}
+    found = {}
+    for key, entry in tomllib.loads(path.read_text()).items():
+        where = f"{path.name} [{key}]"
+        if not key.isdigit() or int(key) not in by_id:
+            raise ValueError(f"{where}: {module} has no mutant #{key} "
+                             f"(it has #1 to #{len(mutants)})")
+        if not isinstance(entry, dict) or not str(entry.get("why", "")).strip():
+            raise ValueError(f"{where}: give `was`, `becomes` and a `why`")
+        mutant = by_id[int(key)]
+        if (entry.get("was"), entry.get("becomes")) != (mutant.before, mutant.after):
+            now = [f"#{m.id}" for m in mutants
+                   if (m.before, m.after) == (entry.get("was"), entry.get("becomes"))]
+            raise ValueError(
+                f"{where}: mutant #{key} is now `{mutant.before}` -> `{mutant.after}`, not "
+                f"`{entry.get('was')}` -> `{entry.get('becomes')}`; that text is "
+                + (f"now {', '.join(now)}" if now else "no mutant's any more")
+                + ": the module changed, update the registry")
+        found[mutant.id] = entry["why"]
+    return found
+
+
+def toml_entry(mutant: Mutant) -> str:
+    """`mutant` as a registry table, its `why` left to fill in."""
+    quote = json.dumps     # a JSON string is a valid TOML basic string
+    return (f"[{mutant.id}]   # line {mutant.line}\nwas = {quote(mutant.before)}\n"
+            f"becomes = {quote(mutant.after)}\nwhy = \"\"\n")
+
+
 # --- running the tests ---------------------------------------------------------------------
 
 def _copy_project(destination: Path) -> None:
@@ -245,7 +306,16 @@ def run(module: str, tests: list[str], keyword: str | None, timeout: float | Non
     the tests run, else an empty list.
     """
     original = (ROOT / module).read_text()
-    mutants = [(m, src) for m, src in generate(original) if not ids or m.id in ids]
+    every = generate(original)
+    try:
+        equivalent = equivalents(module, [m for m, _ in every])
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+    for mutant, _ in every:
+        if mutant.id in equivalent:
+            mutant.status = "equivalent"
+    mutants = [(m, src) for m, src in every if not ids or m.id in ids]
     with tempfile.TemporaryDirectory(prefix="mutate-") as folder:
         sandbox = Path(folder) / "project"
         _copy_project(sandbox)
@@ -262,6 +332,9 @@ def run(module: str, tests: list[str], keyword: str | None, timeout: float | Non
         print(f"{module}: {len(mutants)} mutants; clean run {clean:.1f} s, limit {limit:.0f} s",
               flush=True)
         for mutant, source in mutants:
+            if mutant.status == "equivalent":
+                print(f"  {mutant.status:8} {mutant.describe(module)}", flush=True)
+                continue
             target.write_text(source)
             start = time.perf_counter()
             mutant.status, mutant.failed = _run_tests(sandbox, tests, keyword, limit, record)
@@ -271,14 +344,23 @@ def run(module: str, tests: list[str], keyword: str | None, timeout: float | Non
     return [m for m, _ in mutants], clean, collected
 
 
+def score(mutants: list[Mutant]) -> float:
+    """Killed / non-equivalent, in percent (100 when every mutant is equivalent)."""
+    killed = sum(m.status in ("killed", "timeout") for m in mutants)
+    counted = sum(m.status != "equivalent" for m in mutants)
+    return 100.0 * killed / counted if counted else 100.0
+
+
 def report(module: str, mutants: list[Mutant], collected: list[str]) -> float:
     """Print the score, the survivors and (with `collected`) the tests that never failed.
 
-    Returns the score in percent.
+    Returns the score (killed / non-equivalent) in percent.
     """
     killed = sum(m.status in ("killed", "timeout") for m in mutants)
-    score = 100.0 * killed / len(mutants) if mutants else 100.0
-    print(f"\n{module}: {killed} / {len(mutants)} killed ({score:.1f}%)")
+    equivalent = sum(m.status == "equivalent" for m in mutants)
+    print(f"\n{module}: {killed} / {len(mutants)} killed, {equivalent} equivalent; "
+          f"{killed} / {len(mutants) - equivalent} non-equivalent killed "
+          f"({score(mutants):.1f}%)")
     for m in mutants:
         if m.status == "survived":
             print(f"  survived {m.describe(module)}")
@@ -289,7 +371,7 @@ def report(module: str, mutants: list[Mutant], collected: list[str]) -> float:
               f"these on none:" if idle else "every test failed on some mutant")
         for name in idle:
             print(f"  {name}")
-    return score
+    return score(mutants)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, help="seconds per mutant before it counts as "
                                                       "killed (default: 5x the clean run, >= 30)")
     parser.add_argument("--ids", help="run only these mutants, e.g. 3,17,20")
-    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--list", action="store_true",
+                        help="list the mutants (those of --ids), run nothing")
+    parser.add_argument("--toml", action="store_true",
+                        help="with --list: print them as tables of the equivalent-mutant "
+                             "registry, to paste and give a reason")
     parser.add_argument("--record", action="store_true",
                         help="run every test on every mutant (no -x), record which fail, and "
                              "list the tests that failed on no mutant")
@@ -312,22 +398,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (ROOT / args.module).is_file():
         parser.error(f"no module {args.module} under {ROOT}")
+    ids = {int(i) for i in args.ids.split(",")} if args.ids else None
     if args.list:
         for mutant, _ in generate((ROOT / args.module).read_text()):
-            print(mutant.describe(args.module))
+            if not ids or mutant.id in ids:
+                print(toml_entry(mutant) if args.toml else mutant.describe(args.module))
         return 0
-    ids = {int(i) for i in args.ids.split(",")} if args.ids else None
     started = time.monotonic()
     mutants, clean, collected = run(args.module, args.tests, args.keyword, args.timeout, ids,
                                     args.record)
-    score = report(args.module, mutants, collected)
+    percent = report(args.module, mutants, collected)
     if args.json:
         args.json.write_text(json.dumps({"module": args.module, "tests": args.tests,
                                          "keyword": args.keyword, "ids": args.ids,
-                                         "clean_seconds": clean, "score": score,
+                                         "clean_seconds": clean, "score": percent,
                                          "wall_seconds": time.monotonic() - started,
                                          "mutants": [asdict(m) for m in mutants]}, indent=1))
-    return 1 if score < args.fail_under else 0
+    return 1 if percent < args.fail_under else 0
 
 
 if __name__ == "__main__":
