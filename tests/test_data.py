@@ -145,6 +145,14 @@ class TestEmbeddedSource:
                                             f"pixels per digit, got images of shape {shown}"):
             load_embedded_mnist()
 
+    def test_a_package_file_holding_pickles_is_never_unpickled(self, tmp_path, monkeypatch):
+        path = tmp_path / "digits.npz"
+        labels = np.array([int(d) for d in np.arange(5000) % 10], dtype=object)   # pickled
+        np.savez(path, images=np.zeros((5000, 784), dtype=np.uint8), labels=labels)
+        monkeypatch.setattr(data_module, "EMBEDDED_FILE", str(path))
+        with pytest.raises(ValueError, match="allow_pickle=False"):
+            load_embedded_mnist()
+
     def test_the_file_is_declared_as_package_data(self):
         pyproject = (Path(data_module.__file__).parents[2] / "pyproject.toml").read_text()
         assert f'"engine.data" = ["{data_module.EMBEDDED_FILE}", "MNIST_5K.md"]' in pyproject
