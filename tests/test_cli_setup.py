@@ -52,7 +52,7 @@ class TestFreshRun:
                                "train_size": 100, "test_size": 10}
         assert np.array_equal(run["train"].images, embedded[0].head(100).images)
         assert np.array_equal(run["test"].labels, embedded[1].head(10).labels)
-        assert (run["out"], run["state"], run["checkpoint_every"]) == (None, None, CHECKPOINT_EVERY)
+        assert (run["out"], run["state"], run["checkpoint_every"]) == (None, None, 100)
         assert (run["backend"], run["scheduler"], run["progress"]) == ("loky", None, True)
         assert run["workers"] == run["execution"].n_workers >= 1
 
@@ -101,6 +101,7 @@ class TestFreshRun:
         assert run["config"].sizes == (784, 1, 10) and run["checkpoint_every"] == 1
         run = prepared(*SMALL, "--net", "convnet", "--batch-size", "6", "--epochs", "1")
         assert run["config"].net == "convnet" and run["config"].steps == 1
+        assert prepared(*SMALL, "--hidden", "3", "4")["config"].sizes == (784, 3, 4, 10)
 
     def test_force_with_out_is_accepted(self, tmp_path):
         assert prepared(*SMALL, "--force", "--out", tmp_path)["out"] == tmp_path
@@ -137,6 +138,7 @@ class TestDataFiles:
         assert (run["data"]["test_csv"], run["data"]["test_size"]) == (str(path), 3)
         assert np.array_equal(run["test"].labels, embedded[1].head(3).labels)
         assert np.array_equal(run["train"].labels, embedded[0].head(6).labels)
+        assert len(prepared(*SMALL, "--test-csv", path, "--test-size", "4")["test"]) == 4
 
     def test_an_mnist_folder_gives_both_splits(self, tmp_path):
         written = write_mnist_dir(tmp_path / "mnist", n_train=5, n_test=3)

@@ -93,6 +93,18 @@ class TestFinishedRun:
         assert drawn == [(2, "784-3-10 (sigmoid), backprop gradients, 2 steps")]
         assert (out / "training.png").read_bytes() == b"a plot"
 
+    def test_the_headline_is_flushed_before_the_first_step(self, tmp_path, monkeypatch):
+        class Stream(io.StringIO):
+            flushed = ""
+
+            def flush(self):
+                self.flushed = self.getvalue()
+        stream, seen = Stream(), []
+        monkeypatch.setattr(sys, "stdout", stream)
+        monkeypatch.setattr(Trainer, "calibrate", lambda self: seen.append(stream.flushed))
+        assert main([*TINY, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+        assert seen[0].startswith("training 784-3-10 (sigmoid) on 6 images")
+
     def test_checkpoints_at_the_start_every_n_steps_and_the_end(self, tmp_path, monkeypatch):
         steps = checkpointed_steps(monkeypatch)
         assert main([*TINY, "--iters", "5", "--checkpoint-every", "2", "--gradient", "backprop",
@@ -172,6 +184,18 @@ class TestStopped:
         assert main(["--resume", str(out), "--no-progress"]) == 0
         assert ", resuming at step 3\n" in capsys.readouterr().out
         assert steps == [5]   # no second checkpoint of the start
+
+    def test_with_the_bar_the_message_comes_after_its_last_line(self, tmp_path, monkeypatch,
+                                                                capsys):
+        out = tmp_path / "run"
+        stop_after(monkeypatch, 1, _ctrl_c)
+        assert main([*TINY, "--gradient", "backprop", "--out", str(out)]) == 130
+        assert capsys.readouterr().err.endswith(f"\nresume with: engine-train --resume {out}\n")
+        monkeypatch.undo()
+        monkeypatch.setattr(train_module, "plots_available", lambda: False)
+        assert main([*TINY, "--lr", "1e300", "--out", str(tmp_path / "diverged")]) == 2
+        err = capsys.readouterr().err
+        assert "engine-train: error: step " in err and err.endswith(" than 1e+300\n")
 
     def test_a_diverging_run_exits_2_naming_lr(self, tmp_path, capsys):
         assert main([*TINY, "--lr", "1e300", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
