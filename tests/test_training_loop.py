@@ -6,6 +6,7 @@ A 4-3-3 MLP on six made-up images keeps every step to milliseconds; the referenc
 computed independently (an `engine.Gradient` of the same loss, the net's backprop), so the
 trainer's numbers are compared with exact equality where the engine claims identity.
 """
+import dataclasses
 import time
 
 import numpy as np
@@ -80,6 +81,15 @@ def test_the_initial_state_is_step_0_of_epoch_0_at_the_first_image(data):
     assert (state.step, state.epoch, state.position) == (0, 0, 0)
     assert state.losses == state.seconds == state.evaluations == ()
     assert np.array_equal(state.order, np.arange(N_TRAIN)) and state.order.dtype == np.int64
+
+
+def test_a_state_is_never_changed_in_place(data):
+    """Each step builds a new state, so an interrupted loop finds the last completed one."""
+    trainer = trainer_for(data, gradient="backprop", steps=1)
+    first = trainer.state
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.step = 1
+    assert trainer.run() is not first and first.step == 0
 
 
 def test_position_and_epoch_advance_by_one_batch_and_wrap_at_the_end(data):
@@ -213,3 +223,40 @@ def test_a_convnet_config_checks_its_sizes_at_once():
     assert TrainConfig(sizes=(64, 5, 3), net="convnet").net == "convnet"
     with pytest.raises(ValueError, match="`sizes` of the convnet must be"):
         TrainConfig(sizes=(60, 5, 3), net="convnet")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("activation", "softplus", "`activation` must be one of"),
+    ("net", "resnet", "`net` must be one of"),
+])
+def test_an_unknown_activation_or_net_is_refused(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})
+
+
+def test_a_step_lost_to_rounding_at_4_times_the_weight_scale_is_refused():
+    with pytest.raises(ValueError, match=r"`h` = 0.0001 is lost to rounding at weights of size 4e\+13"):
+        TrainConfig(weight_init_std=1e13, h=1e-4)
+    # 4 x std = 0.99 * 2**40 still moves by 1e-4 (5 x std would not): accepted
+    assert TrainConfig(weight_init_std=0.99 * 2 ** 38, h=1e-4).h == 1e-4
+    # nothing is perturbed by backprop, and h='auto' scales with the weights
+    TrainConfig(weight_init_std=1e13, h=1e-4, gradient="backprop")
+    TrainConfig(weight_init_std=1e13, h="auto")
+
+
+def test_an_mlp_of_any_depth_is_not_checked_as_a_convnet():
+    assert TrainConfig(sizes=(5, 4, 3, 2)).sizes == (5, 4, 3, 2)
+
+
+def test_a_step_lost_upward_at_a_power_of_two_is_refused():
+    # 4 x std = 2**40: + 1e-4 rounds back to 2**40 (- 1e-4 would not, the spacing below is half)
+    with pytest.raises(ValueError, match="is lost to rounding"):
+        TrainConfig(weight_init_std=2.0 ** 38, h=1e-4)
+
+
+@pytest.mark.parametrize("position", [0, N_TRAIN])
+def test_a_document_at_either_end_of_the_order_is_taken(data, position):
+    state = trainer_for(data, gradient="backprop").state
+    document = {**state.to_document(), "position": position}
+    back = TrainingState.from_document(state.params, document, SIZES, N_TRAIN)
+    assert back.position == position
