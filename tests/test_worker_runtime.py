@@ -349,6 +349,25 @@ def test_a_dropped_resident_whose_update_failed_leaves_no_copy_of_f_in_the_worke
     assert alive == [1, 0]
 
 
+def test_a_resident_shipped_again_after_a_failed_update_leaves_no_old_copy_of_f():
+    x, alive = np.arange(1.0, 4.0), []
+
+    def count():
+        gc.collect()
+        alive.append(len(_copies))
+
+    bundle = dumps_bundle(CountedSquares(), x, [x])
+    channel = Scripted([
+        ("ship", "a", bundle, None),
+        ("task", 1, "a", 0, CENTRAL, CENTER, ("a", [np.ones(5)], None)),   # 5 values for 3
+        ("ship", "a", bundle, None), count,   # reship(): the old copy is gone before any task
+        ("stop",)])
+    serve(channel)
+    assert channel.replies == [("shipped", "a", None), ("error", 1, 0, "ValueError"),
+                               ("shipped", "a", None)]
+    assert alive == [1]
+
+
 def test_a_worker_without_shared_values_goes_on_after_a_drop():
     # A thread's residents have no shared memory to unmap when dropped.
     x = np.arange(1.0, 4.0)
