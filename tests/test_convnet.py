@@ -21,7 +21,9 @@ from engine.data._data import load_embedded_mnist
 from engine.derivatives._gradient import Gradient
 from engine.nn._conv import Convolution, Pooling, Reshape
 from engine.nn._layers import Affine, Layer, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh
-from engine.nn._model import Sequential
+from engine.nn._model import ModelLoss, Sequential
+from engine.fd._schemes import get_scheme
+from engine.fd._space import ParamSpace
 from engine.nn._regularize import Dropout
 
 NORM_RTOL = 1e-6   # ||numerical - backprop|| / ||backprop||, per array (issue 25's goal)
@@ -198,6 +200,20 @@ def test_a_prefix_outside_the_pattern_gets_the_loops_numbers(between, flatten):
     batched, loop = (engine_gradient(model, params, x, t, evaluator) for evaluator in ("batched", "loop"))
     for name in ["k", "c"] + (["g"] if "g" in params else []):
         assert np.array_equal(batched[name], loop[name]), name
+
+
+@pytest.mark.parametrize("between", [(ReLU(), Pooling(2, 2)), (Gain("g"), ReLU())],
+                         ids=["channel-path", "loop-path"])
+def test_any_chunk_of_the_entries_gives_the_same_bits(between):
+    """What a worker computes for the entries start .. stop-1, cut anywhere (inside the
+    filters, across arrays, up to the end), is that part of the whole range, bit for bit."""
+    model, params, x, t = pattern_problem(*between)
+    space, scheme = ParamSpace(params), get_scheme("central")
+    f, steps = ModelLoss(model, params, x, t), [1e-4] * len(params)
+    whole = _batched.batched_evaluate(f, space, steps, scheme, 0, space.size)
+    for start, stop in [(1, 20), (5, 70), (30, space.size), (60, space.size - 4)]:
+        part = _batched.batched_evaluate(f, space, steps, scheme, start, stop)
+        assert np.array_equal(part, whole[start:stop]), (start, stop)
 
 
 def test_auto_steps_are_relative_to_each_filter_entry_as_in_the_loop():
