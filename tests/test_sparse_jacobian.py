@@ -107,6 +107,22 @@ class Counting:
         return self.f(x)
 
 
+CALLS = []   # the evaluations of the two functions below: module state, which thread workers share
+
+
+def counted_chain(x):
+    CALLS.append(1)
+    return chain(x)
+
+
+def counted_chain_failing_up(x):
+    """`chain`, counted, raising where x[4] is above chain_x0's (group 1's + side)."""
+    CALLS.append(1)
+    if x[4] > chain_x0(x.size)[0][4]:
+        raise ArithmeticError("diverged")
+    return chain(x)
+
+
 class TestResult:
     @pytest.mark.parametrize("scheme", ["forward", "central", "central4"])
     @pytest.mark.parametrize("bounded", [False, True], ids=["free", "at-bounds"])
@@ -187,6 +203,29 @@ class TestResult:
         assert f.calls == calls   # the groups' evaluations and f(x), which every Jacobian call makes
 
 
+    @pytest.mark.parametrize("f, scheme, bounded, on_failure", [
+        (counted_chain, "forward", False, "raise"), (counted_chain, "central", True, "raise"),
+        (counted_chain_failing_up, "central", False, "one-sided")],
+        ids=["forward", "central-at-bounds", "central-one-sided"])
+    def test_on_two_workers_f_of_x_is_still_evaluated_once_per_call(self, f, scheme, bounded, on_failure):
+        """Where the groups need f(x) (forward, a bound, a fallback), it is computed once for all
+        the chunks: each group's evaluations plus one, as on one worker."""
+        x0, lower, upper = chain_x0(40)
+        CALLS.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumericalFallbackWarning)
+            with engine.Jacobian(f, sparsity=chain_pattern(40), scheme=scheme, on_failure=on_failure,
+                                 bounds=(lower, upper) if bounded else None, workers=2,
+                                 backend="threading", dispatch="parallel", check_state=False,
+                                 chunk_size=1) as J:
+                J(x0.copy())
+        assert len(CALLS) == (3 if scheme == "forward" else 2 * 3) + 1
+
+    def test_an_f_with_no_outputs_gives_an_empty_matrix(self):
+        got = engine.jacobian(lambda v: np.zeros(0), np.ones(3), sparsity=np.zeros((0, 3)), workers=1)
+        assert isinstance(got, sparse.csr_array) and got.shape == (0, 3) and got.nnz == 0
+
+
 class TestScipyCase:
     """SciPy's test of sparse differences: *Numerical Optimization* p. 198, n = 50, x just inside
     its bounds, held to SciPy's rtol of 1e-6 against the analytic Jacobian."""
@@ -242,6 +281,14 @@ class TestBadInput:
                 J(x)
         assert f.calls == 0 and np.array_equal(x, np.ones(N + 1))
 
+    def test_a_pattern_of_the_wrong_width_is_refused_before_the_check_evaluates_f(self):
+        f = Counting(chain)
+        with engine.Jacobian(f, sparsity=chain_pattern(), check_sparsity=True, workers=1) as J:
+            with pytest.raises(ValueError, match=r"`sparsity` has shape \(12, 12\): 12 columns, but "
+                                                 r"`x` has 13 entries"):
+                J(np.ones(N + 1))
+        assert f.calls == 0
+
     def test_an_f_with_another_number_of_outputs_is_named(self):
         with pytest.raises(ValueError, match="`f` returned 11 values but `sparsity` has 12 rows"):
             engine.jacobian(lambda v: chain(v)[1:], np.ones(N), sparsity=chain_pattern(), workers=1,
@@ -296,6 +343,17 @@ class TestCheckSparsity:
             assert f.calls == (N + 1) + (2 * 3 + 1)   # the forward dense check, the groups, f(x)
             assert same_csr(J(x0.copy()), first)
             assert f.calls == (N + 1) + 2 * (2 * 3 + 1)   # checked once, not again
+
+    def test_a_pattern_of_fewer_outputs_than_inputs_is_checked_too(self):
+        pattern = np.zeros((2, 4), dtype=bool)
+        pattern[0, :2] = pattern[1, 2:] = True
+        f = lambda v: np.array([v[0] * v[1], v[2] + v[3] ** 2])  # noqa: E731
+        x = np.arange(1.0, 5.0)
+        got = engine.jacobian(f, x, sparsity=pattern, check_sparsity=True, workers=1)
+        assert np.array_equal(got.toarray() != 0, pattern)
+        pattern[1, 3] = False
+        with pytest.raises(ValueError, match=r"output 1 depends on x\[3\] \(column 3;"):
+            engine.jacobian(f, x, sparsity=pattern, check_sparsity=True, workers=1)
 
     @pytest.mark.parametrize("scheme", ["central4", "central"])
     def test_a_right_pattern_passes_whatever_the_scheme_and_bounds(self, scheme):
