@@ -203,23 +203,26 @@ class TestResult:
         assert f.calls == calls   # the groups' evaluations and f(x), which every Jacobian call makes
 
 
-    @pytest.mark.parametrize("f, scheme, bounded, on_failure", [
-        (counted_chain, "forward", False, "raise"), (counted_chain, "central", True, "raise"),
-        (counted_chain_failing_up, "central", False, "one-sided")],
-        ids=["forward", "central-at-bounds", "central-one-sided"])
-    def test_on_two_workers_f_of_x_is_still_evaluated_once_per_call(self, f, scheme, bounded, on_failure):
-        """Where the groups need f(x) (forward, a bound, a fallback), it is computed once for all
-        the chunks: each group's evaluations plus one, as on one worker."""
+    @pytest.mark.parametrize("f, scheme, bounded, on_failure, grouped", [
+        (counted_chain, "forward", False, "raise", True), (counted_chain, "central", True, "raise", True),
+        (counted_chain_failing_up, "central", False, "one-sided", True),
+        (counted_chain, "forward", False, "raise", False)],
+        ids=["forward", "central-at-bounds", "central-one-sided", "dense-forward"])
+    def test_on_two_workers_f_of_x_is_still_evaluated_once_per_call(self, f, scheme, bounded, on_failure,
+                                                                      grouped):
+        """Where the tasks need f(x) (forward, a bound, a fallback), it is computed once for all
+        the chunks: each task's evaluations plus one, as on one worker."""
         x0, lower, upper = chain_x0(40)
         CALLS.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NumericalFallbackWarning)
-            with engine.Jacobian(f, sparsity=chain_pattern(40), scheme=scheme, on_failure=on_failure,
-                                 bounds=(lower, upper) if bounded else None, workers=2,
-                                 backend="threading", dispatch="parallel", check_state=False,
-                                 chunk_size=1) as J:
+            with engine.Jacobian(f, sparsity=chain_pattern(40) if grouped else None, scheme=scheme,
+                                 on_failure=on_failure, bounds=(lower, upper) if bounded else None,
+                                 workers=2, backend="threading", dispatch="parallel",
+                                 check_state=False, chunk_size=1) as J:
                 J(x0.copy())
-        assert len(CALLS) == (3 if scheme == "forward" else 2 * 3) + 1
+        tasks = 3 if grouped else 40
+        assert len(CALLS) == tasks * (1 if scheme == "forward" else 2) + 1
 
     def test_an_f_with_no_outputs_gives_an_empty_matrix(self):
         got = engine.jacobian(lambda v: np.zeros(0), np.ones(3), sparsity=np.zeros((0, 3)), workers=1)
