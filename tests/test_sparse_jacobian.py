@@ -5,6 +5,7 @@ not; the sparse result's entries equal the dense loop Jacobian's for an `f` whos
 are each computed from their own inputs alone (the chain below). SciPy's own test case
 (*Numerical Optimization*, p. 198, x just inside its bounds) is held to SciPy's rtol.
 """
+import dataclasses
 import sys
 
 import numpy as np
@@ -40,6 +41,13 @@ class TestResolve:
         assert pair.n_groups == N
         with pytest.raises(ValueError, match=r"sparsity\[1\] \(the groups\)` puts columns 0 and 1"):
             resolve_sparsity((chain_pattern(), np.arange(N) // 2))
+
+    def test_the_result_cannot_be_changed_and_is_hashed_by_identity(self):
+        """The checked pattern and groups a Jacobian keeps for all its calls: frozen, equal only to itself."""
+        first, second = resolve_sparsity(chain_pattern()), resolve_sparsity(chain_pattern())
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            first.groups = np.zeros(N, dtype=int)
+        assert len({first, second, first}) == 2 and first != second
 
     def test_a_tuple_of_another_length_is_refused(self):
         with pytest.raises(ValueError, match=r"\(pattern, groups\)"):
