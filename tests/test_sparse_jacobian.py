@@ -14,6 +14,7 @@ import pytest
 sparse = pytest.importorskip("scipy.sparse")
 
 from engine.derivatives._sparse import assemble_csr, missed_nonzero, resolve_sparsity  # noqa: E402
+from engine.fd._schemes import Scheme  # noqa: E402
 from engine.fd._space import ParamSpace  # noqa: E402
 
 N = 12
@@ -314,7 +315,10 @@ class TestBadInput:
     @pytest.mark.parametrize("options, match", [
         (dict(evaluator="loop"), "`evaluator` does not apply with `sparsity`"),
         (dict(check_sparsity="yes"), "`check_sparsity` must be True or False"),
-    ], ids=["evaluator", "check-not-bool"])   # the complex step: tests/test_accuracy.py
+        (dict(scheme=Scheme("backward", (-1,), True, lambda v, c, h: (c - v[0]) / h,
+                            lambda v, c, s: (v[0] - c) / s[0], order=1, auto_root=2)),
+         r"takes `scheme` in \('central', 'forward', 'central4'\) or 'complex', got 'backward'"),
+    ], ids=["evaluator", "check-not-bool", "a-scheme-object-of-another-kind"])   # complex: test_accuracy.py
     def test_options_that_do_not_apply_are_refused(self, options, match):
         with pytest.raises(ValueError, match=match):
             engine.Jacobian(chain, sparsity=chain_pattern(), **options)
