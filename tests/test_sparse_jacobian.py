@@ -125,9 +125,10 @@ def counted_chain(x):
 
 
 def counted_chain_failing_up(x):
-    """`chain`, counted, raising where x[4] is above chain_x0's (group 1's + side)."""
+    """`chain`, counted, raising where x[3] or x[4] is above chain_x0's: the + sides of groups
+    0 and 1, the first task of each of two workers."""
     CALLS.append(1)
-    if x[4] > chain_x0(x.size)[0][4]:
+    if np.any(x[3:5] > chain_x0(x.size)[0][3:5]):
         raise ArithmeticError("diverged")
     return chain(x)
 
@@ -220,7 +221,8 @@ class TestResult:
     def test_on_two_workers_f_of_x_is_still_evaluated_once_per_call(self, f, scheme, bounded, on_failure,
                                                                       grouped):
         """Where the tasks need f(x) (forward, a bound, a fallback), it is computed once for all
-        the chunks: each task's evaluations plus one, as on one worker."""
+        the chunks: each task's evaluations plus one, as on one worker. (The first two tasks go
+        to the two workers, and both need f(x): a worker that computed it itself counts.)"""
         x0, lower, upper = chain_x0(40)
         CALLS.clear()
         with warnings.catch_warnings():
