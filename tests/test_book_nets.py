@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from engine.book._nets import MLP, Net, SimpleNet, ThreeLayerNet
+from engine.run import _backends
 from engine.nn._functions import softmax
 from engine.nn._model import init_params, mlp
 
@@ -129,3 +130,17 @@ class TestGradients:
         assert copy.loss(x, t) == net.loss(x, t)
         assert np.array_equal(copy.numerical_gradient(x, t, **LOOP)["w"],
                               net.numerical_gradient(x, t, **LOOP)["w"])
+
+    def test_the_workers_are_the_pool_the_one_shot_calls_share(self, monkeypatch):
+        monkeypatch.setattr(_backends, "_shared", {})
+        net, x, t = SimpleNet(seed=0), np.array([[0.6, 0.9]]), np.array([2])
+        try:
+            got = net.numerical_gradient(x, t, workers=2, backend="threading", dispatch="parallel",
+                                         evaluator="loop")
+            assert list(_backends._shared) == [("threading", 2)]
+            assert np.array_equal(got["w"], SimpleNet(seed=0).numerical_gradient(x, t, **LOOP)["w"])
+        finally:
+            for gradient in net._gradients.values():
+                gradient.close()
+            for pool in _backends._shared.values():
+                pool.close()
