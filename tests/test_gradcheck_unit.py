@@ -254,7 +254,7 @@ class TestNetChecks:
         ("loss", "`net` must have a `loss(x, t)` method; Bare has none"),
         ("gradient", "`net` must have a `gradient(x, t)` method; Bare has none"),
         ("params", "`net` must have a `params` dict of arrays; Bare has none"),
-    ])
+    ], ids=["loss", "gradient", "params"])
     def test_the_message_names_the_missing_part_and_the_class(self, missing, message):
         class Bare(LinearNet):
             pass
