@@ -228,7 +228,7 @@ def test_a_convnet_config_checks_its_sizes_at_once():
 @pytest.mark.parametrize("field, value, match", [
     ("activation", "softplus", "`activation` must be one of"),
     ("net", "resnet", "`net` must be one of"),
-])
+], ids=["activation", "net"])
 def test_an_unknown_activation_or_net_is_refused(field, value, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value})
