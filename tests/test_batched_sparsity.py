@@ -86,7 +86,8 @@ class TestSameBitsAsEveryDigitComputed:
             assert np.array_equal(new, expected), block_memory
 
     @pytest.mark.parametrize("scheme", sorted(SCHEMES))
-    @pytest.mark.parametrize("layers", ["no first bias, activation last", "affine after affine"])
+    @pytest.mark.parametrize("layers", ["no first bias, activation last", "affine after affine",
+                                        "two affine after an activation"])
     def test_other_layer_stacks(self, digits, layers, scheme):
         rng = np.random.default_rng(7)
         params = {"w1": rng.normal(0, 0.05, (784, 30)), "w2": rng.normal(0, 0.3, (30, 10)),
@@ -94,6 +95,10 @@ class TestSameBitsAsEveryDigitComputed:
         if layers == "affine after affine":
             params["b1"] = rng.normal(0, 0.1, 30)
             stack = [Affine("w1", "b1"), Affine("w2", "b2")]
+        elif layers == "two affine after an activation":   # w1's rows meet w2, then w3 at once
+            params = {"w1": params["w1"], "b1": rng.normal(0, 0.1, 30), "w2": rng.normal(0, 0.3, (30, 12)),
+                      "w3": rng.normal(0, 0.3, (12, 10)), "b3": rng.normal(0, 0.1, 10)}
+            stack = [Affine("w1", "b1"), Tanh(), Affine("w2"), Affine("w3", "b3")]
         else:
             stack = [Affine("w1"), Tanh(), Affine("w2", "b2"), Sigmoid()]
         f = ModelLoss(Sequential(stack, SoftmaxCrossEntropy()), params,
