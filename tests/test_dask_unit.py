@@ -304,14 +304,15 @@ def test_open_client_is_the_default_while_its_block_runs(monkeypatch, scheduler)
             current.append(self)
             yield
 
-    made = Client()
+    local, remote = Client(), Client()
 
     @contextlib.contextmanager
     def connect_to(address):
-        yield made
+        yield remote
 
     monkeypatch.setattr(_dask, "_connect_to", connect_to)
-    monkeypatch.setattr(_dask, "_local_client", lambda owned, workers: made if scheduler is None else None)
+    monkeypatch.setattr(_dask, "_local_client", lambda owned, workers: local)
+    made = local if scheduler is None else remote
     with _dask.open_client(scheduler, 2) as client:
         assert client is made and current == [made]
 
