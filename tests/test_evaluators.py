@@ -87,6 +87,15 @@ def test_a_range_across_two_arrays_is_that_slice_of_the_whole():
                        rtol=1e-7)
 
 
+def test_the_complex_step_is_refused_and_f_is_never_called():
+    """The loop evaluator is real-valued: scheme='complex' belongs to `complex_evaluate`."""
+    f = Counting()
+    space = ParamSpace(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"scheme='complex' is evaluated by .*complex_evaluate"):
+        loop_evaluate(f, space, [H], get_scheme("complex"), 0, 2)
+    assert f.calls == 0
+
+
 def test_an_empty_range_gives_an_empty_float_array():
     got, _ = evaluate(cube_sum, np.ones(3), start=2, stop=2)
     assert isinstance(got, np.ndarray) and got.shape == (0,)
@@ -231,6 +240,8 @@ def test_one_sided_falls_to_first_order_where_the_second_point_fails_too():
     got, report = evaluate(g, x, on_failure="one-sided")
     assert got[0] == (cube_sum(moved(x, 0, -H)) - c) / -H
     assert [(flat, m) for flat, m, *_ in report.failures] == [(0, 1), (0, -2)]
+    # the multiple is an int, so the warning names the point "x_i - 2*h", not "x_i - 2.0*h"
+    assert [type(m) for _, m, *_ in report.failures] == [int, int]
 
 
 def test_one_sided_central4_uses_the_side_whose_two_points_evaluated():
@@ -250,6 +261,31 @@ def test_one_sided_with_the_forward_scheme_falls_back_to_the_backward_difference
     assert got[0] == (cube_sum(moved(x, 0, H)) - c) / H
     assert got[1] == (cube_sum(moved(x, 1, -H)) - c) / -H
     assert [(flat, m) for flat, m, *_ in report.failures] == [(1, 1)]
+
+
+@pytest.mark.parametrize("scheme, fail, calls", [
+    ("forward", {1: "+"}, 1 + 2 + 1),        # f(x), x_0 + h, x_1 + h (fails), x_1 - h
+    ("central4", {0: "+"}, 4 + 1 + 4),       # x_0's four points (two fail), f(x), x_1's four
+], ids=["forward", "central4"])
+def test_the_fallback_evaluates_no_point_it_does_not_combine(scheme, fail, calls):
+    """First order takes no second point; a point already evaluated is never evaluated again."""
+    x = np.array([1.0, 2.0])
+    f = failing(x, fail)
+    evaluate(f, x, scheme=scheme, on_failure="one-sided")
+    assert f.calls == calls, [p.tolist() for p in f.points]
+
+
+@pytest.mark.parametrize("fails, toward", [("+", -0.25), ("-", 0.25)], ids=["down-to-lower",
+                                                                            "up-to-upper"])
+def test_the_fallbacks_second_point_may_lie_exactly_on_a_bound(fails, toward):
+    """x = 0.5 in [0, 1] with h = 0.25: the side that works reaches the bound at 2h, which
+    is inside, so the one-sided difference keeps second order."""
+    x = np.array([0.5])
+    bounds = [(np.zeros(1), np.ones(1))]
+    got, report = evaluate(failing(x, {0: fails}), x, h=0.25, on_failure="one-sided",
+                           bounds=bounds)
+    assert got[0] == second(0.5, toward)
+    assert [(flat, m) for flat, m, *_ in report.failures] == [(0, 1 if fails == "+" else -1)]
 
 
 def test_nan_makes_the_failed_entries_nan_without_evaluating_f_of_x():

@@ -163,6 +163,16 @@ def _left_alone(tree: ast.Module) -> set[int]:
     return skip
 
 
+def list_mutants(source: str) -> list[Mutant]:
+    """The mutants `generate` makes, without their sources: one parse, for listing."""
+    tree = ast.parse(source)
+    skip = _left_alone(tree)
+    return [Mutant(index, node.lineno, _snippet(node), after)
+            for index, (node, after) in enumerate(
+                ((n, after) for n in ast.walk(tree) if id(n) not in skip
+                 for _, after in _mutations(n)), start=1)]
+
+
 def generate(source: str) -> list[tuple[Mutant, str]]:
     """Every mutant of `source`, each with the whole mutated module's source.
 
@@ -400,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no module {args.module} under {ROOT}")
     ids = {int(i) for i in args.ids.split(",")} if args.ids else None
     if args.list:
-        for mutant, _ in generate((ROOT / args.module).read_text()):
+        for mutant in list_mutants((ROOT / args.module).read_text()):
             if not ids or mutant.id in ids:
                 print(toml_entry(mutant) if args.toml else mutant.describe(args.module))
         return 0
