@@ -154,3 +154,10 @@ def test_the_table_refuses_a_result_of_the_module_before_it_changed(tmp_path):
     killed["after"] = "something else"
     with pytest.raises(ValueError, match=rf"mutant #{first.id} .* the module changed"):
         _table_tool["combine"]([_result(tmp_path, [killed])])
+
+
+def test_a_failed_tests_id_is_read_whole_even_with_spaces():
+    collected = ["t.py::test_p[a b - c]", "t.py::test_p[a]", "t.py::test_q"]
+    summaries = ["t.py::test_p[a b - c] - assert False", "t.py::test_q", "t.py::test_r - gone"]
+    assert _tool["node_ids"](summaries, collected) == [
+        "t.py::test_p[a b - c]", "t.py::test_q", "t.py::test_r"]

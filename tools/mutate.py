@@ -283,10 +283,22 @@ def _run_tests(sandbox: Path, tests: list[str], keyword: str | None, timeout: fl
             process.wait()
             return "timeout", []
         log.seek(0)
-        failed = [line.split()[1] for line in log if line.startswith(("FAILED ", "ERROR "))]
+        failed = [line.split(" ", 1)[1].rstrip("\n") for line in log
+                  if line.startswith(("FAILED ", "ERROR "))]
     if code == 5:
         raise SystemExit(f"pytest collected no tests from {tests}")
     return ("survived" if code == 0 else "killed"), failed
+
+
+def node_ids(summaries: list[str], collected: list[str]) -> list[str]:
+    """The node ids of pytest's short-summary lines (``id - message``): the longest collected
+    id each line starts with, so that a parametrized id holding spaces is read whole; else
+    the line up to its first space."""
+    out = []
+    for line in summaries:
+        found = [c for c in collected if line == c or line.startswith(c + " ")]
+        out.append(max(found, key=len) if found else line.split(" ", 1)[0])
+    return out
 
 
 def _check_sandbox_imports(sandbox: Path, module: str) -> None:
@@ -347,7 +359,8 @@ def run(module: str, tests: list[str], keyword: str | None, timeout: float | Non
                 continue
             target.write_text(source)
             start = time.perf_counter()
-            mutant.status, mutant.failed = _run_tests(sandbox, tests, keyword, limit, record)
+            mutant.status, failed = _run_tests(sandbox, tests, keyword, limit, record)
+            mutant.failed = node_ids(failed, collected)
             mutant.seconds = round(time.perf_counter() - start, 2)
             print(f"  {mutant.status:8} {mutant.describe(module)}", flush=True)
         target.write_text(original)
