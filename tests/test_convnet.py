@@ -290,3 +290,43 @@ def test_the_books_default_shapes():
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SimpleConvNet(**kwargs)
+
+
+def test_the_weights_are_std_times_one_generators_draws_in_order_and_the_biases_zero():
+    net = SimpleConvNet(input_dim=(1, 6, 6), filter_num=2, filter_size=3, hidden_size=4,
+                        output_size=3, weight_init_std=0.5, seed=7)
+    rng = np.random.default_rng(7)
+    for name, shape in (("w1", (2, 1, 3, 3)), ("w2", (2 * 2 * 2, 4)), ("w3", (4, 3))):
+        assert np.array_equal(net.params[name], 0.5 * rng.standard_normal(shape)), name
+    for name, size in (("b1", 2), ("b2", 4), ("b3", 3)):
+        assert np.array_equal(net.params[name], np.zeros(size)), name
+
+
+def test_a_weight_std_of_zero_gives_zero_weights():
+    net = SimpleConvNet(input_dim=(1, 6, 6), filter_num=2, filter_size=3, hidden_size=4,
+                        weight_init_std=0.0, seed=0)
+    assert all(not v.any() for v in net.params.values())
+
+
+def test_one_pooled_value_is_enough():
+    net = SimpleConvNet(input_dim=(1, 3, 3), filter_num=1, filter_size=2, hidden_size=2,
+                        output_size=2, seed=0)
+    assert net.params["w2"].shape == (1, 2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"filter_size": True}, "`filter_size` must be a positive int"),
+    ({"hidden_size": 2.0}, "`hidden_size` must be a positive int"),
+    ({"input_dim": (1, 0, 28)}, "`input_dim` must be a positive int"),
+    ({"weight_init_std": np.nan}, "`weight_init_std` must be finite and >= 0"),
+    ({"weight_init_std": np.inf}, "`weight_init_std` must be finite and >= 0"),
+], ids=["bool-size", "float-size", "zero-dim", "nan-std", "inf-std"])
+def test_sizes_that_are_not_positive_ints_and_stds_that_are_not_finite_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SimpleConvNet(**kwargs)
+
+
+def test_by_default_it_takes_flat_mnist_rows_of_784():
+    net = SimpleConvNet(filter_num=2, hidden_size=3, seed=0)
+    assert net.input_dim == (1, 28, 28)
+    assert net.predict(np.zeros((2, 784))).shape == (2, 10)
