@@ -176,3 +176,12 @@ def test_the_figure_is_drawn_without_warnings():
             fig.canvas.draw()
         finally:
             plt.close(fig)
+
+
+def test_exactly_2_5_decades_still_gets_1_2_5_ticks(figure):
+    # losses 1 and 10**(2.5 / 1.1): matplotlib's 5% log margins make the axis exactly 2.5 decades
+    loss_axis = figure([1.0, 187.38174228603822]).axes[0]
+    low, high = loss_axis.get_ylim()
+    assert np.log10(high / low) == 2.5
+    ticks = visible(loss_axis.get_yticks(), loss_axis.get_ylim())
+    assert [f"{t:g}" for t in ticks] == ["1", "2", "5", "10", "20", "50", "100", "200"]
