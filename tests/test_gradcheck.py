@@ -9,6 +9,7 @@ in docs/accuracy.md.
 """
 import dataclasses
 import re
+import runpy
 import subprocess
 import sys
 
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 
 from engine import numerical_gradient, parallel_numerical_gradient
-from engine.data._data import load_embedded_mnist
+from engine.cli import gradcheck as gradcheck_module
+from engine.data import _data as data_module
+from engine.data._data import DataError, Dataset, load_embedded_mnist
 from engine.train._gradcheck import GradientDifference, default_tol, failures, format_table, gradient_check
 from engine.batched._detect import EVALUATOR_NAMES
 from engine.nn._layers import ACTIVATIONS, Sigmoid
@@ -382,6 +385,62 @@ class TestCommand:
             main(flags)
         assert exited.value.code == 2
         assert "error" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("flags, message", [
+        (["--sizes", "10", "10"], "--sizes must start with 784 (the MNIST image) and name at least "
+                                  "two widths, got 10 10"),
+        (["--sizes", "784"], "--sizes must start with 784"),
+        (["--sizes", "784", "5"], "--sizes must end with at least 10 outputs (ten digits), got 5"),
+        (["--batch-size", "0"], "--batch-size must be between 1 and 4000, got 0"),
+        (["--tol", "-1"], "--tol must be >= 0, got -1.0"),
+        (["--weight-init-std", "kaiming"], "'kaiming' is neither a number nor one of he"),
+    ])
+    def test_bad_flags_are_named_with_what_is_wrong(self, flags, message, capsys):
+        with pytest.raises(SystemExit) as exited:
+            main(flags)
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err
+
+    def test_the_least_net_and_tolerance_and_the_whole_batch_are_accepted(self, monkeypatch, capsys):
+        # One black image: no hidden layer, a batch of every image, tol 0 are checked, not refused.
+        image = Dataset(np.zeros((1, 784)), np.array([3]))
+        monkeypatch.setattr(gradcheck_module, "load_embedded_mnist", lambda: (image, None))
+        assert main(["--sizes", "784", "10", "--batch-size", "1", "--tol", "0"]) in (0, 1)
+        assert "MLP 784-10 " in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exited:
+            main(["--sizes", "784", "10", "--batch-size", "2"])
+        assert exited.value.code == 2
+        assert "--batch-size must be between 1 and 1, got 2" in capsys.readouterr().err
+
+    def test_without_the_embedded_digits_it_exits_2_saying_why(self, monkeypatch, capsys):
+        def missing():
+            raise DataError("the embedded MNIST digits are missing")
+        monkeypatch.setattr(gradcheck_module, "load_embedded_mnist", missing)
+        assert main(SMALL_CLI) == 2
+        assert capsys.readouterr().err == "engine-gradcheck: error: the embedded MNIST digits are missing\n"
+
+    @pytest.mark.parametrize("scale", ["he", "xavier", "0.05"])
+    def test_the_weight_scale_asked_for_is_the_one_used(self, scale, capsys):
+        assert main([*SMALL_CLI, "--weight-init-std", scale]) == 0
+        assert f"), weights {scale}, 2 MNIST image(s)" in capsys.readouterr().out
+
+    def test_the_help_shows_float64_as_the_default_dtype(self):
+        dtype = next(a for a in _parser()._actions if "--dtype" in a.option_strings)
+        assert dtype.default == "float64" and dtype.help.endswith(" [default: float64]")
+
+    def test_a_passing_check_ends_with_ok(self, capsys):
+        assert main(SMALL_CLI) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == "ok: every relative error <= tol=1e-05"
+
+    def test_run_as_a_module_its_status_is_mains(self, monkeypatch):
+        # main returns 2 without the embedded digits; `python -m` exits with it.
+        monkeypatch.setattr(data_module, "EMBEDDED_FILE", "no_such_file.npz")
+        monkeypatch.setitem(sys.modules, "mlxtend", None)
+        monkeypatch.setattr(sys, "argv", ["engine-gradcheck", *SMALL_CLI])
+        monkeypatch.delitem(sys.modules, "engine.cli.gradcheck")   # run afresh, as -m does
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_module("engine.cli.gradcheck", run_name="__main__")
+        assert exited.value.code == 2
 
     def test_help_documents_every_flag(self, capsys):
         with pytest.raises(SystemExit) as exited:

@@ -46,6 +46,15 @@ def test_the_documented_mutants_and_no_others():
     }
 
 
+def test_the_listed_mutants_are_those_generated():
+    listed = _tool["list_mutants"](SOURCE)
+    assert [(m.id, m.line, m.before, m.after) for m in listed] == [
+        (m.id, m.line, m.before, m.after) for m, _ in generate(SOURCE)]
+    engine = (TOOL.parent.parent / "engine" / "run" / "_job.py").read_text()
+    assert [(m.id, m.before, m.after) for m in _tool["list_mutants"](engine)] == [
+        (m.id, m.before, m.after) for m, _ in generate(engine)]
+
+
 def test_each_mutant_is_one_change_to_valid_python():
     original = ast.dump(ast.parse(SOURCE))
     sources = [source for _, source in generate(SOURCE)]
@@ -108,3 +117,47 @@ def test_the_score_leaves_equivalent_mutants_out():
     for mutant in mutants:
         mutant.status = "equivalent"
     assert score(mutants) == 100.0
+
+
+_table_tool = runpy.run_path(str(TOOL.with_name("mutation_table.py")))
+
+
+def _result(tmp_path, mutants):
+    import json
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"module": "engine/fd/_space.py", "tests": ["t.py"],
+                                "keyword": None, "wall_seconds": 60, "mutants": mutants}))
+    return path
+
+
+def _first_killed():
+    first = _tool["list_mutants"]((TOOL.parent.parent / "engine/fd/_space.py").read_text())[0]
+    killed = {"id": first.id, "before": first.before, "after": first.after, "status": "killed"}
+    return first, killed
+
+
+def test_the_table_scores_a_result_and_lists_every_engine_module(tmp_path):
+    first, killed = _first_killed()
+    rows = _table_tool["rows_of_results"](_table_tool["combine"]([_result(tmp_path, [killed])]))
+    row = rows["engine/fd/_space.py"]
+    total = len(_table_tool["current_mutants"]("engine/fd/_space.py"))
+    # one mutant run and killed; the others never run count as survivors, not as killed
+    assert f"| 1 / {total} |" in row and "#2, #3" in row
+    lines = _table_tool["table"]([], rows)
+    assert sum("engine/fd/_space.py" in line for line in lines) == 1
+    assert any(line.startswith("| `engine/_errors.py` |") and "not scored" in line
+               for line in lines)
+
+
+def test_the_table_refuses_a_result_of_the_module_before_it_changed(tmp_path):
+    first, killed = _first_killed()
+    killed["after"] = "something else"
+    with pytest.raises(ValueError, match=rf"mutant #{first.id} .* the module changed"):
+        _table_tool["combine"]([_result(tmp_path, [killed])])
+
+
+def test_a_failed_tests_id_is_read_whole_even_with_spaces():
+    collected = ["t.py::test_p[a b - c]", "t.py::test_p[a]", "t.py::test_q"]
+    summaries = ["t.py::test_p[a b - c] - assert False", "t.py::test_q", "t.py::test_r - gone"]
+    assert _tool["node_ids"](summaries, collected) == [
+        "t.py::test_p[a b - c]", "t.py::test_q", "t.py::test_r"]

@@ -30,7 +30,7 @@ EMBEDDED_TEST_SIZE = _TEST_PER_CLASS * N_CLASSES     # and 1,000
 # The teaching text's files, mnist_train_100.csv and mnist_test_10.csv: the first images.
 BOOK_TRAIN_SIZE, BOOK_TEST_SIZE = 100, 10
 _GZIP_MAGIC = b"\x1f\x8b"
-_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")  # what the fast parser accepts as an int
+_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)  # an int, with the spaces int() ignores
 
 
 class DataError(ValueError):
@@ -118,7 +118,7 @@ def load_embedded_mnist() -> tuple[Dataset, Dataset]:
     per_class = _TRAIN_PER_CLASS + _TEST_PER_CLASS
     if pixels.shape != (per_class * N_CLASSES, N_PIXELS) or np.any(counts != per_class):
         raise DataError(f"{source}: expected {per_class} images of {N_PIXELS} pixels per digit, "
-                        f"got {pixels.shape[0]} images, {counts.tolist()} per digit")
+                        f"got images of shape {pixels.shape}, {counts.tolist()} per digit")
     train, test = _interleaved_split(labels, np.random.default_rng(_SPLIT_SEED))
     return _to_dataset(pixels[train], labels[train]), _to_dataset(pixels[test], labels[test])
 
