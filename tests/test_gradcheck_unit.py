@@ -143,7 +143,7 @@ class OneHotOnly:
 
     def _take(self, t):
         t = np.asarray(t)
-        if self.form == "neither" or (t.ndim == 2) != (self.form == "one-hot"):
+        if self.form == "neither" or self.form != "both" and (t.ndim == 2) != (self.form == "one-hot"):
             raise ValueError(f"wants {self.form}")
         self.seen.append(t)
         return t
@@ -196,13 +196,18 @@ class TestLabelForms:
             gradient_check(OneHotOnly("one-hot", predict=False), self.x, np.array([0, 1, 1]),
                            labels="one-hot")
 
+    def test_int_labels_are_given_as_int64_without_a_class_count(self):
+        net = OneHotOnly("int", predict=False)
+        gradient_check(net, self.x, np.array([2, 0, 1], np.int32), labels="int")
+        assert all(t.dtype == np.int64 and t.tolist() == [2, 0, 1] for t in net.seen)
+
     @pytest.mark.parametrize("predict", [lambda x: 1 / 0, lambda x: np.zeros(3), lambda x: np.zeros((2, 3))],
                              ids=["raises", "not-2d", "other-batch"])
     def test_a_predict_that_gives_no_class_count_is_passed_over(self, predict):
-        net = OneHotOnly("int")
+        net = OneHotOnly("both")   # takes either form: without a class count it gets integers
         net.predict = predict
         gradient_check(net, self.x, np.array([0, 1, 1]))
-        assert all(t.ndim == 1 for t in net.seen)
+        assert net.seen and all(t.ndim == 1 for t in net.seen)
 
     def test_a_label_equal_to_the_class_count_is_refused(self):
         message = r"`t` holds the label 3, but `net.predict\(x\)` gives 3 classes"
@@ -316,6 +321,21 @@ class TestFigures:
         assert report.max_abs == pytest.approx(0.25) and report.mean_abs == pytest.approx(0.125)
 
 
+def test_an_array_whose_every_difference_is_a_kink_has_relative_error_0():
+    class OneKink(ReluNet):
+        def __init__(self):
+            self.params = {"w": np.array([0.5e-4])}
+
+        def loss(self, x, t):
+            return float(max(self.params["w"][0], 0.0))
+
+        def gradient(self, x, t):
+            return {"w": np.array([1.0])}
+
+    report = gradient_check(OneKink(), None, None)["w"]
+    assert report.kinks == ((0,),) and report.relative == 0.0 and report.max_abs == pytest.approx(0.25)
+
+
 class TestTable:
     results = {"w1": GradientDifference(2e-3, 1e-3, 0.5, 4e-3, ((0, 1), (2, 0))),
                "a_long_name": GradientDifference(1e-12, 1e-12, 1e-5, 0.1),
@@ -341,3 +361,34 @@ class TestTable:
     def test_failures_are_the_arrays_above_tol_or_nan(self):
         assert failures(self.results, 1e-5) == ["w1", "nan"]
         assert failures(self.results, 0.5) == ["nan"]
+
+
+def test_an_engine_nets_labels_reach_it_as_given_unless_a_form_is_chosen():
+    from engine.book._nets import MLP
+
+    net, x, t = MLP([2, 3, 3], seed=0), np.zeros((2, 2)), np.array([0, 5])
+    with pytest.raises(ValueError, match=re.escape("labels `t` must lie in [0, 3)")):   # the net's own
+        gradient_check(net, x, t)
+    with pytest.raises(ValueError, match="`t` holds the label 5, but `net.predict"):
+        gradient_check(net, x, t, labels="int")
+
+
+def test_the_kink_probe_takes_an_engine_nets_training_mode_loss():
+    from engine.book._nets import MLP
+
+    class Recording(MLP):
+        def __init__(self):
+            super().__init__([2, 3, 2], seed=0)
+            self.modes = []
+
+        def loss(self, x, t, train=False):
+            self.modes.append(train)
+            return super().loss(x, t, train=train)
+
+        def gradient(self, x, t):
+            grads = super().gradient(x, t)
+            return {**grads, "b2": grads["b2"] + 1.0}   # a bug: its entries are probed
+
+    net = Recording()
+    gradient_check(net, np.ones((2, 2)), np.array([0, 1]))
+    assert net.modes and all(mode is True for mode in net.modes)

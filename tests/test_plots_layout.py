@@ -3,6 +3,7 @@ numbers given (the steps, the running mean, the band's quartiles, the axes' rang
 its fixed look (size, line widths, markers), and that drawing needs no display and leaves no
 figure open."""
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +57,8 @@ def test_the_figure_is_880_by_660_pixels_loss_above_accuracy_sharing_the_steps(f
     assert heights[0] / heights[1] == pytest.approx(3 / 2)
     assert loss_axis.get_position().y0 > accuracy_axis.get_position().y1
     assert loss_axis.get_title() == "a run"
+    box = loss_axis.get_position()   # margins trimmed to the labels, not matplotlib's 12.5% / 10%
+    assert box.x0 < 0.1 and box.x1 > 0.95
 
 
 def test_the_loss_panel_draws_each_step_and_its_running_mean(figure):
@@ -108,6 +111,7 @@ def test_the_accuracy_panel_spans_0_to_1_and_the_steps_with_a_margin(figure):
     assert all(line.get_visible() for line in accuracy_axis.yaxis.get_gridlines())
     assert accuracy_axis.get_legend().get_frame_on() is False
     assert figure(np.ones(10), evaluations_at([10])).axes[1].get_xlim() == (0.0, 11.0)
+    assert figure(np.ones(75), evaluations_at([75])).axes[1].get_xlim() == (0.0, 76.0)   # whole steps
 
 
 def test_train_accuracy_as_open_squares_around_the_test_dots(figure):
@@ -162,3 +166,22 @@ def test_drawing_needs_no_display_and_plot_training_leaves_no_figure_open():
     plot_training([1.0, 0.5], evaluations_at([2]), io.BytesIO())
     assert plt.get_fignums() == before
     assert running_window(40) == 2
+
+
+def test_the_figure_is_drawn_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = training_figure(np.geomspace(2.3, 0.1, 500), evaluations_at([250, 500]), title="quiet")
+        try:
+            fig.canvas.draw()
+        finally:
+            plt.close(fig)
+
+
+def test_exactly_2_5_decades_still_gets_1_2_5_ticks(figure):
+    # losses 1 and 10**(2.5 / 1.1): matplotlib's 5% log margins make the axis exactly 2.5 decades
+    loss_axis = figure([1.0, 187.38174228603822]).axes[0]
+    low, high = loss_axis.get_ylim()
+    assert np.log10(high / low) == 2.5
+    ticks = visible(loss_axis.get_yticks(), loss_axis.get_ylim())
+    assert [f"{t:g}" for t in ticks] == ["1", "2", "5", "10", "20", "50", "100", "200"]
