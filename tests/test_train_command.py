@@ -122,10 +122,15 @@ class TestFinishedRun:
         closed = []
         close = Trainer.close
         monkeypatch.setattr(Trainer, "close", lambda self: closed.append(1) or close(self))
-        before = signal.getsignal(signal.SIGTERM)
-        assert main([*TINY, "--gradient", "backprop", "--out", str(tmp_path / "run"),
-                     "--no-progress"]) == 0
-        assert closed == [1] and signal.getsignal(signal.SIGTERM) is before
+        def mine(signum, frame):   # a handler of the caller's, not one a run left behind
+            pass
+        before = signal.signal(signal.SIGTERM, mine)
+        try:
+            assert main([*TINY, "--gradient", "backprop", "--out", str(tmp_path / "run"),
+                         "--no-progress"]) == 0
+            assert closed == [1] and signal.getsignal(signal.SIGTERM) is mine
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
 
 class TestFolders:
