@@ -17,6 +17,7 @@ from engine.fd._grouping import Pattern, group_columns, members
 from engine.fd._richardson import RichardsonOptions, extrapolate, richardson_evaluate
 from engine.fd._schemes import COMPLEX
 from engine.fd._space import ParamSpace
+from engine.run import _backends
 from engine import (Gradient, GradientWithError, Jacobian, NotDeterministicError, NumericalFallbackWarning,
                     gradient_with_error, jacobian, parallel_numerical_gradient)
 
@@ -402,6 +403,20 @@ class TestRichardson:
         value, error = gradient_with_error(f, np.array([0.3]), workers=1)
         true_error = abs(value[0] - np.exp(0.3))
         assert 1e-12 < true_error <= error[0]
+
+    def test_its_workers_are_its_own_and_close_stops_them(self, monkeypatch):
+        """A `GradientWithError` does not borrow the pool the one-shot calls share."""
+        monkeypatch.setattr(_backends, "_shared", {})
+        g = GradientWithError(exp_sin_log, workers=2, backend="threading", dispatch="parallel")
+        try:
+            value, _ = g(np.array([0.5, 1.2, 3.0]))
+            pool = g._link.pool
+            assert _backends._shared == {} and pool.usable
+        finally:
+            g.close()
+        assert not pool.usable
+        assert np.array_equal(value, gradient_with_error(exp_sin_log, np.array([0.5, 1.2, 3.0]),
+                                                         workers=1)[0])
 
     def test_evaluations_per_entry_are_two_per_level(self):
         calls = []

@@ -18,7 +18,8 @@ import pytest
 
 from engine import (Gradient, PayloadError, WorkerLostError, numerical_gradient,
                     parallel_numerical_gradient)
-from engine._errors import RemoteTraceback
+from engine._errors import RemoteTraceback, WorkerDied
+from engine.run import _backends
 from engine.run._backends import JoblibPool, ProcessPool, ThreadPool, make_pool
 from engine.run._bundle import dumps_bundle
 from engine.run._dask import DaskPool
@@ -37,6 +38,27 @@ def test_each_backend_gets_its_own_kind_of_pool(backend, kind):
         assert getattr(pool, "backend", backend) == backend
     finally:
         pool.close()
+
+
+def test_a_per_call_pool_is_always_usable_and_keeps_no_residents():
+    # The contract of engine.run._pool: the resident operations are not a per-call pool's,
+    # and run_once is not a resident pool's; asked for, they say so instead of doing nothing.
+    pool, x = JoblibPool("sequential", 2), np.arange(3.0)
+    pool.ensure_started()
+    pool.drop("a")
+    assert pool.usable and not pool.resident
+    for operation in (lambda: pool.holds("a"), lambda: pool.ship("a", b"", [x]),
+                      lambda: pool.update("a", [x], None), lambda: pool.run("a", None, {})):
+        with pytest.raises(NotImplementedError):
+            operation()
+    with pytest.raises(NotImplementedError):
+        ThreadPool(2).run_once(None, b"", {})
+
+
+def test_a_process_pool_cannot_be_made_in_a_daemonic_process(monkeypatch):
+    monkeypatch.setattr(_backends, "in_daemonic_process", lambda: True)
+    with pytest.raises(RuntimeError, match="this process is a daemonic worker"):
+        ProcessPool(2)
 
 
 def test_a_one_shot_call_on_another_joblib_backend_is_exact():
@@ -241,6 +263,17 @@ class NotInASecondWorker:
         return squares(v)
 
 
+def test_a_shipping_that_fails_leaves_no_resident_held():
+    pool, x = make_pool("threading", 2), np.arange(1.0, 4.0)
+    try:
+        pool.ensure_started()
+        with pytest.raises(PayloadError):
+            pool.ship("a", dumps_bundle(NotInAWorker(), x, [x]), [x])
+        assert not pool.holds("a") and pool.usable
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize("backend", ["loky", "threading"])
 def test_one_worker_of_two_that_cannot_unpickle_f_is_enough_for_a_payload_error(tmp_path, backend):
     with pytest.raises(PayloadError, match="the second worker fails"):
@@ -304,17 +337,76 @@ def test_a_worker_killed_between_calls_is_replaced_on_the_next_call():
     with Gradient(squares, workers=2, dispatch="parallel") as g:
         assert np.array_equal(g(x), expected)
         held = values_descriptors()
-        victim = g._link.pool._processes[0]
+        victim, other = g._link.pool._processes
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(60)   # bounds a failure only
         assert victim.exitcode == -signal.SIGKILL
         assert np.array_equal(g(x), expected)              # the next message to it fails first
+        # the restart killed the other, idle worker at once: asked to stop, it would exit by itself
+        assert other.exitcode == -signal.SIGKILL
         g.reship()
         os.kill(g._link.pool._processes[1].pid, signal.SIGKILL)
         g._link.pool._processes[1].join(60)
         assert np.array_equal(g(x), expected)              # shipping to it fails first
         assert values_descriptors() == held
     assert values_descriptors() == here
+
+
+def kill_and_reap(process) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(60)   # bounds a failure only
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_a_drop_that_finds_a_worker_dead_leaves_the_pool_to_be_restarted():
+    pool, x = ProcessPool(1), np.arange(1.0, 4.0)
+    try:
+        pool.ensure_started()
+        pool.ship("a", dumps_bundle(squares, x, [x]), [x])
+        kill_and_reap(pool._processes[0])
+        pool.drop("a")   # a drop awaits no reply: no error
+        assert not pool.holds("a") and not pool.usable
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_dies_before_its_values_descriptor_leaves_the_pool_to_be_restarted(
+        monkeypatch):
+    pool, x = ProcessPool(1), np.arange(1.0, 4.0)
+    real = _backends.send_handle
+
+    def dies_first(connection, fd, pid):   # the worker dies between the message and the descriptor
+        kill_and_reap(pool._processes[0])
+        real(connection, fd, pid)
+
+    try:
+        pool.ensure_started()
+        monkeypatch.setattr(_backends, "send_handle", dies_first)
+        with pytest.raises(WorkerDied):
+            pool.ship("a", dumps_bundle(squares, x, [x]), [x])
+        assert not pool.usable   # the next call starts fresh workers
+    finally:
+        pool.close()
+
+
+def test_a_per_call_pool_reports_a_lost_worker_as_lost(monkeypatch):
+    # A backend registered with joblib runs as a per-call pool. joblib's loky, under any name,
+    # reports a dead worker as BrokenProcessPool (TerminatedWorkerError): the pool raises
+    # WorkerDied, which the caller retries on fresh workers, and not as an error of f.
+    import joblib
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    class LosesAWorker:
+        def __init__(self, **settings):
+            pass
+
+        def __call__(self, calls):
+            raise TerminatedWorkerError("a worker process died")
+
+    monkeypatch.setattr(joblib, "Parallel", LosesAWorker)
+    pool = JoblibPool("loky-by-another-name", 2)
+    with pytest.raises(WorkerDied, match="a worker process died"):
+        list(pool.run_once(None, b"", {0: (0, 1)}))
 
 
 class KillsItsWorker:
@@ -327,12 +419,44 @@ class KillsItsWorker:
         return squares(v)
 
 
-def test_a_lost_worker_stops_the_others_at_once():
-    g = Gradient(KillsItsWorker(), workers=2, dispatch="parallel", retries=0, check_state=False)
+def sockets() -> int:
+    """How many sockets this process holds open (a worker process's channel is one)."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+class KillsOneWorkerOnceArmed:
+    """`squares`; once `armed` exists, the first evaluation in a worker kills its own process."""
+
+    def __init__(self, armed, died):
+        self.armed, self.died, self.home = str(armed), str(died), os.getpid()
+
+    def __call__(self, v):
+        if os.getpid() != self.home and os.path.exists(self.armed):
+            try:
+                os.close(os.open(self.died, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return squares(v)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return squares(v)
+
+
+def test_a_lost_worker_stops_the_others_at_once(tmp_path):
+    gc.collect()
+    here = sockets()
+    f = KillsOneWorkerOnceArmed(tmp_path / "armed", tmp_path / "died")
+    g = Gradient(f, workers=2, dispatch="parallel", retries=0, check_state=False)
     try:
-        with pytest.raises(WorkerLostError):
+        g(np.arange(1.0, 9.0))
+        workers = list(g._link.pool._processes)
+        (tmp_path / "armed").touch()
+        with pytest.raises(WorkerLostError) as caught:
             g(np.arange(1.0, 9.0))
         assert not g._link.pool._processes, "the pool keeps processes after losing one"
+        # the other was killed, not asked to stop (it would have exited by itself, status 0)
+        assert [worker.exitcode for worker in workers] == [-signal.SIGKILL] * 2
+        # and closes its channels to them, even while the error (whose frames hold one) is kept
+        assert sockets() == here, caught.value
     finally:
         g.close()
 

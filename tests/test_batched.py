@@ -1,16 +1,19 @@
 """The batched evaluator: the same finite differences as the loop evaluator, in blocks."""
+import inspect
 import itertools
+import re
 
 import numpy as np
 import pytest
 
-from engine import parallel_numerical_gradient
+from engine import Gradient, parallel_numerical_gradient
 from engine.data._data import load_embedded_mnist
 from engine.fd._evaluators import loop_evaluate
 from engine.batched import _batched
 from engine.book._nets import MLP, ThreeLayerNet
 from engine.fd._schemes import get_scheme
 from engine.fd._space import ParamSpace
+from engine.nn._model import ModelLoss, mlp
 
 H = 1e-4
 SAMPLE_PER_ARRAY = 150
@@ -100,6 +103,14 @@ def test_block_size_does_not_change_a_bit(mnist):
         assert np.array_equal(default[name], tiny[name]), name
 
 
+def test_the_default_block_memory_is_the_documented_256_mib():
+    """The docstrings of `Gradient` and `parallel_numerical_gradient` say "default 256 MiB"."""
+    assert _batched.DEFAULT_BLOCK_MEMORY == 256 * 1024 * 1024
+    for function in (_batched.batched_evaluate, Gradient):   # parallel_numerical_gradient: Gradient's
+        default = inspect.signature(function).parameters["block_memory"].default
+        assert default == 268_435_456, function
+
+
 BLOCKS = _batched._blocks
 
 
@@ -114,9 +125,10 @@ def bounded_blocks(counts, most_entries, most_rows):
     ([7, 7, 7], 10, 3),           # every entry above the row limit: one entry per slice
     ([1, 5, 1, 1, 9, 2], 10, 4),  # some above it, some packed together
     ([2, 2, 2, 2, 2], 2, 100),    # the entry limit binds
+    ([2, 3, 1], 10, 4),           # the first two are one row over the limit
     ([3], 1, 1),
     ([], 4, 4),
-], ids=["all-above", "mixed", "entry-limit", "one", "none"])
+], ids=["all-above", "mixed", "entry-limit", "one-row-over", "one", "none"])
 def test_blocks_cover_every_entry_once_within_the_limits(counts, most_entries, most_rows):
     counts = np.array(counts, dtype=np.int64)
     slices = bounded_blocks(counts, most_entries, most_rows)
@@ -180,3 +192,62 @@ def test_float32_parameters(mnist):
         np.testing.assert_allclose(batched[name], loop[name], rtol=0,
                                    atol=1e-6 * np.abs(loop[name]).max() + 1e-9)
     assert f(None) == net.loss(x, t)
+
+
+def small_float32_loss(seed=8):
+    """A 6-5-4-3 tanh net in float32, entries of both sides of 1 in every array, all inputs
+    non-zero (so every weight entry is evaluated)."""
+    rng = np.random.default_rng(seed)
+    params = {"w1": rng.normal(0, 1.2, (6, 5)), "b1": rng.normal(0, 1.2, 5),
+              "w2": rng.normal(0, 1.2, (5, 4)), "b2": rng.normal(0, 1.2, 4),
+              "w3": rng.normal(0, 1.2, (4, 3)), "b3": rng.normal(0, 1.2, 3)}
+    params = {name: value.astype(np.float32) for name, value in params.items()}
+    return ModelLoss(mlp([6, 5, 4, 3], "tanh"), params, rng.uniform(0.1, 1, (4, 6)), [0, 2, 1, 1])
+
+
+@pytest.mark.parametrize("scheme", ["central", "forward"])
+def test_auto_steps_are_relative_to_each_entry_as_in_the_loop(scheme):
+    """float32, h="auto": steps of ~5e-3 (central) or ~3e-4 (forward) times max(1, |x_i|),
+    whose truncation error shows any other step; the same steps agree to float32's rounding."""
+    f = small_float32_loss()
+    for value in f.params.values():
+        assert np.any(np.abs(value) > 1.5) and np.any(np.abs(value) < 0.5)
+    batched, loop = (parallel_numerical_gradient(f, f.params, workers=1, h="auto", scheme=scheme,
+                                                 evaluator=evaluator) for evaluator in ("batched", "loop"))
+    for name in f.params:
+        ulp = np.spacing(np.abs(loop[name]).max())   # float32's
+        assert np.abs(batched[name] - loop[name]).max() <= 4 * ulp, name
+
+
+@pytest.mark.parametrize("name, index, message", [
+    ("w2", (3, 1), "x['w2'][3, 1] = 300000.0 + 0.0001"),
+    ("b2", (2,), "x['b2'][2] = -300000.0 + 0.0001"),
+])
+def test_an_entry_that_rounds_back_to_itself_is_named(name, index, message):
+    f = small_float32_loss()
+    f.params[name][index] = 3e5 if name == "w2" else -3e5    # float32 spacing there: 1/32
+    with pytest.raises(ValueError, match=re.escape(message + " rounds back to itself in float32")):
+        parallel_numerical_gradient(f, f.params, workers=1, h=1e-4, evaluator="batched")
+
+
+@pytest.mark.parametrize("block_memory, expected", [
+    (3 * 7680 - 1, [2, 2, 17, 17, 29, 29]),   # 23039 // 7680, // 1280, // 768
+    (1, [1] * 6),                             # less than one entry: one entry a block
+])
+def test_a_block_holds_as_many_entries_as_fit_in_block_memory(monkeypatch, block_memory, expected):
+    """A block of E entries is budgeted as 8 float64 arrays of (E, batch, width), width the
+    widest layer after the perturbed one; it holds the most entries that fit, and at least one.
+    Here (batch 4, a 12-30-5-3 net) an entry of layer 1 costs 64 * 4 * 30 = 7680 bytes, of
+    layer 2 64 * 4 * 5 = 1280 (its output is 5 wide), of layer 3 64 * 4 * 3 = 768."""
+    most = []
+    monkeypatch.setattr(_batched, "_blocks", lambda counts, most_entries, most_rows: (
+        most.append(most_entries) or BLOCKS(counts, most_entries, most_rows)))
+    rng = np.random.default_rng(9)
+    f = ModelLoss(mlp([12, 30, 5, 3], "tanh"), {
+        "w1": rng.normal(0, 0.3, (12, 30)), "b1": rng.normal(0, 0.3, 30), "w2": rng.normal(0, 0.3, (30, 5)),
+        "b2": rng.normal(0, 0.3, 5), "w3": rng.normal(0, 0.3, (5, 3)), "b3": rng.normal(0, 0.3, 3)},
+        rng.uniform(0.1, 1, (4, 12)), [0, 2, 1, 1])
+    space = ParamSpace(f.params)
+    _batched.batched_evaluate(f, space, [H] * 6, get_scheme("central"), 0, space.size,
+                              block_memory=block_memory)
+    assert most == expected

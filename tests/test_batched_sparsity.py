@@ -86,7 +86,8 @@ class TestSameBitsAsEveryDigitComputed:
             assert np.array_equal(new, expected), block_memory
 
     @pytest.mark.parametrize("scheme", sorted(SCHEMES))
-    @pytest.mark.parametrize("layers", ["no first bias, activation last", "affine after affine"])
+    @pytest.mark.parametrize("layers", ["no first bias, activation last", "affine after affine",
+                                        "two affine after an activation"])
     def test_other_layer_stacks(self, digits, layers, scheme):
         rng = np.random.default_rng(7)
         params = {"w1": rng.normal(0, 0.05, (784, 30)), "w2": rng.normal(0, 0.3, (30, 10)),
@@ -94,6 +95,10 @@ class TestSameBitsAsEveryDigitComputed:
         if layers == "affine after affine":
             params["b1"] = rng.normal(0, 0.1, 30)
             stack = [Affine("w1", "b1"), Affine("w2", "b2")]
+        elif layers == "two affine after an activation":   # w1's rows meet w2, then w3 at once
+            params = {"w1": params["w1"], "b1": rng.normal(0, 0.1, 30), "w2": rng.normal(0, 0.3, (30, 12)),
+                      "w3": rng.normal(0, 0.3, (12, 10)), "b3": rng.normal(0, 0.1, 10)}
+            stack = [Affine("w1", "b1"), Tanh(), Affine("w2"), Affine("w3", "b3")]
         else:
             stack = [Affine("w1"), Tanh(), Affine("w2", "b2"), Sigmoid()]
         f = ModelLoss(Sequential(stack, SoftmaxCrossEntropy()), params,
@@ -254,6 +259,49 @@ class TestReductionOrder:
             logits, labels = rng.standard_normal((500, 10)) * 5, rng.integers(0, 10, 500)
             got = _loss_by_class.losses_by_class(SoftmaxCrossEntropy(), logits.T.copy(), labels)
             assert np.array_equal(got, softmax_cross_entropy(logits, labels))
+        finally:
+            _loss_by_class._sums_like_numpy.cache_clear()
+
+    @pytest.mark.parametrize("n", [1, 2, 7, 8, 15, 16, 17, 24, 130, 300])
+    def test_pairwise_sum_adds_as_numpy_adds_a_row_and_leaves_its_parts(self, n):
+        rng = np.random.default_rng(n)
+        parts = list(rng.standard_normal((n, 50)) * np.exp(rng.uniform(-5, 5, (n, 50))))
+        before = [p.copy() for p in parts]
+        total = _loss_by_class.pairwise_sum(parts)
+        assert np.array_equal(total, np.stack(before, axis=-1).sum(axis=-1))
+        assert all(np.array_equal(p, q) for p, q in zip(parts, before))
+        total += 1.0   # a fresh array
+        assert all(np.array_equal(p, q) for p, q in zip(parts, before))
+
+    @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+    def test_the_class_by_class_route_is_taken_where_numpy_sums_alike(self, monkeypatch, dtype):
+        assert _loss_by_class._sums_like_numpy(np.dtype(dtype), 10)
+        taken = []
+
+        def spy(by_class, labels):
+            taken.append(by_class)
+            return original(by_class, labels)
+
+        original = _loss_by_class.softmax_cross_entropy_by_class
+        monkeypatch.setattr(_loss_by_class, "softmax_cross_entropy_by_class", spy)
+        rng = np.random.default_rng(5)
+        by_class, labels = rng.standard_normal((10, 30)).astype(dtype), rng.integers(0, 10, 30)
+        _loss_by_class.losses_by_class(SoftmaxCrossEntropy(), by_class, labels)
+        assert any(arg is by_class for arg in taken)
+
+    def test_the_summation_order_is_probed_for_the_class_count_not_the_sample_count(self, monkeypatch):
+        # a left-to-right sum is numpy's order for fewer than 8 terms, not for 10
+        monkeypatch.setattr(_loss_by_class, "pairwise_sum", lambda parts: sum(parts[1:], parts[0]))
+        _loss_by_class._sums_like_numpy.cache_clear()
+        try:
+            rng = np.random.default_rng(0)
+            logits, labels = rng.standard_normal((7, 10)) * 5, rng.integers(0, 10, 7)
+            expected = softmax_cross_entropy(logits, labels)
+            by_class = logits.T.copy()
+            assert not np.array_equal(_loss_by_class.softmax_cross_entropy_by_class(by_class, labels),
+                                      expected)
+            got = _loss_by_class.losses_by_class(SoftmaxCrossEntropy(), by_class, labels)
+            assert np.array_equal(got, expected)
         finally:
             _loss_by_class._sums_like_numpy.cache_clear()
 

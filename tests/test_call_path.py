@@ -6,6 +6,7 @@ or over the real thread pool: no worker processes, so each case runs in millisec
 was seen failing on the mutant it is named after (tests/README.md, "The derivative's call
 path (round two)").
 """
+import dataclasses
 import threading
 import time
 import warnings
@@ -26,7 +27,8 @@ from engine.fd._space import ParamSpace
 from engine.run import _backends
 from engine.run._backends import ThreadPool
 from engine.run._execution import Execution
-from engine.run._job import Job, Raised
+from engine.run._job import (CENTER, BatchedOptions, Job, Point, Raised, center, evaluate,
+                             value_at)
 
 
 def squares(v):
@@ -315,6 +317,28 @@ def test_the_probe_moves_down_at_the_upper_bound_and_stays_where_neither_side_fi
 ])
 def test_values_are_the_same_only_to_the_bit_and_errors_only_when_identical(ours, theirs, same):
     assert _identical(ours, theirs) is same
+
+
+def test_f_of_x_is_a_gradients_float_unless_the_job_says_vector():
+    space = ParamSpace(np.arange(1.0, 4.0))
+    by_job, _ = evaluate(Job("loop", "central", (1e-4,)), squares, space, CENTER, {})
+    alone = center(squares, space, {})
+    moved = value_at(squares, space, (np.array([2.0, 2.0, 3.0]),))
+    assert [type(value) for value in (by_job, alone, moved)] == [float] * 3
+    assert (by_job, alone, moved) == (14.0, 14.0, 17.0)
+    doubled, _ = evaluate(Job("loop", "central", (1e-4,), vector=True), lambda v: 2 * v, space,
+                          CENTER, {})
+    assert doubled.dtype == np.float64 and np.array_equal(doubled, [2.0, 4.0, 6.0])
+
+
+@pytest.mark.parametrize("value", [Job("loop", "central", (1e-4,)), BatchedOptions(2**20), Point(),
+                                   Raised("ValueError", "bad")],
+                         ids=["Job", "BatchedOptions", "Point", "Raised"])
+def test_a_calls_job_and_what_its_tasks_carry_are_frozen_values(value):
+    # The worker threads of one call share these very objects (a queue passes no copy).
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(value, dataclasses.fields(value)[0].name, None)
+    assert hash(value) == hash(dataclasses.replace(value))
 
 
 def test_the_error_shows_both_values_and_an_error_by_its_type_and_message():

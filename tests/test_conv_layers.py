@@ -99,6 +99,24 @@ class TestConvolution:
         with pytest.raises(ValueError, match="`pad` must be an int >= 0"):
             Convolution("w", pad=-1)
 
+    def test_im2col_and_col2im_default_to_stride_1_and_no_pad(self, rng):
+        z = rng.standard_normal((2, 2, 4, 5))
+        col = im2col(z, 3, 2)
+        assert col.shape == (2 * 2 * 4, 2 * 3 * 2)
+        assert np.array_equal(col, im2col(z, 3, 2, stride=1, pad=0))
+        assert np.array_equal(col2im(col, z.shape, 3, 2), col2im(col, z.shape, 3, 2, stride=1, pad=0))
+
+    def test_parameter_names_must_be_strings_and_only_the_bias_may_be_none(self):
+        for args, name in [((3,), "weight"), ((None,), "weight"), (("w", 3), "bias")]:
+            with pytest.raises(TypeError, match=f"`{name}` must be a parameter name"):
+                Convolution(*args)
+        assert Convolution("w").param_names() == ["w"]
+
+    @pytest.mark.parametrize("image,pad", [((3, 3, 3), 0), ((3, 1, 1), 1)])
+    def test_filters_that_just_fit_give_one_place(self, image, pad):
+        params = {"w": np.zeros((4, 3, 3, 3)), "b": np.zeros(4)}
+        assert Convolution("w", "b", pad=pad).check(params, image) == (4, 1, 1)
+
 
 class TestPooling:
     def test_forward_is_each_windows_maximum(self, rng):
@@ -120,6 +138,22 @@ class TestPooling:
         with pytest.raises(ValueError, match="does not fit"):
             Pooling(3, 3).check({}, (1, 2, 5))
 
+    def test_a_window_the_size_of_the_image_gives_one_place(self):
+        assert Pooling(2, 3).check({}, (5, 2, 3)) == (5, 1, 1)
+
+    def test_a_1_by_1_window_keeps_the_image(self, rng):
+        z = rng.standard_normal((2, 3, 4, 5))
+        assert Pooling(1, 1).check({}, (3, 4, 5)) == (3, 4, 5)
+        assert np.array_equal(Pooling(1, 1).forward({}, z), z)
+
+    @pytest.mark.parametrize("size", [0, -1, True, 2.0])
+    def test_window_sizes_and_strides_that_are_not_ints_from_1_are_refused(self, size):
+        for kwargs, name in [({"pool_h": size, "pool_w": 2}, "pool_h"),
+                             ({"pool_h": 2, "pool_w": size}, "pool_w"),
+                             ({"pool_h": 2, "pool_w": 2, "stride": size}, "stride")]:
+            with pytest.raises(ValueError, match=f"`{name}` must be an int >= 1"):
+                Pooling(**kwargs)
+
 
 class TestReshape:
     def test_flattens_and_restores(self, rng):
@@ -134,6 +168,11 @@ class TestReshape:
             Reshape((7, -1)).check({}, 60)
         with pytest.raises(ValueError, match="at most one -1"):
             Reshape((-1, -1))
+
+    @pytest.mark.parametrize("shape", [0, -2, 1.5, True, "3", (4, 0), (2, None)])
+    def test_sizes_that_are_not_positive_ints_are_refused(self, shape):
+        with pytest.raises(ValueError, match="`shape` must hold positive ints"):
+            Reshape(shape)
 
 
 class TestBatchNormalization:

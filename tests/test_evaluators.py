@@ -87,6 +87,15 @@ def test_a_range_across_two_arrays_is_that_slice_of_the_whole():
                        rtol=1e-7)
 
 
+def test_the_complex_step_is_refused_and_f_is_never_called():
+    """The loop evaluator is real-valued: scheme='complex' belongs to `complex_evaluate`."""
+    f = Counting()
+    space = ParamSpace(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"scheme='complex' is evaluated by .*complex_evaluate"):
+        loop_evaluate(f, space, [H], get_scheme("complex"), 0, 2)
+    assert f.calls == 0
+
+
 def test_an_empty_range_gives_an_empty_float_array():
     got, _ = evaluate(cube_sum, np.ones(3), start=2, stop=2)
     assert isinstance(got, np.ndarray) and got.shape == (0,)
@@ -189,6 +198,18 @@ def test_raise_ends_the_call_with_the_users_error_and_a_note_naming_the_side():
     assert np.array_equal(x, [1.0, 2.0, 3.0])
 
 
+def test_a_non_finite_loss_from_a_non_finite_x_names_its_first_such_entry():
+    x = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, np.nan, -np.inf])}
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at x\['a'\]\[0\]") as caught:
+        evaluate(lambda p: float(np.sum(p["a"]) + np.sum(p["b"])), x)
+    assert caught.value.__notes__ == [
+        "`x` itself is not finite: x['b'][1] is nan (2 non-finite entries in x['b']), so `f` may "
+        "be non-finite without any perturbation"]
+    with pytest.raises(FloatingPointError) as finite_x:   # a finite x gets no such note
+        evaluate(lambda v: math.nan, np.ones(2))
+    assert not hasattr(finite_x.value, "__notes__")
+
+
 @pytest.mark.parametrize("nan", [False, True], ids=["raises", "returns-nan"])
 def test_one_sided_takes_the_other_side_with_f_of_x_and_records_each_failure(nan):
     x = np.array([1.0, 2.0, 3.0, 4.0])
@@ -219,6 +240,8 @@ def test_one_sided_falls_to_first_order_where_the_second_point_fails_too():
     got, report = evaluate(g, x, on_failure="one-sided")
     assert got[0] == (cube_sum(moved(x, 0, -H)) - c) / -H
     assert [(flat, m) for flat, m, *_ in report.failures] == [(0, 1), (0, -2)]
+    # the multiple is an int, so the warning names the point "x_i - 2*h", not "x_i - 2.0*h"
+    assert [type(m) for _, m, *_ in report.failures] == [int, int]
 
 
 def test_one_sided_central4_uses_the_side_whose_two_points_evaluated():
@@ -238,6 +261,31 @@ def test_one_sided_with_the_forward_scheme_falls_back_to_the_backward_difference
     assert got[0] == (cube_sum(moved(x, 0, H)) - c) / H
     assert got[1] == (cube_sum(moved(x, 1, -H)) - c) / -H
     assert [(flat, m) for flat, m, *_ in report.failures] == [(1, 1)]
+
+
+@pytest.mark.parametrize("scheme, fail, calls", [
+    ("forward", {1: "+"}, 1 + 2 + 1),        # f(x), x_0 + h, x_1 + h (fails), x_1 - h
+    ("central4", {0: "+"}, 4 + 1 + 4),       # x_0's four points (two fail), f(x), x_1's four
+], ids=["forward", "central4"])
+def test_the_fallback_evaluates_no_point_it_does_not_combine(scheme, fail, calls):
+    """First order takes no second point; a point already evaluated is never evaluated again."""
+    x = np.array([1.0, 2.0])
+    f = failing(x, fail)
+    evaluate(f, x, scheme=scheme, on_failure="one-sided")
+    assert f.calls == calls, [p.tolist() for p in f.points]
+
+
+@pytest.mark.parametrize("fails, toward", [("+", -0.25), ("-", 0.25)], ids=["down-to-lower",
+                                                                            "up-to-upper"])
+def test_the_fallbacks_second_point_may_lie_exactly_on_a_bound(fails, toward):
+    """x = 0.5 in [0, 1] with h = 0.25: the side that works reaches the bound at 2h, which
+    is inside, so the one-sided difference keeps second order."""
+    x = np.array([0.5])
+    bounds = [(np.zeros(1), np.ones(1))]
+    got, report = evaluate(failing(x, {0: fails}), x, h=0.25, on_failure="one-sided",
+                           bounds=bounds)
+    assert got[0] == second(0.5, toward)
+    assert [(flat, m) for flat, m, *_ in report.failures] == [(0, 1 if fails == "+" else -1)]
 
 
 def test_nan_makes_the_failed_entries_nan_without_evaluating_f_of_x():

@@ -12,12 +12,14 @@ from engine import numerical_gradient
 from engine._errors import (NotDeterministicError, NumericalFallbackWarning, StepSizeWarning)
 from engine.run._execution import Execution
 from engine.batched._detect import choose_evaluator
+from engine.derivatives._failures import tell
 from engine.derivatives._gradient import Gradient, Jacobian, _signature
 from engine.derivatives._link import WorkerLink
 from engine.derivatives._link import lost_message as _lost_message
 from engine.fd._bounds import bounds_per_array as _bounds_per_array
 from engine.run._planning import Plan, Planner, default_chunks_per_worker, plan_chunks
 from engine.nn._model import ModelLoss, init_params, mlp
+from engine.fd._calling import Report
 from engine.fd._space import ParamSpace, split_range
 
 
@@ -336,6 +338,15 @@ def test_a_step_stored_off_by_more_than_one_percent_warns_and_one_percent_does_n
     with Gradient(squares, workers=1, h=0.0095) as g, warnings.catch_warnings():
         warnings.simplefilter("error")
         g(x)
+
+
+def test_a_stored_step_off_by_exactly_one_percent_is_not_warned():
+    space = ParamSpace(np.ones(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tell(space, Report(step_deviation=0.01), "raise") == []
+    with pytest.warns(StepSizeWarning, match="up to 1.0% of h"):
+        tell(space, Report(step_deviation=0.0100001), "raise")
 
 
 def test_a_jacobian_in_process_has_the_outputs_shape_first():

@@ -131,6 +131,18 @@ class TestSoftmax:
         with pytest.raises(ValueError, match="`a`"):
             softmax(3.0)
 
+    @pytest.mark.parametrize("function", [softmax, logsumexp, log_softmax])
+    def test_every_last_axis_function_refuses_a_scalar(self, function):
+        with pytest.raises(ValueError, match="`a` must have at least 1 dimension, got a scalar"):
+            function(3.0)
+
+    def test_a_stack_of_batches_is_taken_batch_by_batch(self):
+        a = np.random.default_rng(4).normal(scale=5, size=(3, 4, 7))
+        for function in (softmax, logsumexp, log_softmax):
+            out = function(a)
+            for k in range(3):
+                np.testing.assert_array_equal(out[k], function(a[k]))
+
 
 class TestCrossEntropy:
     def test_book_examples(self):
@@ -152,6 +164,21 @@ class TestCrossEntropy:
     def test_negative_probability_is_an_error(self):
         with pytest.raises(ValueError, match="`y`"):
             cross_entropy_error(np.array([-0.1, 1.1]), 0)
+
+    def test_probabilities_of_more_than_2_dimensions_are_refused(self):
+        with pytest.raises(ValueError, match="`y` must be 1-D or 2-D, got shape"):
+            cross_entropy_error(np.full((2, 2, 2), 0.5), [0, 1])
+
+    def test_softmax_cross_entropy_needs_a_batch_axis(self):
+        with pytest.raises(ValueError, match=r"`logits` must have shape \(\.\.\., B, C\)"):
+            softmax_cross_entropy(np.zeros(4), np.array([0]))
+
+    def test_softmax_cross_entropy_of_a_stack_checks_labels_against_the_class_axis(self):
+        logits = np.zeros((2, 3, 4))
+        np.testing.assert_allclose(softmax_cross_entropy(logits, np.array([0, 3, 1])), np.log(4.0),
+                                   rtol=1e-15)
+        with pytest.raises(ValueError, match=r"\[0, 4\), got 4"):
+            softmax_cross_entropy(logits, np.array([0, 4, 1]))
 
     def test_softmax_cross_entropy_hand_values(self):
         logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0]])

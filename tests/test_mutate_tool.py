@@ -46,6 +46,15 @@ def test_the_documented_mutants_and_no_others():
     }
 
 
+def test_the_listed_mutants_are_those_generated():
+    listed = _tool["list_mutants"](SOURCE)
+    assert [(m.id, m.line, m.before, m.after) for m in listed] == [
+        (m.id, m.line, m.before, m.after) for m, _ in generate(SOURCE)]
+    engine = (TOOL.parent.parent / "engine" / "run" / "_job.py").read_text()
+    assert [(m.id, m.before, m.after) for m in _tool["list_mutants"](engine)] == [
+        (m.id, m.before, m.after) for m, _ in generate(engine)]
+
+
 def test_each_mutant_is_one_change_to_valid_python():
     original = ast.dump(ast.parse(SOURCE))
     sources = [source for _, source in generate(SOURCE)]
@@ -122,7 +131,7 @@ def _result(tmp_path, mutants):
 
 
 def _first_killed():
-    first = _tool["generate"]((TOOL.parent.parent / "engine/fd/_space.py").read_text())[0][0]
+    first = _tool["list_mutants"]((TOOL.parent.parent / "engine/fd/_space.py").read_text())[0]
     killed = {"id": first.id, "before": first.before, "after": first.after, "status": "killed"}
     return first, killed
 
@@ -145,3 +154,10 @@ def test_the_table_refuses_a_result_of_the_module_before_it_changed(tmp_path):
     killed["after"] = "something else"
     with pytest.raises(ValueError, match=rf"mutant #{first.id} .* the module changed"):
         _table_tool["combine"]([_result(tmp_path, [killed])])
+
+
+def test_a_failed_tests_id_is_read_whole_even_with_spaces():
+    collected = ["t.py::test_p[a b - c]", "t.py::test_p[a]", "t.py::test_q"]
+    summaries = ["t.py::test_p[a b - c] - assert False", "t.py::test_q", "t.py::test_r - gone"]
+    assert _tool["node_ids"](summaries, collected) == [
+        "t.py::test_p[a b - c]", "t.py::test_q", "t.py::test_r"]

@@ -113,6 +113,31 @@ class TestAssemble:
         assert isinstance(grad, np.ndarray)
         assert np.array_equal(grad, [[0.0, 1.0], [2.0, 3.0]])
 
+    def test_a_vector_fs_rows_go_to_out_shape_plus_each_members_shape(self):
+        """Row k of `values` is entry k's derivative of every output: it lands at
+        ``grad[name][(o,) + index]`` for output o."""
+        x = {"a": np.zeros((2, 3)), "b": np.zeros(2, dtype=np.float32)}
+        values = np.arange(8 * 3, dtype=np.float64).reshape(8, 3)   # 8 entries, 3 outputs
+        grads = ParamSpace(x).assemble(values, out_shape=(3,))
+        assert grads["a"].shape == (3, 2, 3) and grads["b"].shape == (3, 2)
+        assert grads["b"].dtype == np.float32
+        for o in range(3):
+            assert np.array_equal(grads["a"][o], values[:6, o].reshape(2, 3))
+            assert np.array_equal(grads["b"][o], values[6:, o])
+        matrix = ParamSpace(np.zeros(2)).assemble(np.arange(8.0).reshape(2, 4), out_shape=(2, 2))
+        assert np.array_equal(matrix, np.arange(8.0).reshape(2, 4).T.reshape(2, 2, 2))
+
+    def test_restored_puts_back_what_the_block_wrote(self):
+        x = mixed()
+        before = {k: v.copy() for k, v in x.items()}
+        space = ParamSpace(x)
+        with pytest.raises(ZeroDivisionError):
+            with space.restored():
+                x["a"][...] = -1.0
+                x["c"][0] = 99.0
+                raise ZeroDivisionError
+        assert all(np.array_equal(x[k], before[k]) for k in x)
+
     def test_zeros_like_matches_shapes_and_dtypes(self):
         zeros = ParamSpace(mixed()).zeros_like()
         assert [(z.shape, z.dtype) for z in zeros] == [((2, 3), np.float64), ((), np.float64),
@@ -134,6 +159,20 @@ class TestBadInput:
     def test_a_member_that_is_not_an_array(self):
         with pytest.raises(TypeError, match=r"`x\['w'\]` must be a NumPy array, got list"):
             ParamSpace({"w": [1.0]})
+
+    @pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+    @pytest.mark.parametrize("kind", ["MaskedArray", "matrix"])
+    def test_a_masked_array_or_matrix_is_refused_naming_its_kind(self, kind):
+        member = (np.ma.masked_array(np.zeros(2), mask=[True, False]) if kind == "MaskedArray"
+                  else np.asmatrix(np.zeros((1, 2))))
+        with pytest.raises(TypeError, match=rf"`x\['w'\]` is a {kind}, whose entries do not "
+                                            r"behave as a plain array's"):
+            ParamSpace({"w": member})
+
+    def test_a_complex_member_is_refused_naming_the_real_and_imaginary_parts(self):
+        with pytest.raises(TypeError, match=r"`x\[0\]` has the complex dtype complex128, but "
+                                            r"needs a real floating dtype.*\(x\.real, x\.imag\)"):
+            ParamSpace([np.zeros(2, dtype=np.complex128)])
 
     def test_a_structure_of_another_kind(self):
         with pytest.raises(TypeError, match="`x` must be a floating-point ndarray.*got set"):

@@ -5,6 +5,7 @@ not; the sparse result's entries equal the dense loop Jacobian's for an `f` whos
 are each computed from their own inputs alone (the chain below). SciPy's own test case
 (*Numerical Optimization*, p. 198, x just inside its bounds) is held to SciPy's rtol.
 """
+import dataclasses
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 sparse = pytest.importorskip("scipy.sparse")
 
 from engine.derivatives._sparse import assemble_csr, missed_nonzero, resolve_sparsity  # noqa: E402
+from engine.fd._schemes import Scheme  # noqa: E402
 from engine.fd._space import ParamSpace  # noqa: E402
 
 N = 12
@@ -40,6 +42,13 @@ class TestResolve:
         assert pair.n_groups == N
         with pytest.raises(ValueError, match=r"sparsity\[1\] \(the groups\)` puts columns 0 and 1"):
             resolve_sparsity((chain_pattern(), np.arange(N) // 2))
+
+    def test_the_result_cannot_be_changed_and_is_hashed_by_identity(self):
+        """The checked pattern and groups a Jacobian keeps for all its calls: frozen, equal only to itself."""
+        first, second = resolve_sparsity(chain_pattern()), resolve_sparsity(chain_pattern())
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            first.groups = np.zeros(N, dtype=int)
+        assert len({first, second, first}) == 2 and first != second
 
     def test_a_tuple_of_another_length_is_refused(self):
         with pytest.raises(ValueError, match=r"\(pattern, groups\)"):
@@ -105,6 +114,23 @@ class Counting:
     def __call__(self, x):
         self.calls += 1
         return self.f(x)
+
+
+CALLS = []   # the evaluations of the two functions below: module state, which thread workers share
+
+
+def counted_chain(x):
+    CALLS.append(1)
+    return chain(x)
+
+
+def counted_chain_failing_up(x):
+    """`chain`, counted, raising where x[3] or x[4] is above chain_x0's: the + sides of groups
+    0 and 1, the first task of each of two workers."""
+    CALLS.append(1)
+    if np.any(x[3:5] > chain_x0(x.size)[0][3:5]):
+        raise ArithmeticError("diverged")
+    return chain(x)
 
 
 class TestResult:
@@ -187,6 +213,33 @@ class TestResult:
         assert f.calls == calls   # the groups' evaluations and f(x), which every Jacobian call makes
 
 
+    @pytest.mark.parametrize("f, scheme, bounded, on_failure, grouped", [
+        (counted_chain, "forward", False, "raise", True), (counted_chain, "central", True, "raise", True),
+        (counted_chain_failing_up, "central", False, "one-sided", True),
+        (counted_chain, "forward", False, "raise", False)],
+        ids=["forward", "central-at-bounds", "central-one-sided", "dense-forward"])
+    def test_on_two_workers_f_of_x_is_still_evaluated_once_per_call(self, f, scheme, bounded, on_failure,
+                                                                      grouped):
+        """Where the tasks need f(x) (forward, a bound, a fallback), it is computed once for all
+        the chunks: each task's evaluations plus one, as on one worker. (The first two tasks go
+        to the two workers, and both need f(x): a worker that computed it itself counts.)"""
+        x0, lower, upper = chain_x0(40)
+        CALLS.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumericalFallbackWarning)
+            with engine.Jacobian(f, sparsity=chain_pattern(40) if grouped else None, scheme=scheme,
+                                 on_failure=on_failure, bounds=(lower, upper) if bounded else None,
+                                 workers=2, backend="threading", dispatch="parallel",
+                                 check_state=False, chunk_size=1) as J:
+                J(x0.copy())
+        tasks = 3 if grouped else 40
+        assert len(CALLS) == tasks * (1 if scheme == "forward" else 2) + 1
+
+    def test_an_f_with_no_outputs_gives_an_empty_matrix(self):
+        got = engine.jacobian(lambda v: np.zeros(0), np.ones(3), sparsity=np.zeros((0, 3)), workers=1)
+        assert isinstance(got, sparse.csr_array) and got.shape == (0, 3) and got.nnz == 0
+
+
 class TestScipyCase:
     """SciPy's test of sparse differences: *Numerical Optimization* p. 198, n = 50, x just inside
     its bounds, held to SciPy's rtol of 1e-6 against the analytic Jacobian."""
@@ -242,6 +295,14 @@ class TestBadInput:
                 J(x)
         assert f.calls == 0 and np.array_equal(x, np.ones(N + 1))
 
+    def test_a_pattern_of_the_wrong_width_is_refused_before_the_check_evaluates_f(self):
+        f = Counting(chain)
+        with engine.Jacobian(f, sparsity=chain_pattern(), check_sparsity=True, workers=1) as J:
+            with pytest.raises(ValueError, match=r"`sparsity` has shape \(12, 12\): 12 columns, but "
+                                                 r"`x` has 13 entries"):
+                J(np.ones(N + 1))
+        assert f.calls == 0
+
     def test_an_f_with_another_number_of_outputs_is_named(self):
         with pytest.raises(ValueError, match="`f` returned 11 values but `sparsity` has 12 rows"):
             engine.jacobian(lambda v: chain(v)[1:], np.ones(N), sparsity=chain_pattern(), workers=1,
@@ -256,7 +317,10 @@ class TestBadInput:
     @pytest.mark.parametrize("options, match", [
         (dict(evaluator="loop"), "`evaluator` does not apply with `sparsity`"),
         (dict(check_sparsity="yes"), "`check_sparsity` must be True or False"),
-    ], ids=["evaluator", "check-not-bool"])   # the complex step: tests/test_accuracy.py
+        (dict(scheme=Scheme("backward", (-1,), True, lambda v, c, h: (c - v[0]) / h,
+                            lambda v, c, s: (v[0] - c) / s[0], order=1, auto_root=2)),
+         r"takes `scheme` in \('central', 'forward', 'central4'\) or 'complex', got 'backward'"),
+    ], ids=["evaluator", "check-not-bool", "a-scheme-object-of-another-kind"])   # complex: test_accuracy.py
     def test_options_that_do_not_apply_are_refused(self, options, match):
         with pytest.raises(ValueError, match=match):
             engine.Jacobian(chain, sparsity=chain_pattern(), **options)
@@ -296,6 +360,17 @@ class TestCheckSparsity:
             assert f.calls == (N + 1) + (2 * 3 + 1)   # the forward dense check, the groups, f(x)
             assert same_csr(J(x0.copy()), first)
             assert f.calls == (N + 1) + 2 * (2 * 3 + 1)   # checked once, not again
+
+    def test_a_pattern_of_fewer_outputs_than_inputs_is_checked_too(self):
+        pattern = np.zeros((2, 4), dtype=bool)
+        pattern[0, :2] = pattern[1, 2:] = True
+        f = lambda v: np.array([v[0] * v[1], v[2] + v[3] ** 2])  # noqa: E731
+        x = np.arange(1.0, 5.0)
+        got = engine.jacobian(f, x, sparsity=pattern, check_sparsity=True, workers=1)
+        assert np.array_equal(got.toarray() != 0, pattern)
+        pattern[1, 3] = False
+        with pytest.raises(ValueError, match=r"output 1 depends on x\[3\] \(column 3;"):
+            engine.jacobian(f, x, sparsity=pattern, check_sparsity=True, workers=1)
 
     @pytest.mark.parametrize("scheme", ["central4", "central"])
     def test_a_right_pattern_passes_whatever_the_scheme_and_bounds(self, scheme):

@@ -3,16 +3,21 @@ one update per worker per call, a bounded close(), failed updates, the exact sta
 
 Each case was seen failing on the one-line bug it is named after (see tests/README.md).
 """
+import gc
 import os
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine import Gradient, StateNotShippedError, WorkerError, numerical_gradient
+from engine.run._bundle import dumps_bundle
+from engine.run._job import CENTER, Job
+from engine.run._worker import serve
 
 GUARD_SECONDS = 60     # bounds a failure only: no test waits for it
 
@@ -283,3 +288,93 @@ def test_an_error_that_would_change_type_on_the_way_arrives_as_a_worker_error_na
         with pytest.raises(WorkerError, match="ChangesTypeWhenPickled") as caught:
             g(np.arange(3.0))
     assert not isinstance(caught.value, ValueError)
+
+
+# -- one worker's loop, driven message by message ---------------------------------------------------
+
+class Scripted:
+    """A worker's channel, in this thread: `recv` hands out `script` in turn (a callable in it
+    is called instead, to look at the worker between two messages); `send` keeps each reply's
+    kind and what it carries (an error by its type: the error itself holds the worker's frames)."""
+
+    def __init__(self, script):
+        self.script, self.replies = list(script), []
+
+    def recv(self):
+        while callable(self.script[0]):
+            self.script.pop(0)()
+        return self.script.pop(0)
+
+    def send(self, message):
+        kind, *rest = message
+        if kind == "error":
+            rest[-1] = type(rest[-1]).__name__
+        self.replies.append((kind, *rest))
+
+
+_copies = weakref.WeakSet()   # the copies of CountedSquares that workers unpickled, still alive
+
+
+class CountedSquares:
+    """`squares`; every unpickled copy is counted in `_copies` while it lives."""
+
+    def __init__(self):
+        self.home = os.getpid()   # a state to unpickle: __setstate__ is called
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        _copies.add(self)
+
+    def __call__(self, v):
+        return squares(v)
+
+
+CENTRAL = Job("loop", "central", (None,))
+
+
+def test_a_dropped_resident_whose_update_failed_leaves_no_copy_of_f_in_the_worker():
+    x, alive = np.arange(1.0, 4.0), []
+
+    def count():
+        gc.collect()
+        alive.append(len(_copies))
+
+    channel = Scripted([
+        ("ship", "a", dumps_bundle(CountedSquares(), x, [x]), None), count,
+        ("task", 1, "a", 0, CENTRAL, CENTER, ("a", [np.ones(5)], None)),   # 5 values for 3
+        ("drop", "a"), count,
+        ("stop",)])
+    serve(channel)
+    assert channel.replies == [("shipped", "a", None), ("error", 1, 0, "ValueError")]
+    assert alive == [1, 0]
+
+
+def test_a_resident_shipped_again_after_a_failed_update_leaves_no_old_copy_of_f():
+    x, alive = np.arange(1.0, 4.0), []
+
+    def count():
+        gc.collect()
+        alive.append(len(_copies))
+
+    bundle = dumps_bundle(CountedSquares(), x, [x])
+    channel = Scripted([
+        ("ship", "a", bundle, None),
+        ("task", 1, "a", 0, CENTRAL, CENTER, ("a", [np.ones(5)], None)),   # 5 values for 3
+        ("ship", "a", bundle, None), count,   # reship(): the old copy is gone before any task
+        ("stop",)])
+    serve(channel)
+    assert channel.replies == [("shipped", "a", None), ("error", 1, 0, "ValueError"),
+                               ("shipped", "a", None)]
+    assert alive == [1]
+
+
+def test_a_worker_without_shared_values_goes_on_after_a_drop():
+    # A thread's residents have no shared memory to unmap when dropped.
+    x = np.arange(1.0, 4.0)
+    bundle = dumps_bundle(squares, x, [x])
+    channel = Scripted([("ship", "a", bundle, None), ("drop", "a"), ("ship", "b", bundle, None),
+                        ("task", 1, "b", 0, CENTRAL, CENTER, ("b", [x + 1], None)), ("stop",)])
+    serve(channel)
+    assert channel.replies[:2] == [("shipped", "a", None), ("shipped", "b", None)]
+    kind, call, number, (value, _) = channel.replies[2]
+    assert (kind, call, number, value) == ("done", 1, 0, squares(x + 1))

@@ -163,6 +163,16 @@ def _left_alone(tree: ast.Module) -> set[int]:
     return skip
 
 
+def list_mutants(source: str) -> list[Mutant]:
+    """The mutants `generate` makes, without their sources: one parse, for listing."""
+    tree = ast.parse(source)
+    skip = _left_alone(tree)
+    return [Mutant(index, node.lineno, _snippet(node), after)
+            for index, (node, after) in enumerate(
+                ((n, after) for n in ast.walk(tree) if id(n) not in skip
+                 for _, after in _mutations(n)), start=1)]
+
+
 def generate(source: str) -> list[tuple[Mutant, str]]:
     """Every mutant of `source`, each with the whole mutated module's source.
 
@@ -273,10 +283,22 @@ def _run_tests(sandbox: Path, tests: list[str], keyword: str | None, timeout: fl
             process.wait()
             return "timeout", []
         log.seek(0)
-        failed = [line.split()[1] for line in log if line.startswith(("FAILED ", "ERROR "))]
+        failed = [line.split(" ", 1)[1].rstrip("\n") for line in log
+                  if line.startswith(("FAILED ", "ERROR "))]
     if code == 5:
         raise SystemExit(f"pytest collected no tests from {tests}")
     return ("survived" if code == 0 else "killed"), failed
+
+
+def node_ids(summaries: list[str], collected: list[str]) -> list[str]:
+    """The node ids of pytest's short-summary lines (``id - message``): the longest collected
+    id each line starts with, so that a parametrized id holding spaces is read whole; else
+    the line up to its first space."""
+    out = []
+    for line in summaries:
+        found = [c for c in collected if line == c or line.startswith(c + " ")]
+        out.append(max(found, key=len) if found else line.split(" ", 1)[0])
+    return out
 
 
 def _check_sandbox_imports(sandbox: Path, module: str) -> None:
@@ -337,7 +359,8 @@ def run(module: str, tests: list[str], keyword: str | None, timeout: float | Non
                 continue
             target.write_text(source)
             start = time.perf_counter()
-            mutant.status, mutant.failed = _run_tests(sandbox, tests, keyword, limit, record)
+            mutant.status, failed = _run_tests(sandbox, tests, keyword, limit, record)
+            mutant.failed = node_ids(failed, collected)
             mutant.seconds = round(time.perf_counter() - start, 2)
             print(f"  {mutant.status:8} {mutant.describe(module)}", flush=True)
         target.write_text(original)
@@ -400,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no module {args.module} under {ROOT}")
     ids = {int(i) for i in args.ids.split(",")} if args.ids else None
     if args.list:
-        for mutant, _ in generate((ROOT / args.module).read_text()):
+        for mutant in list_mutants((ROOT / args.module).read_text()):
             if not ids or mutant.id in ids:
                 print(toml_entry(mutant) if args.toml else mutant.describe(args.module))
         return 0

@@ -32,7 +32,7 @@ _mutate = runpy.run_path(str(Path(__file__).with_name("mutate.py")))   # a scrip
 
 
 def current_mutants(module: str) -> list:
-    return [m for m, _ in _mutate["generate"]((ROOT / module).read_text())]
+    return _mutate["list_mutants"]((ROOT / module).read_text())
 
 
 def combine(paths: list[Path]) -> dict[str, dict]:
