@@ -73,6 +73,7 @@ class TestFreshRun:
         (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
         (["--scheduler", "tcp://x:1"], "--scheduler is only used with --backend dask"),
         (["--backend", "nosuch"], "--backend must be one of"),
+        (["--backend", "dsak", "--scheduler", "tcp://x:1"], "--backend must be one of"),
         (["--workers", "100000"], "--workers"),
         (["--hidden", "3", "0"], "--hidden widths must be positive, got [3, 0]"),
         (["--net", "convnet", "--hidden", "3", "4"], "--net convnet has one hidden layer: give "

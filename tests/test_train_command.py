@@ -76,6 +76,14 @@ class TestFinishedRun:
             assert set(saved.files) == set(params)
             assert all(np.array_equal(saved[name], params[name]) for name in params)
 
+    def test_the_correct_count_is_the_accuracy_times_the_images(self, tmp_path, monkeypatch,
+                                                                 capsys):
+        monkeypatch.setattr(Trainer, "accuracy", lambda self, data, params=None: 0.5)
+        out = tmp_path / "run"
+        assert main([*TINY, "--gradient", "backprop", "--out", str(out), "--no-progress"]) == 0
+        assert capsys.readouterr().out.endswith("test accuracy: 0.5000 (1/2)\n")
+        assert json.loads((out / "metrics.json").read_text())["test_correct"] == 1
+
     def test_a_backprop_run_says_so_and_its_plot_is_drawn(self, tmp_path, monkeypatch, capsys):
         drawn = []
 
@@ -122,10 +130,15 @@ class TestFinishedRun:
         closed = []
         close = Trainer.close
         monkeypatch.setattr(Trainer, "close", lambda self: closed.append(1) or close(self))
-        before = signal.getsignal(signal.SIGTERM)
-        assert main([*TINY, "--gradient", "backprop", "--out", str(tmp_path / "run"),
-                     "--no-progress"]) == 0
-        assert closed == [1] and signal.getsignal(signal.SIGTERM) is before
+        def mine(signum, frame):   # a handler of the caller's, not one a run left behind
+            pass
+        before = signal.signal(signal.SIGTERM, mine)
+        try:
+            assert main([*TINY, "--gradient", "backprop", "--out", str(tmp_path / "run"),
+                         "--no-progress"]) == 0
+            assert closed == [1] and signal.getsignal(signal.SIGTERM) is mine
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
 
 class TestFolders:
