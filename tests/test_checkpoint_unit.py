@@ -1,4 +1,5 @@
 """Checkpoint files without a training run: what round-trips, what is refused, what is left."""
+import json
 import os
 import re
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.train._checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
-                               save_npz_atomic)
+                               save_npz_atomic, write_json_atomic)
 
 
 def params():
@@ -41,6 +42,20 @@ def test_a_new_checkpoint_replaces_the_old_and_leaves_no_other_file(tmp_path):
     assert list(loaded) == ["w1"] and np.array_equal(loaded["w1"], np.ones(2))
     assert restored == {"step": 8}
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+
+
+def test_write_json_atomic_writes_the_document_indented_by_one_and_returns_the_path(tmp_path):
+    target = tmp_path / "metrics.json"
+    document = {"loss": [2.5, 1.25], "step": 3}
+    assert write_json_atomic(str(target), document) == target
+    assert target.read_text() == '{\n "loss": [\n  2.5,\n  1.25\n ],\n "step": 3\n}'
+    assert json.loads(target.read_text()) == document
+
+
+def test_write_json_atomic_of_what_json_cannot_hold_writes_nothing(tmp_path):
+    with pytest.raises(TypeError, match="ndarray"):
+        write_json_atomic(tmp_path / "metrics.json", {"loss": np.ones(2)})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_npz_atomic_returns_the_path_it_wrote(tmp_path):

@@ -313,6 +313,22 @@ class TestSequentialOfImages:
         assert inference.logits({**params, **state}, x).shape == (4, 3)
         assert Sequential([Affine("w")], SoftmaxCrossEntropy()).for_inference().layers[0].weight == "w"
 
+    def test_for_inference_is_the_net_itself_where_no_layer_changes(self):
+        plain = Sequential([Affine("w", "b"), ReLU(), Affine("v")], SoftmaxCrossEntropy())
+        assert plain.for_inference() is plain
+        dropped = Sequential([Affine("w"), Dropout(0.5)], SoftmaxCrossEntropy())
+        inference = dropped.for_inference()
+        assert inference is not dropped and inference.loss_layer is dropped.loss_layer
+        assert dropped.layers[1].train and not inference.layers[1].train
+
+    def test_each_image_sample_is_checked_whole(self, rng):
+        """The first layer's check gets the shape of one sample, (C, H, W), not less."""
+        net = Sequential([Reshape(-1), Affine("w", "b")], SoftmaxCrossEntropy())
+        params = {"w": np.zeros((12, 2)), "b": np.zeros(2)}
+        x = rng.standard_normal((5, 3, 2, 2))
+        assert net.logits(params, x).shape == (5, 2)
+        assert net.init_state(params, x) == {}
+
     def test_update_state_without_the_state_is_refused(self, rng):
         net, params = self.net(), self.params(rng)
         with pytest.raises(ValueError, match="`state` has no entry 'g_mean'"):

@@ -280,6 +280,13 @@ class TestLayers:
         dz, grads = layer.backward(params, z, layer.forward(params, z), np.ones((1, 3)))
         assert list(grads) == ["w"] and dz.shape == (1, 2)
 
+    def test_affine_refuses_samples_of_more_than_one_axis_naming_the_fix(self):
+        params = {"w": np.zeros((12, 2)), "b": np.zeros(2)}
+        assert Affine("w", "b").check(params, 12) == 2
+        with pytest.raises(ValueError, match=r"Affine\('w', 'b'\) needs rows, samples of one "
+                                             r"axis, .* shape \(3, 2, 2\): put Reshape\(-1\)"):
+            Affine("w", "b").check(params, (3, 2, 2))
+
     def test_affine_names_must_be_strings(self):
         with pytest.raises(TypeError, match="`weight`"):
             Affine(np.zeros((2, 2)))
@@ -487,6 +494,33 @@ class TestMlpAndInit:
             ("w1", "b1"), ("w2", "b2"), ("w3", "b3")
         ]
         assert isinstance(net.loss_layer, SoftmaxCrossEntropy)
+
+    def test_mlp_with_batch_norm_and_dropout_puts_them_around_each_hidden_activation(self):
+        """The book's MultiLayerNetExtend: Affine, BatchNorm, act, Dropout per hidden layer;
+        the dropout seeds are dropout_seed + i."""
+        net = mlp([6, 5, 4, 3], "tanh", batch_norm=True, dropout=0.25, dropout_seed=10)
+        assert [repr(layer) for layer in net.layers] == [
+            "Affine('w1', 'b1')", "BatchNormalization('gamma1', 'beta1', train)", "Tanh()",
+            "Dropout(0.25, seed=11, train)",
+            "Affine('w2', 'b2')", "BatchNormalization('gamma2', 'beta2', train)", "Tanh()",
+            "Dropout(0.25, seed=12, train)",
+            "Affine('w3', 'b3')"]
+        assert repr(mlp([6, 5, 3], dropout=0.5).layers[2]) == "Dropout(0.5, seed=1, train)"
+        with pytest.raises(ValueError, match=r"in \[0, 1\), got 1\.0"):
+            mlp([6, 3], dropout=1.0)   # checked also where no hidden layer would take it
+
+    def test_init_params_with_batch_norm_adds_unit_gammas_and_zero_betas_per_hidden_layer(self):
+        params = init_params([6, 5, 4, 3], seed=2, batch_norm=True, dtype=np.float32)
+        assert list(params) == ["w1", "b1", "gamma1", "beta1", "w2", "b2", "gamma2", "beta2",
+                                "w3", "b3"]
+        for i, width in ((1, 5), (2, 4)):
+            assert np.array_equal(params[f"gamma{i}"], np.ones(width, dtype=np.float32))
+            assert np.array_equal(params[f"beta{i}"], np.zeros(width, dtype=np.float32))
+            assert params[f"gamma{i}"].dtype == params[f"beta{i}"].dtype == np.float32
+        plain = init_params([6, 5, 4, 3], seed=2, dtype=np.float32)
+        assert all(np.array_equal(plain[k], params[k]) for k in plain)
+        net = mlp([6, 5, 4, 3], batch_norm=True)
+        assert net.param_names() == list(params)
 
     def test_init_params(self):
         params = init_params([784, 100, 10], weight_init_std=0.01, seed=0)
