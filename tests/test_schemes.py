@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.fd._schemes import SCHEMES, Scheme, auto_step, fit_to_bounds, get_scheme, one_sided, resolve_steps
+from engine.fd._schemes import (COMPLEX, DEFAULT_STEP, SCHEMES, Scheme, auto_step, check_step, fit_to_bounds,
+                               get_scheme, one_sided, resolve_steps)
 
 X, H = 3.0, 0.5
 
@@ -175,3 +176,30 @@ class TestOneSidedAndBounds:
         scheme, h = fit_to_bounds(get_scheme("central"), x, 0.25, lower, upper)
         assert (scheme.name, h) == (name, pytest.approx(step, abs=1e-15))
         assert all(lower <= x + m * h <= upper for m in scheme.multiples)
+
+
+def test_the_complex_step_is_im_f_over_h_at_one_point_without_f_of_x():
+    """``Im f(x + ih) / h``: one multiple, no f(x), second order, divided by h or the stored step."""
+    assert (COMPLEX.name, COMPLEX.multiples, COMPLEX.uses_center, COMPLEX.order,
+            COMPLEX.complex_step) == ("complex", (1,), False, 2, True)
+    assert COMPLEX.combine([3.0], None, 0.5) == 6.0
+    assert COMPLEX.combine_stored([3.0], None, [0.25]) == 12.0
+
+
+def test_the_default_step_is_the_teaching_texts_h():
+    from engine import numerical_gradient
+
+    f = lambda v: float(np.sum(v ** 3))  # noqa: E731
+    x = np.array([0.5, -1.5])
+    assert DEFAULT_STEP == 1e-4
+    assert np.array_equal(numerical_gradient(f, x.copy()), numerical_gradient(f, x.copy(), h=1e-4))
+
+
+def test_auto_is_one_none_per_array():
+    assert resolve_steps("auto", ["a", "b", "c"], ["x['a']", "x['b']", "x['c']"]) == [None] * 3
+
+
+def test_an_integer_step_too_large_for_a_float_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match=r"`h` must be a positive finite number, got 1000.* \(too "
+                                         r"large for a float\)"):
+        check_step(10 ** 400)
