@@ -203,3 +203,9 @@ def test_an_integer_step_too_large_for_a_float_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match=r"`h` must be a positive finite number, got 1000.* \(too "
                                          r"large for a float\)"):
         check_step(10 ** 400)
+
+
+def test_a_forward_step_shrunk_with_equal_room_on_both_sides_stays_forward():
+    """A forward difference has no centred form; on a tie it keeps its own direction."""
+    chosen, step = fit_to_bounds(get_scheme("forward"), 0.5, 1.0, 0.25, 0.75)
+    assert (chosen.multiples, step) == ((1,), 0.25)
