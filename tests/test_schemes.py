@@ -209,3 +209,9 @@ def test_a_forward_step_shrunk_with_equal_room_on_both_sides_stays_forward():
     """A forward difference has no centred form; on a tie it keeps its own direction."""
     chosen, step = fit_to_bounds(get_scheme("forward"), 0.5, 1.0, 0.25, 0.75)
     assert (chosen.multiples, step) == ((1,), 0.25)
+
+
+@pytest.mark.parametrize("order, like", [(1, "forward"), (2, "central"), (4, "central4")])
+def test_a_one_sided_scheme_takes_the_auto_step_of_the_scheme_of_its_order(order, like):
+    for side in (1, -1):
+        assert auto_step(one_sided(order, side), np.float32) == auto_step(get_scheme(like), np.float32)
