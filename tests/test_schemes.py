@@ -215,3 +215,16 @@ def test_a_forward_step_shrunk_with_equal_room_on_both_sides_stays_forward():
 def test_a_one_sided_scheme_takes_the_auto_step_of_the_scheme_of_its_order(order, like):
     for side in (1, -1):
         assert auto_step(one_sided(order, side), np.float32) == auto_step(get_scheme(like), np.float32)
+
+
+@pytest.mark.parametrize("name", ["central", "forward", "central4"])
+def test_a_shrunk_step_keeps_every_point_inside_despite_rounding(name):
+    """The step that fits in exact arithmetic is taken down an ulp at a time until the
+    rounded points fit too (random bounds with a fixed seed, among them points that
+    rounding would put an ulp outside)."""
+    rng = np.random.default_rng(7)
+    scheme = get_scheme(name)
+    for lower, base, upper in np.sort(rng.uniform(-3.0, 3.0, size=(300, 3)), axis=1):
+        chosen, step = fit_to_bounds(scheme, float(base), 10.0, float(lower), float(upper))
+        assert step > 0
+        assert all(lower <= base + m * step <= upper for m in chosen.multiples)
