@@ -228,3 +228,10 @@ def test_a_shrunk_step_keeps_every_point_inside_despite_rounding(name):
         chosen, step = fit_to_bounds(scheme, float(base), 10.0, float(lower), float(upper))
         assert step > 0
         assert all(lower <= base + m * step <= upper for m in chosen.multiples)
+
+
+def test_a_dict_of_steps_takes_auto_per_key_and_refuses_another_string():
+    keys, labels = ["a", "b"], ["x['a']", "x['b']"]
+    assert resolve_steps({"a": "auto", "b": 0.5}, keys, labels) == [None, 0.5]
+    with pytest.raises(TypeError, match=r"`h\['a'\]` must be a positive finite number, got str 'fast'"):
+        resolve_steps({"a": "fast", "b": 0.5}, keys, labels)
