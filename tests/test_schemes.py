@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.fd._schemes import SCHEMES, Scheme, auto_step, fit_to_bounds, get_scheme, one_sided, resolve_steps
+from engine.fd._schemes import (COMPLEX, DEFAULT_STEP, SCHEMES, Scheme, auto_step, check_step, fit_to_bounds,
+                               get_scheme, one_sided, resolve_steps)
 
 X, H = 3.0, 0.5
 
@@ -175,3 +176,62 @@ class TestOneSidedAndBounds:
         scheme, h = fit_to_bounds(get_scheme("central"), x, 0.25, lower, upper)
         assert (scheme.name, h) == (name, pytest.approx(step, abs=1e-15))
         assert all(lower <= x + m * h <= upper for m in scheme.multiples)
+
+
+def test_the_complex_step_is_im_f_over_h_at_one_point_without_f_of_x():
+    """``Im f(x + ih) / h``: one multiple, no f(x), second order, divided by h or the stored step."""
+    assert (COMPLEX.name, COMPLEX.multiples, COMPLEX.uses_center, COMPLEX.order,
+            COMPLEX.complex_step) == ("complex", (1,), False, 2, True)
+    assert COMPLEX.combine([3.0], None, 0.5) == 6.0
+    assert COMPLEX.combine_stored([3.0], None, [0.25]) == 12.0
+
+
+def test_the_default_step_is_the_teaching_texts_h():
+    from engine import numerical_gradient
+
+    f = lambda v: float(np.sum(v ** 3))  # noqa: E731
+    x = np.array([0.5, -1.5])
+    assert DEFAULT_STEP == 1e-4
+    assert np.array_equal(numerical_gradient(f, x.copy()), numerical_gradient(f, x.copy(), h=1e-4))
+
+
+def test_auto_is_one_none_per_array():
+    assert resolve_steps("auto", ["a", "b", "c"], ["x['a']", "x['b']", "x['c']"]) == [None] * 3
+
+
+def test_an_integer_step_too_large_for_a_float_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match=r"`h` must be a positive finite number, got 1000.* \(too "
+                                         r"large for a float\)"):
+        check_step(10 ** 400)
+
+
+def test_a_forward_step_shrunk_with_equal_room_on_both_sides_stays_forward():
+    """A forward difference has no centred form; on a tie it keeps its own direction."""
+    chosen, step = fit_to_bounds(get_scheme("forward"), 0.5, 1.0, 0.25, 0.75)
+    assert (chosen.multiples, step) == ((1,), 0.25)
+
+
+@pytest.mark.parametrize("order, like", [(1, "forward"), (2, "central"), (4, "central4")])
+def test_a_one_sided_scheme_takes_the_auto_step_of_the_scheme_of_its_order(order, like):
+    for side in (1, -1):
+        assert auto_step(one_sided(order, side), np.float32) == auto_step(get_scheme(like), np.float32)
+
+
+@pytest.mark.parametrize("name", ["central", "forward", "central4"])
+def test_a_shrunk_step_keeps_every_point_inside_despite_rounding(name):
+    """The step that fits in exact arithmetic is taken down an ulp at a time until the
+    rounded points fit too (random bounds with a fixed seed, among them points that
+    rounding would put an ulp outside)."""
+    rng = np.random.default_rng(7)
+    scheme = get_scheme(name)
+    for lower, base, upper in np.sort(rng.uniform(-3.0, 3.0, size=(300, 3)), axis=1):
+        chosen, step = fit_to_bounds(scheme, float(base), 10.0, float(lower), float(upper))
+        assert step > 0
+        assert all(lower <= base + m * step <= upper for m in chosen.multiples)
+
+
+def test_a_dict_of_steps_takes_auto_per_key_and_refuses_another_string():
+    keys, labels = ["a", "b"], ["x['a']", "x['b']"]
+    assert resolve_steps({"a": "auto", "b": 0.5}, keys, labels) == [None, 0.5]
+    with pytest.raises(TypeError, match=r"`h\['a'\]` must be a positive finite number, got str 'fast'"):
+        resolve_steps({"a": "fast", "b": 0.5}, keys, labels)
