@@ -235,3 +235,25 @@ def test_a_dict_of_steps_takes_auto_per_key_and_refuses_another_string():
     assert resolve_steps({"a": "auto", "b": 0.5}, keys, labels) == [None, 0.5]
     with pytest.raises(TypeError, match=r"`h\['a'\]` must be a positive finite number, got str 'fast'"):
         resolve_steps({"a": "fast", "b": 0.5}, keys, labels)
+
+
+def _user_scheme(multiples, order):
+    """A Scheme object built by a user (get_scheme passes it through)."""
+    return Scheme("user", multiples, 0 in multiples or len(multiples) < 2,
+                  lambda v, center, h: 0.0, lambda v, center, s: 0.0, order=order,
+                  auto_root=order + 1)
+
+
+def test_a_scheme_of_order_above_four_falls_back_to_the_one_sided_scheme_of_order_four():
+    sixth = _user_scheme((3, 2, 1, -1, -2, -3), 6)
+    chosen, step = fit_to_bounds(sixth, 0.0, 0.1, 0.0, 1.0)
+    assert (chosen.name, chosen.multiples, step) == ("one-sided4+", (1, 2, 3, 4), 0.1)
+
+
+@pytest.mark.parametrize("multiples", [(0, 1), (-1, 0)], ids=["up-from-x", "down-to-x"])
+def test_a_scheme_with_points_on_one_side_only_is_never_shrunk_as_a_centred_one(multiples):
+    """With no room for h on either side, only a scheme with points on both sides of x is
+    kept as the centred option; one that ends at x gives way to the one-sided scheme."""
+    scheme = _user_scheme(multiples, 1)
+    chosen, step = fit_to_bounds(scheme, 0.5, 1.0, 0.25, 0.75)
+    assert (chosen.name, step) == ("one-sided1+", 0.25)
