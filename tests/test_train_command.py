@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_resume import checkpointed_steps
 
 from engine.cli import train as train_module
 from engine.cli.train import main
@@ -25,14 +26,6 @@ def no_plots(monkeypatch):
     """matplotlib takes a second to start: runs here draw no training.png unless a test asks."""
     monkeypatch.setattr(train_module, "plots_available", lambda: False)
 
-
-def checkpointed_steps(monkeypatch) -> list:
-    """Record the step of every checkpoint engine-train writes from now on."""
-    steps, save = [], train_module.save_checkpoint
-    monkeypatch.setattr(train_module, "save_checkpoint",
-                        lambda folder, params, state: steps.append(state["step"])
-                        or save(folder, params, state))
-    return steps
 
 
 def stop_after(monkeypatch, step, how):
