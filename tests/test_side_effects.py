@@ -306,6 +306,18 @@ def test_the_walk_records_at_most_ten_thousand_values(size, named):
     assert any("tally[0]" in str(w.message) for w in told) == named
 
 
+@pytest.mark.parametrize("size", [9_997, 9_998, 20_000])
+def test_a_snapshot_records_ten_thousand_values_and_not_one_more(size):
+    """Three values come before the list's items: the two global generators and the list's
+    set of items (`args[0][:]`, put back whole); so 9,997 items fill the 10,000 exactly."""
+    from engine.fd._space import ParamSpace
+
+    snapshot = _side_effects.Snapshot(lambda v, values: 0.0, ([0.0] * size,),
+                                      ParamSpace(np.ones(2)))
+    assert len(snapshot.leaves) == min(size + 3, 10_000)
+    assert list(snapshot.leaves)[-1] == f"args[0][{min(size, 9_997) - 1}]"
+
+
 def test_an_array_reached_twice_is_named_once_and_a_cycle_walked_once():
     shared = np.zeros(2)
     holder = types.SimpleNamespace(first=shared, second=shared, count=0)
