@@ -255,6 +255,17 @@ class TestCostAndNames:
             engine.Hessian(grad=lambda v: 2 * v, max_seconds=6, workers=2,
                            dispatch="in-process")(np.ones(3))
 
+    def test_a_call_of_exactly_two_thousand_evaluations_starts_without_timing_f(self):
+        """n + 1 gradient calls (forward, grad=): n = 1,999 needs exactly 2,000 and is not
+        timed first; n = 2,000 needs 2,001 and costs one timed call more."""
+        extra = {}
+        for n in (1_999, 2_000):
+            grad = Counted(lambda v: 2 * v)
+            engine.Hessian(grad=grad, scheme="forward", workers=1, dispatch="in-process",
+                           side_effects="ignore")(np.ones(n))
+            extra[n] = grad.calls - (n + 1)
+        assert extra[2_000] == extra[1_999] + 1
+
     def test_a_non_callable_f_beside_grad_is_refused(self):
         with pytest.raises(TypeError, match="`f` must be callable or None, got int"):
             engine.Hessian(3, grad=lambda v: v)
